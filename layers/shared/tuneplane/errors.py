@@ -1,0 +1,29 @@
+"""Every error the pipeline raises on purpose.
+
+Each class name is the error name the state machine's ``Retry``/``Catch`` blocks match, so renaming a
+class is a change to ``statemachines/pipeline.asl.json`` too.
+"""
+
+
+class TuneplaneError(Exception):
+    """Base class: an expected failure with a message meant for the person who uploaded the data."""
+
+
+class InvalidTrainingData(TuneplaneError):
+    """The uploaded dataset was rejected by validation; the message summarises why."""
+
+
+class InvalidConfiguration(TuneplaneError):
+    """A setting (environment, sidecar file, option) is missing or malformed."""
+
+
+class DatasetNotFound(TuneplaneError):
+    """The dataset object or file does not exist (or the version is gone)."""
+
+
+class BaseModelUnavailable(TuneplaneError):
+    """The base model's tokenizer or chat template could not be read or is unusable."""
+
+
+class StorageError(TuneplaneError):
+    """S3 refused or failed a read or write; usually transient or a permissions problem."""

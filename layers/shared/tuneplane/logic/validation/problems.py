@@ -1,0 +1,86 @@
+"""Collects problems in constant memory: exact counts per code, the first lines of each, a capped list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tuneplane.models.validation import Code, CodeCount, Problem, Severity, Source, ValidationOptions
+
+FIRST_LINES_KEPT = 5
+DROPPED_LINES_KEPT = 1000
+
+
+@dataclass
+class _Tally:
+    severity: Severity
+    count: int = 0
+    first_lines: list[int] = field(default_factory=list)
+    first_message: str = ""
+
+
+class ProblemLog:
+    def __init__(self, options: ValidationOptions) -> None:
+        self._options = options
+        self._listed: list[Problem] = []
+        self._tallies: dict[tuple[Source, Code], _Tally] = {}
+        self.error_lines: dict[Source, int] = {"train": 0, "eval": 0}
+        self.dropped_lines: dict[Source, list[int]] = {"train": [], "eval": []}
+        self.dropped_count: dict[Source, int] = {"train": 0, "eval": 0}
+
+    def add(self, code: Code, message: str, *, source: Source, line: int | None = None,
+            path: str | None = None) -> Severity:
+        severity = self._options.severity(code)
+        tally = self._tallies.get((source, code))
+        if tally is None:
+            tally = self._tallies[(source, code)] = _Tally(severity, first_message=message)
+        tally.count += 1
+        if line is not None and len(tally.first_lines) < FIRST_LINES_KEPT:
+            tally.first_lines.append(line)
+        self._listed.append(
+            Problem(code=code, severity=severity, message=message, line=line, path=path, source=source)
+        )
+        if len(self._listed) > 2 * self._options.max_listed_problems:
+            self._trim()
+        return severity
+
+    def drop_line(self, source: Source, line: int, *, had_error: bool) -> None:
+        """Record a line left out of the splits; lines with errors count against max_invalid_fraction."""
+        if had_error:
+            self.error_lines[source] += 1
+        self.dropped_count[source] += 1
+        if len(self.dropped_lines[source]) < DROPPED_LINES_KEPT:
+            self.dropped_lines[source].append(line)
+
+    def has_errors(self, *, file_level_only: frozenset[Code] | None = None) -> bool:
+        return any(
+            t.severity is Severity.ERROR and (file_level_only is None or code in file_level_only)
+            for (_, code), t in self._tallies.items()
+        )
+
+    def _trim(self) -> None:
+        self._listed.sort(key=_order)
+        del self._listed[self._options.max_listed_problems :]
+
+    def listed(self) -> list[Problem]:
+        self._trim()
+        return list(self._listed)
+
+    def counts(self) -> list[CodeCount]:
+        ordered = sorted(
+            self._tallies.items(), key=lambda kv: (kv[1].severity is not Severity.ERROR, -kv[1].count, kv[0][1])
+        )
+        return [
+            CodeCount(
+                code=code,
+                severity=tally.severity,
+                count=tally.count,
+                first_lines=sorted(tally.first_lines),
+                first_message=tally.first_message,
+                source=source,
+            )
+            for (source, code), tally in ordered
+        ]
+
+
+def _order(problem: Problem) -> tuple[int, int, str]:
+    return (problem.source == "eval", problem.line or 0, problem.code.value)

@@ -1,0 +1,252 @@
+"""validate_dataset: the whole pre-flight, shared by the Validate Lambda and `tuneplane validate`.
+
+Pass one streams each file once (eval file first, then train), checks every line and spills the usable
+examples with their fingerprints to a temporary file. The dataset-wide checks (duplicates, eval/train
+overlap, the seeded held-out split, minimum size) then run on the fingerprint arrays, and pass two copies
+the spilled examples into ``train.jsonl`` and ``eval.jsonl``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from tuneplane.logic.chat_template import ChatTokenizer
+from tuneplane.logic.cost import PricingTable, estimate_cost
+from tuneplane.logic.validation.formats import Message
+from tuneplane.logic.validation.ledger import Ledger
+from tuneplane.logic.validation.problems import ProblemLog
+from tuneplane.logic.validation.reader import Readable
+from tuneplane.logic.validation.scanner import FileScanner, ScanOutcome
+from tuneplane.logic.validation.splits import SplitPlan, plan_splits, write_splits
+from tuneplane.logic.validation.tokens import TokenStage
+from tuneplane.models.validation import (
+    FILE_LEVEL_CODES,
+    Code,
+    CostEstimate,
+    Source,
+    SplitSummary,
+    TemplateCheck,
+    TokenStats,
+    ValidationOptions,
+    ValidationReport,
+)
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A dataset to read: a display name (path or s3:// URI), how to open it, and its size if known."""
+
+    name: str
+    open: Callable[[], Readable]
+    size: int | None = None
+
+    @classmethod
+    def local(cls, path: Path) -> DatasetSource:
+        return cls(str(path), lambda: path.open("rb"), path.stat().st_size)
+
+
+@dataclass
+class ValidationResult:
+    report: ValidationReport
+    train_path: Path | None = None
+    eval_path: Path | None = None
+
+
+@dataclass
+class ModelContext:
+    """What validation knows about the base model: its tokenizer and, for the cost estimate, its size."""
+
+    tokenizer: ChatTokenizer
+    parameters: int | None = None
+
+
+def validate_dataset(
+    train: DatasetSource,
+    options: ValidationOptions,
+    *,
+    eval_source: DatasetSource | None = None,
+    model: ModelContext | None = None,
+    out_dir: Path | None = None,
+    pricing: PricingTable | None = None,
+) -> ValidationResult:
+    """Validate `train` (and `eval_source`); when it passes and `out_dir` is given, write the splits there."""
+    started = time.perf_counter()
+    problems = ProblemLog(options)
+    with tempfile.TemporaryDirectory(prefix="tuneplane-validate-") as spill_dir, ExitStack() as stack:
+        tokens = TokenStage(model.tokenizer, options.max_seq_length, problems) if model else None
+        if tokens is not None:
+            stack.callback(tokens.shutdown)
+        outcomes: dict[Source, ScanOutcome] = {}
+        ledgers: dict[Source, Ledger] = {}
+        sources: dict[Source, DatasetSource] = {"train": train} | ({"eval": eval_source} if eval_source else {})
+        for role in ("eval", "train"):
+            if role not in sources:
+                continue
+            ledger = ledgers[role] = Ledger(Path(spill_dir) / f"{role}.jsonl", options.seed)
+            stack.callback(ledger.close)
+            outcomes[role] = _scan(sources[role], role, options, problems, ledger, tokens)
+        plan = plan_splits(ledgers, options, problems)
+        _check_sizes(plan, outcomes, options, problems)
+        template = _template_check(tokens, model, problems)
+        passed = _passed(problems, outcomes, options)
+        train_path = eval_path = None
+        if passed and out_dir is not None:
+            train_path, eval_path = write_splits(ledgers, plan, out_dir)
+        token_stats = _token_stats(ledgers, plan, tokens) if tokens else None
+        report = ValidationReport(
+            dataset=train.name,
+            eval_dataset=eval_source.name if eval_source else None,
+            passed=passed,
+            format=outcomes["train"].format,
+            lines_read=outcomes["train"].lines_read,
+            examples_valid=outcomes["train"].examples_valid,
+            lines_dropped=problems.dropped_lines["train"],
+            lines_dropped_count=problems.dropped_count["train"],
+            duplicates_dropped=plan.duplicates["train"],
+            problems=problems.listed(),
+            problem_counts=problems.counts(),
+            tokens=token_stats,
+            template=template,
+            cost=_cost(token_stats, model, options, pricing, plan),
+            split=SplitSummary(
+                train_examples=plan.train_count,
+                eval_examples=plan.eval_count,
+                eval_source=plan.eval_source,
+                train_uri=str(train_path) if train_path else None,
+                eval_uri=str(eval_path) if eval_path else None,
+            ),
+            options=options,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+    return ValidationResult(report, train_path, eval_path)
+
+
+def _scan(
+    source: DatasetSource,
+    role: Source,
+    options: ValidationOptions,
+    problems: ProblemLog,
+    ledger: Ledger,
+    tokens: TokenStage | None,
+) -> ScanOutcome:
+    scanner = FileScanner(options, problems, role)
+
+    def usable(line: int, messages: list[Message], example_json: bytes) -> None:
+        if tokens is None:
+            ledger.append(line, example_json)
+        else:
+            tokens.add(line, messages, example_json, role, ledger.append)
+
+    with source.open() as raw:  # type: ignore[attr-defined]
+        outcome = scanner.scan(source.name, raw, source.size, usable)
+    if tokens is not None:
+        tokens.flush(ledger.append)
+    ledger.close()
+    return outcome
+
+
+def _check_sizes(
+    plan: SplitPlan, outcomes: dict[Source, ScanOutcome], options: ValidationOptions, problems: ProblemLog
+) -> None:
+    if outcomes["train"].non_blank_lines and plan.train_count < options.min_examples:
+        held_out = f" after holding out {plan.eval_count} for evaluation" if plan.eval_source == "held_out" else ""
+        problems.add(
+            Code.TOO_FEW_EXAMPLES,
+            f"{plan.train_count} usable training examples{held_out}; at least {options.min_examples} needed "
+            "(min_examples)",
+            source="train",
+        )
+    if "eval" in outcomes and outcomes["eval"].non_blank_lines and plan.eval_count == 0:
+        problems.add(Code.TOO_FEW_EXAMPLES, "the eval file has no usable example", source="eval")
+    for role, outcome in outcomes.items():
+        bad = problems.error_lines[role]
+        if bad and options.max_invalid_fraction > 0 and bad > options.max_invalid_fraction * outcome.non_blank_lines:
+            problems.add(
+                Code.TOO_MANY_INVALID,
+                f"{bad} of {outcome.non_blank_lines} lines ({bad / outcome.non_blank_lines:.1%}) have errors; "
+                f"max_invalid_fraction allows {options.max_invalid_fraction:.1%}",
+                source=role,
+            )
+
+
+def _passed(problems: ProblemLog, outcomes: dict[Source, ScanOutcome], options: ValidationOptions) -> bool:
+    if problems.has_errors(file_level_only=FILE_LEVEL_CODES):
+        return False
+    # Lines with errors are tolerated (and left out) only up to max_invalid_fraction of each file.
+    return all(
+        problems.error_lines[role] <= options.max_invalid_fraction * outcome.non_blank_lines
+        for role, outcome in outcomes.items()
+    )
+
+
+def _template_check(tokens: TokenStage | None, model: ModelContext | None, problems: ProblemLog) -> TemplateCheck | None:
+    if tokens is None or model is None:
+        return None
+    tally = tokens.tally
+    chat = model.tokenizer
+    if tally.examples_without_end_of_turn:
+        problems.add(
+            Code.EOS_NOT_TRAINED,
+            f"in {tally.examples_without_end_of_turn} of {tally.examples_checked} examples (first: line "
+            f"{tally.first_line_without_end_of_turn}) no end-of-turn token ({', '.join(chat.end_of_turn_tokens)}) "
+            "is inside the trained assistant tokens, so the model would not learn to stop; the chat template must "
+            "put it inside the {% generation %} block",
+            source="train",
+        )
+    return TemplateCheck(
+        end_of_turn_tokens=chat.end_of_turn_tokens,
+        uses_generation_blocks=chat.uses_generation_blocks,
+        examples_checked=tally.examples_checked,
+        examples_without_end_of_turn=tally.examples_without_end_of_turn,
+        end_of_turn_trained=tally.examples_checked > 0 and tally.examples_without_end_of_turn == 0,
+    )
+
+
+def _token_stats(ledgers: dict[Source, Ledger], plan: SplitPlan, tokens: TokenStage) -> TokenStats | None:
+    selected: list[npt.NDArray[np.uint32]] = []
+    trained = 0
+    for role, ledger in ledgers.items():
+        arrays = ledger.as_arrays()
+        mask = plan.keep[role]
+        selected.append(arrays["tokens"][mask])
+        trained += int(arrays["trained_tokens"][mask].sum())
+    counts = np.concatenate(selected) if selected else np.zeros(0, dtype=np.uint32)
+    if counts.size == 0:
+        return None
+    return TokenStats(
+        examples=int(counts.size),
+        total=int(counts.sum(dtype=np.int64)),
+        min=int(counts.min()),
+        p50=int(np.percentile(counts, 50, method="nearest")),
+        p95=int(np.percentile(counts, 95, method="nearest")),
+        max=int(counts.max()),
+        over_max_seq_length=tokens.tally.over_max_seq_length,
+        trained_total=trained,
+    )
+
+
+def _cost(
+    stats: TokenStats | None,
+    model: ModelContext | None,
+    options: ValidationOptions,
+    pricing: PricingTable | None,
+    plan: SplitPlan,
+) -> CostEstimate | None:
+    if stats is None or model is None:
+        return None
+    return estimate_cost(
+        tokens_per_epoch=plan.train_tokens,
+        epochs=options.epochs,
+        instance_type=options.instance_type,
+        pricing=pricing or PricingTable.bundled(),
+        parameters=model.parameters,
+        spot=options.spot,
+    )
