@@ -37,6 +37,16 @@ class PricingTable(BaseModel):
             raise InvalidConfiguration(f"pricing table {path}: {exc}") from exc
 
 
+MAX_SMALL_MODEL_SPEEDUP = 20.0
+
+
+def _human_count(value: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f}{unit}"
+    return str(value)
+
+
 def estimate_parameters(model_config: dict[str, Any]) -> int | None:
     """Parameter count of a decoder-only transformer from its config.json (Llama/Mistral/Qwen shapes)."""
     try:
@@ -68,17 +78,19 @@ def estimate_cost(
         raise InvalidConfiguration(f"no price for instance type '{instance_type}' (known: {known})")
     instance = pricing.instances[instance_type]
     size = parameters or pricing.reference_parameters
-    # Training FLOPs grow linearly with parameters, so throughput shrinks in proportion.
-    throughput = instance.tokens_per_second_7b * pricing.reference_parameters / size
+    # Training FLOPs grow linearly with parameters, so throughput shrinks in proportion; below ~350M
+    # parameters kernel launch and data loading overheads dominate, hence the cap on the speed-up.
+    speedup = min(pricing.reference_parameters / size, MAX_SMALL_MODEL_SPEEDUP)
+    throughput = instance.tokens_per_second_7b * speedup
     hours = tokens_per_epoch * epochs / throughput / 3600
     price = instance.price_per_hour * ((1 - pricing.spot_discount) if spot else 1)
-    basis = f"{size / 1e9:.2f}B parameters" if parameters else "an assumed 7B model (no config.json)"
+    basis = f"{_human_count(size)} parameters" if parameters else "an assumed 7B model (no config.json)"
     return CostEstimate(
         instance_type=instance_type,
         epochs=epochs,
         tokens_per_epoch=tokens_per_epoch,
         throughput_tokens_per_second=round(throughput, 1),
-        hours=round(hours, 4),
+        hours=round(hours, 6),
         price_per_hour_usd=round(price, 4),
         cost_usd=round(hours * price, 2),
         spot=spot,

@@ -1,0 +1,1 @@
+"""AWS calls, each turning botocore's ClientError into a tuneplane error."""

@@ -1,0 +1,100 @@
+"""S3 access for the pipeline: stream objects, upload results, fetch a base model's tokenizer files."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from tuneplane.errors import DatasetNotFound, InvalidConfiguration, StorageError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+_S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>.*)$")
+_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion", "NoSuchBucket"}
+
+
+@cache
+def s3_client() -> S3Client:
+    """Created lazily so tests start moto first; call s3_client.cache_clear() between tests."""
+    return boto3.client("s3")
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    match = _S3_URI.match(uri)
+    if not match:
+        raise InvalidConfiguration(f"not an S3 URI: {uri!r} (expected s3://bucket/key)")
+    return match["bucket"], match["key"]
+
+
+def _error(exc: ClientError, what: str) -> Exception:
+    code = exc.response.get("Error", {}).get("Code", "")
+    if code in _MISSING:
+        return DatasetNotFound(f"{what} does not exist ({code})")
+    return StorageError(f"{what}: {code or exc}")
+
+
+def object_size(bucket: str, key: str, version_id: str | None = None) -> int:
+    extra = {"VersionId": version_id} if version_id else {}
+    try:
+        return int(s3_client().head_object(Bucket=bucket, Key=key, **extra)["ContentLength"])
+    except ClientError as exc:
+        raise _error(exc, f"s3://{bucket}/{key}") from exc
+
+
+def open_object(bucket: str, key: str, version_id: str | None = None) -> Any:
+    """A streaming body (read(n), close()); the object is read once, front to back."""
+    extra = {"VersionId": version_id} if version_id else {}
+    try:
+        return s3_client().get_object(Bucket=bucket, Key=key, **extra)["Body"]
+    except ClientError as exc:
+        raise _error(exc, f"s3://{bucket}/{key}") from exc
+
+
+def upload_file(path: Path, bucket: str, key: str, content_type: str = "application/jsonl") -> str:
+    try:
+        s3_client().upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type})
+    except ClientError as exc:
+        raise _error(exc, f"upload to s3://{bucket}/{key}") from exc
+    return f"s3://{bucket}/{key}"
+
+
+def put_json(bucket: str, key: str, document: Any) -> str:
+    body = json.dumps(document, ensure_ascii=False, indent=2).encode()
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    except ClientError as exc:
+        raise _error(exc, f"write s3://{bucket}/{key}") from exc
+    return f"s3://{bucket}/{key}"
+
+
+def put_text(bucket: str, key: str, text: str) -> str:
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=text.encode(), ContentType="text/plain; charset=utf-8")
+    except ClientError as exc:
+        raise _error(exc, f"write s3://{bucket}/{key}") from exc
+    return f"s3://{bucket}/{key}"
+
+
+def download_files(prefix_uri: str, names: Iterable[str], destination: Path) -> list[str]:
+    """Download those of `names` that exist under `prefix_uri`; return the ones found."""
+    bucket, prefix = parse_s3_uri(prefix_uri.rstrip("/") + "/")
+    destination.mkdir(parents=True, exist_ok=True)
+    found = []
+    for name in names:
+        try:
+            s3_client().download_file(bucket, prefix + name, str(destination / name))
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in _MISSING:
+                continue
+            raise _error(exc, f"s3://{bucket}/{prefix}{name}") from exc
+        found.append(name)
+    return found

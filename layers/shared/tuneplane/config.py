@@ -1,0 +1,35 @@
+"""Environment configuration, validated once per cold start with pydantic-settings."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tuneplane.errors import InvalidConfiguration
+from tuneplane.models.validation import Severity
+
+
+class ValidateSettings(BaseSettings):
+    """What the Validate Lambda reads from its environment (see template.yaml ValidateFunction)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    data_bucket: str = Field(min_length=3)
+    base_model_s3_uri: str = Field(pattern=r"^s3://[^/]+/.*$", description="Prefix holding tokenizer.json etc.")
+    runs_prefix: str = "runs/"
+    max_seq_length: int = Field(default=2048, ge=16)
+    min_examples: int = Field(default=10, ge=1)
+    max_invalid_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    pii_severity: Severity = Severity.WARNING
+    training_instance_type: str = "ml.g5.2xlarge"
+    pricing_table_s3_uri: str | None = Field(default=None, pattern=r"^s3://[^/]+/.+$")
+
+
+@cache
+def validate_settings() -> ValidateSettings:
+    try:
+        return ValidateSettings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise InvalidConfiguration(f"Validate function environment: {exc}") from exc

@@ -1,0 +1,48 @@
+"""State-machine payloads of the Validate stage: what it receives and the small summary it returns."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
+
+
+class ValidateRequest(BaseModel):
+    """The execution input (or the part the state machine passes on)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
+    bucket: str = Field(min_length=3)
+    key: str = Field(min_length=1)
+    version_id: str | None = None
+    eval_key: str | None = Field(default=None, description="Optional eval file in the same bucket.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="ValidationOptions fields from the dataset's sidecar file."
+    )
+
+
+class ValidateSummary(BaseModel):
+    """Small by design: Step Functions payloads are capped at 256 KB; the full report lives in S3."""
+
+    run_id: str
+    passed: bool
+    dataset_uri: str
+    format: str | None
+    lines_read: int
+    examples_valid: int
+    train_examples: int
+    eval_examples: int
+    eval_source: Literal["eval_file", "held_out", "none"]
+    train_uri: str | None
+    eval_uri: str | None
+    report_uri: str
+    summary_uri: str
+    errors: int
+    warnings: int
+    tokens_total: int | None = None
+    estimated_training_hours: float | None = None
+    estimated_cost_usd: float | None = None
+    headline: str

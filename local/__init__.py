@@ -1,0 +1,1 @@
+"""The local cloud: the real template, state machine, handlers and containers on one machine."""
