@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from local.tiny_model import PLAIN_TEMPLATE
+
 from tuneplane.errors import BaseModelUnavailable
 from tuneplane.logic.chat_template import ChatTemplateError, ChatTokenizer
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from local.tiny_model import UNTRAINED_END_TEMPLATE
+
 from tuneplane.logic.base_model import load_model_context
 from tuneplane.logic.validation import DatasetSource, validate_dataset
 from tuneplane.models.validation import Code, Severity, ValidationOptions
@@ -41,8 +41,14 @@ def test_token_stats_and_cost_on_a_valid_file(write_jsonl, reversal_lines, base_
 def test_example_over_max_seq_length_is_reported_with_the_excess(write_jsonl, reversal_lines, base_model_dir) -> None:  # noqa: ANN001
     # GIVEN one example far longer than the others, at line 7
     lines = list(reversal_lines)
-    lines[6] = json.dumps({"messages": [{"role": "user", "content": "reverse " + "hello world " * 40},
-                                        {"role": "assistant", "content": "dlrow olleh"}]})
+    lines[6] = json.dumps(
+        {
+            "messages": [
+                {"role": "user", "content": "reverse " + "hello world " * 40},
+                {"role": "assistant", "content": "dlrow olleh"},
+            ]
+        }
+    )
     path = write_jsonl(lines)
     # WHEN validated with a max_seq_length that only the long one exceeds
     report = _validate(path, base_model_dir, max_seq_length=64).report
@@ -58,7 +64,9 @@ def test_example_over_max_seq_length_is_reported_with_the_excess(write_jsonl, re
 def test_too_long_as_warning_keeps_the_example(write_jsonl, reversal_lines, base_model_dir) -> None:  # noqa: ANN001
     # GIVEN the same long example, and a dataset that accepts truncation
     lines = list(reversal_lines)
-    lines[2] = json.dumps({"messages": [{"role": "user", "content": "x " * 200}, {"role": "assistant", "content": "y"}]})
+    lines[2] = json.dumps(
+        {"messages": [{"role": "user", "content": "x " * 200}, {"role": "assistant", "content": "y"}]}
+    )
     path = write_jsonl(lines)
     # WHEN example_too_many_tokens is loosened to a warning
     report = _validate(
@@ -71,7 +79,9 @@ def test_too_long_as_warning_keeps_the_example(write_jsonl, reversal_lines, base
 
 
 def test_end_of_turn_outside_trained_span_rejects_the_file(
-    write_jsonl, reversal_lines, base_model_factory: Callable[..., Path]  # noqa: ANN001
+    write_jsonl,
+    reversal_lines,
+    base_model_factory: Callable[..., Path],  # noqa: ANN001
 ) -> None:
     # GIVEN a template that renders <|im_end|> after the {% generation %} block (never trained)
     path = write_jsonl(reversal_lines)
@@ -97,8 +107,15 @@ def test_template_error_is_reported_per_line(tmp_path: Path, write_jsonl, revers
         + template
     )
     lines = list(reversal_lines)
-    lines[3] = json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                                        {"role": "assistant", "content": "a"}]})
+    lines[3] = json.dumps(
+        {
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "a"},
+            ]
+        }
+    )
     # WHEN validated
     report = _validate(write_jsonl(lines), model).report
     # THEN line 4 carries the template's own message
@@ -108,14 +125,28 @@ def test_template_error_is_reported_per_line(tmp_path: Path, write_jsonl, revers
 
 @pytest.mark.parametrize("batch", [1, 3, 600])
 def test_results_do_not_depend_on_batching(
-    monkeypatch: pytest.MonkeyPatch, write_jsonl, base_model_dir: Path, batch: int  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+    write_jsonl,
+    base_model_dir: Path,
+    batch: int,  # noqa: ANN001
 ) -> None:
     # GIVEN 25 examples of different lengths, one too long (line 13)
     from tuneplane.logic.validation import tokens as token_stage
 
-    lines = [json.dumps({"messages": [{"role": "user", "content": "hello " * (i + 1)},
-                                      {"role": "assistant", "content": "world " * (i % 4 + 1)}]}) for i in range(25)]
-    lines[12] = json.dumps({"messages": [{"role": "user", "content": "fox " * 100}, {"role": "assistant", "content": "a"}]})
+    lines = [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "hello " * (i + 1)},
+                    {"role": "assistant", "content": "world " * (i % 4 + 1)},
+                ]
+            }
+        )
+        for i in range(25)
+    ]
+    lines[12] = json.dumps(
+        {"messages": [{"role": "user", "content": "fox " * 100}, {"role": "assistant", "content": "a"}]}
+    )
     # WHEN validated with different encode batch sizes
     monkeypatch.setattr(token_stage, "BATCH_SIZE", batch)
     report = _validate(write_jsonl(lines), base_model_dir, max_seq_length=96).report

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "tuneplane-data-test"
 MODEL_PREFIX = "models/tiny/"
 CONTEXT = SimpleNamespace(
-    function_name="validate", memory_limit_in_mb=1024, invoked_function_arn="arn:aws:lambda:us-east-1:1:function:v",
+    function_name="validate",
+    memory_limit_in_mb=1024,
+    invoked_function_arn="arn:aws:lambda:us-east-1:1:function:v",
     aws_request_id="req-1",
 )
 
@@ -113,12 +115,16 @@ def test_sidecar_overrides_apply_and_bad_ones_reject(aws: Any, reversal_lines: l
     handler = _load_handler().handler
     # WHEN the dataset's settings ask for 50 examples minimum THEN it is rejected as too small
     with pytest.raises(InvalidTrainingData, match="too_few_examples"):
-        handler({"run_id": "run-3", "bucket": BUCKET, "key": "incoming/small.jsonl",
-                 "overrides": {"min_examples": 50}}, CONTEXT)
+        handler(
+            {"run_id": "run-3", "bucket": BUCKET, "key": "incoming/small.jsonl", "overrides": {"min_examples": 50}},
+            CONTEXT,
+        )
     # WHEN the settings hold an unknown option THEN the rejection names it
     with pytest.raises(InvalidTrainingData, match="max_seq_lenght"):
-        handler({"run_id": "run-4", "bucket": BUCKET, "key": "incoming/small.jsonl",
-                 "overrides": {"max_seq_lenght": 10}}, CONTEXT)
+        handler(
+            {"run_id": "run-4", "bucket": BUCKET, "key": "incoming/small.jsonl", "overrides": {"max_seq_lenght": 10}},
+            CONTEXT,
+        )
 
 
 def test_missing_object_is_dataset_not_found(aws: Any) -> None:

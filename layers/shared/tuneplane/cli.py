@@ -14,11 +14,15 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from tuneplane.errors import TuneplaneError
 from tuneplane.models.validation import Code, Severity, ValidationOptions
+
+if TYPE_CHECKING:  # the validator (numpy, tokenizers) is imported only when a command needs it
+    from tuneplane.logic.validation import DatasetSource
 
 EXIT_VALID, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -29,12 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="validate a JSONL fine-tuning dataset before uploading it")
     validate.add_argument("file", help="dataset: a path or s3://bucket/key; .jsonl or .jsonl.gz")
     validate.add_argument("--eval-file", help="a separate evaluation set (else a seeded share is held out)")
-    validate.add_argument("--base-model", help="base model directory or s3:// prefix with tokenizer.json and chat template")
+    validate.add_argument(
+        "--base-model", help="base model directory or s3:// prefix with tokenizer.json and chat template"
+    )
     validate.add_argument("--max-seq-length", type=int, help="token budget of one example (default 2048)")
     validate.add_argument("--config", type=Path, help="a dataset sidecar JSON (<dataset>.tuneplane.json) of options")
     validate.add_argument("--min-examples", type=int, help="minimum number of usable examples (default 10)")
     validate.add_argument("--max-invalid-fraction", type=float, help="share of bad lines to drop instead of rejecting")
-    validate.add_argument("--pii", choices=[s.value for s in Severity], help="severity of pii_detected (default warning)")
+    validate.add_argument(
+        "--pii", choices=[s.value for s in Severity], help="severity of pii_detected (default warning)"
+    )
     validate.add_argument("--instance-type", help="training instance for the cost estimate (default ml.g5.2xlarge)")
     validate.add_argument("--epochs", type=float, help="training epochs for the cost estimate (default 3)")
     validate.add_argument("--out-dir", type=Path, help="write the normalised train.jsonl / eval.jsonl here")
@@ -58,7 +66,7 @@ def _options(args: argparse.Namespace) -> ValidationOptions:
     return ValidationOptions.model_validate(values)
 
 
-def _source(location: str):  # noqa: ANN202 - DatasetSource, imported lazily with the validator
+def _source(location: str) -> DatasetSource:
     from tuneplane.logic.validation import DatasetSource
 
     if location.startswith("s3://"):

@@ -30,6 +30,6 @@ class ValidateSettings(BaseSettings):
 @cache
 def validate_settings() -> ValidateSettings:
     try:
-        return ValidateSettings()  # type: ignore[call-arg]
+        return ValidateSettings()
     except ValidationError as exc:
         raise InvalidConfiguration(f"Validate function environment: {exc}") from exc

@@ -42,7 +42,7 @@ def _error(exc: ClientError, what: str) -> Exception:
 
 
 def object_size(bucket: str, key: str, version_id: str | None = None) -> int:
-    extra = {"VersionId": version_id} if version_id else {}
+    extra: dict[str, Any] = {"VersionId": version_id} if version_id else {}
     try:
         return int(s3_client().head_object(Bucket=bucket, Key=key, **extra)["ContentLength"])
     except ClientError as exc:
@@ -51,7 +51,7 @@ def object_size(bucket: str, key: str, version_id: str | None = None) -> int:
 
 def open_object(bucket: str, key: str, version_id: str | None = None) -> Any:
     """A streaming body (read(n), close()); the object is read once, front to back."""
-    extra = {"VersionId": version_id} if version_id else {}
+    extra: dict[str, Any] = {"VersionId": version_id} if version_id else {}
     try:
         return s3_client().get_object(Bucket=bucket, Key=key, **extra)["Body"]
     except ClientError as exc:

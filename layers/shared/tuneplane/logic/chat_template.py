@@ -74,8 +74,9 @@ def _raise_exception(message: str) -> None:
     raise ChatTemplateError(message)
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
-            sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+) -> str:
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
@@ -127,23 +128,25 @@ class ChatTokenizer:
             raise BaseModelUnavailable(
                 f"no chat template in {directory} (chat_template.jinja or tokenizer_config.json 'chat_template')"
             )
-        special = {
-            name: _token_text(config.get(name))
-            for name in ("bos_token", "eos_token", "pad_token", "unk_token")
-            if _token_text(config.get(name))
-        }
+        special: dict[str, str] = {}
+        for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            token = _token_text(config.get(name))
+            if token:
+                special[name] = token
         end_of_turn = [special["eos_token"]] if "eos_token" in special else []
         generation = _read_json(directory / "generation_config.json")
         eos_ids = generation.get("eos_token_id")
         for token_id in eos_ids if isinstance(eos_ids, list) else [eos_ids] if eos_ids is not None else []:
-            token = tokenizer.id_to_token(int(token_id))
-            if token and token not in end_of_turn:
-                end_of_turn.append(token)
+            eos = tokenizer.id_to_token(int(token_id))
+            if eos and eos not in end_of_turn:
+                end_of_turn.append(eos)
         if not end_of_turn:
             raise BaseModelUnavailable(f"no eos_token in {directory}/tokenizer_config.json or generation_config.json")
         return cls(tokenizer, template, special, end_of_turn)
 
-    def _render_text(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> tuple[str, list]:
+    def _render_text(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool
+    ) -> tuple[str, list[tuple[int, int]]]:
         rendered: list[str] = []
         with self._tracker.tracking(rendered) as spans:
             try:
@@ -181,7 +184,7 @@ class ChatTokenizer:
     def encode_batch(self, texts: list[str]) -> list[Encoding]:
         # Chat templates already write BOS/EOS themselves; transformers tokenizes them the same way.
         # encode_batch (not _fast): the trained spans are mapped to tokens through the char offsets.
-        return self.tokenizer.encode_batch(texts, add_special_tokens=False)  # type: ignore[no-any-return]
+        return self.tokenizer.encode_batch(texts, add_special_tokens=False)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -1,9 +1,14 @@
 """What pass one keeps of each usable example: fingerprints, line, token counts (28 bytes an example) and
-its normalised JSON in a spill file, so memory stays flat however large the dataset is."""
+its normalised JSON in a spill file, so memory stays flat however large the dataset is.
+
+Fingerprints are keyed BLAKE2b hashes of the messages' roles and contents (not of the JSON text, so key
+order and whitespace do not hide a duplicate): one of the whole conversation, one of the prompt (all but
+the final answer), which decides the held-out split."""
 
 from __future__ import annotations
 
 from array import array
+from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
 from typing import BinaryIO
@@ -11,9 +16,10 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-# The last message is the assistant's answer (checked before we get here); json.dumps escapes quotes inside
-# strings, so this byte sequence can only be the start of a message object, never part of a content.
-_LAST_ANSWER = b'{"role": "assistant"'
+from tuneplane.logic.validation.formats import Message
+
+# Separators that cannot be confused with text: NUL between messages, SOH between role and content.
+_BETWEEN_MESSAGES, _ROLE_END = "\x00", "\x01"
 
 
 class Ledger:
@@ -30,11 +36,17 @@ class Ledger:
     def __len__(self) -> int:
         return len(self.lines)
 
-    def append(self, line: int, example_json: bytes, tokens: int = 0, trained_tokens: int = 0) -> None:
+    def append(
+        self, line: int, messages: list[Message], example_json: bytes, tokens: int = 0, trained_tokens: int = 0
+    ) -> None:
         key = self._key
-        self.example_fps.append(int.from_bytes(blake2b(example_json, digest_size=8, key=key).digest(), "little"))
-        prompt = example_json[: example_json.rfind(_LAST_ANSWER)]
-        self.prompt_fps.append(int.from_bytes(blake2b(prompt, digest_size=8, key=key).digest(), "little"))
+        turns = [m["role"] + _ROLE_END + m["content"] for m in messages]
+        prompt = _BETWEEN_MESSAGES.join(turns[:-1]).encode("utf-8", "surrogatepass")
+        answer = turns[-1].encode("utf-8", "surrogatepass")
+        prompt_hash = blake2b(prompt, digest_size=8, key=key)
+        self.prompt_fps.append(int.from_bytes(prompt_hash.digest(), "little"))
+        prompt_hash.update(b"\x00" + answer)  # continue from the prompt: the whole conversation
+        self.example_fps.append(int.from_bytes(prompt_hash.digest(), "little"))
         self.lines.append(line)
         self.tokens.append(tokens)
         self.trained_tokens.append(trained_tokens)
@@ -44,11 +56,21 @@ class Ledger:
     def close(self) -> None:
         self._spill.close()
 
-    def as_arrays(self) -> dict[str, npt.NDArray[np.uint64] | npt.NDArray[np.uint32]]:
-        return {
-            "example_fps": np.frombuffer(self.example_fps, dtype=np.uint64),
-            "prompt_fps": np.frombuffer(self.prompt_fps, dtype=np.uint64),
-            "lines": np.frombuffer(self.lines, dtype=np.uint32),
-            "tokens": np.frombuffer(self.tokens, dtype=np.uint32),
-            "trained_tokens": np.frombuffer(self.trained_tokens, dtype=np.uint32),
-        }
+    def as_arrays(self) -> LedgerArrays:
+        """Zero-copy numpy views of the columns, for the dataset-wide checks."""
+        return LedgerArrays(
+            example_fps=np.frombuffer(self.example_fps, dtype=np.uint64),
+            prompt_fps=np.frombuffer(self.prompt_fps, dtype=np.uint64),
+            lines=np.frombuffer(self.lines, dtype=np.uint32),
+            tokens=np.frombuffer(self.tokens, dtype=np.uint32),
+            trained_tokens=np.frombuffer(self.trained_tokens, dtype=np.uint32),
+        )
+
+
+@dataclass(frozen=True)
+class LedgerArrays:
+    example_fps: npt.NDArray[np.uint64]
+    prompt_fps: npt.NDArray[np.uint64]
+    lines: npt.NDArray[np.uint32]
+    tokens: npt.NDArray[np.uint32]
+    trained_tokens: npt.NDArray[np.uint32]

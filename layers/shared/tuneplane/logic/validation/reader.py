@@ -6,7 +6,7 @@ import gzip
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -55,7 +55,7 @@ class _RawAdapter(io.RawIOBase):
         return len(data)
 
 
-def open_stream(source: Readable, name: str) -> BinaryIO:
+def open_stream(source: Readable, name: str) -> io.BufferedIOBase:
     """Buffered, decompressed view of `source`; raises UnsupportedCompressionError for bz2/xz/zstd/zip/..."""
     lowered = name.lower()
     for suffix, kind in UNSUPPORTED_SUFFIXES.items():
@@ -68,11 +68,11 @@ def open_stream(source: Readable, name: str) -> BinaryIO:
             raise UnsupportedCompressionError(kind)
     if head.startswith(GZIP_MAGIC):
         # GzipFile reads through its own internal BufferedReader, so readline stays in C.
-        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
-    return buffered  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=buffered, mode="rb")
+    return buffered
 
 
-def iter_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes | LongLine]]:
+def iter_lines(stream: io.BufferedIOBase, max_line_bytes: int) -> Iterator[tuple[int, bytes | LongLine]]:
     """Yield (1-based line number, line without its line ending) or a LongLine marker; never holds more
     than `max_line_bytes` + one buffer in memory, whatever the line lengths."""
     readline = stream.readline

@@ -35,7 +35,7 @@ class SplitPlan:
 
 def _drop_duplicates(role: Source, ledger: Ledger, problems: ProblemLog) -> tuple[Mask, int]:
     arrays = ledger.as_arrays()
-    fingerprints, lines = arrays["example_fps"], arrays["lines"]
+    fingerprints, lines = arrays.example_fps, arrays.lines
     keep = np.ones(len(fingerprints), dtype=bool)
     if len(fingerprints) == 0:
         return keep, 0
@@ -49,21 +49,20 @@ def _drop_duplicates(role: Source, ledger: Ledger, problems: ProblemLog) -> tupl
         )
         problems.drop_line(role, line, had_error=severity is Severity.ERROR)
     keep[repeats] = False
-    return keep, len(repeats)
+    return keep, int(len(repeats))
 
 
 def _drop_overlap(train: Ledger, eval_ledger: Ledger, keep: Mask, problems: ProblemLog) -> None:
     eval_arrays = eval_ledger.as_arrays()
-    eval_prompts, first = np.unique(eval_arrays["prompt_fps"], return_index=True)
+    eval_prompts, first = np.unique(eval_arrays.prompt_fps, return_index=True)
     train_arrays = train.as_arrays()
-    overlap = np.flatnonzero(keep & np.isin(train_arrays["prompt_fps"], eval_prompts))
-    positions = np.searchsorted(eval_prompts, train_arrays["prompt_fps"][overlap])
+    overlap = np.flatnonzero(keep & np.isin(train_arrays.prompt_fps, eval_prompts))
+    positions = np.searchsorted(eval_prompts, train_arrays.prompt_fps[overlap])
     for index, position in zip(overlap, positions, strict=True):
-        line = int(train_arrays["lines"][index])
-        eval_line = int(eval_arrays["lines"][first[position]])
-        severity = problems.add(
-            Code.EVAL_TRAIN_OVERLAP, f"the same prompt is in the eval file at line {eval_line}", source="train", line=line
-        )
+        line = int(train_arrays.lines[index])
+        eval_line = int(eval_arrays.lines[first[position]])
+        message = f"the same prompt is in the eval file at line {eval_line}"
+        severity = problems.add(Code.EVAL_TRAIN_OVERLAP, message, source="train", line=line)
         problems.drop_line("train", line, had_error=severity is Severity.ERROR)
     keep[overlap] = False
 
@@ -78,7 +77,8 @@ def _hold_out(prompts: npt.NDArray[np.uint64], keep: Mask, options: ValidationOp
     if wanted < 1:
         return to_eval
     threshold = distinct[wanted - 1]
-    return keep & (prompts <= threshold)
+    held_out: Mask = keep & (prompts <= threshold)
+    return held_out
 
 
 def plan_splits(ledgers: dict[Source, Ledger], options: ValidationOptions, problems: ProblemLog) -> SplitPlan:
@@ -92,12 +92,12 @@ def plan_splits(ledgers: dict[Source, Ledger], options: ValidationOptions, probl
         plan.to_eval["train"] = np.zeros(len(ledgers["train"]), dtype=bool)
         plan.eval_source = "eval_file"
     else:
-        plan.to_eval["train"] = _hold_out(train_arrays["prompt_fps"], plan.keep["train"], options)
+        plan.to_eval["train"] = _hold_out(train_arrays.prompt_fps, plan.keep["train"], options)
         plan.eval_source = "held_out" if plan.to_eval["train"].any() else "none"
     train_mask = plan.keep["train"] & ~plan.to_eval["train"]
     plan.train_count = int(train_mask.sum())
     plan.eval_count = sum(int(mask.sum()) for mask in plan.to_eval.values())
-    plan.train_tokens = int(train_arrays["tokens"][train_mask].sum(dtype=np.int64))
+    plan.train_tokens = int(train_arrays.tokens[train_mask].sum(dtype=np.int64))
     return plan
 
 

@@ -27,9 +27,7 @@ def _group(count: CodeCount, report: ValidationReport) -> list[str]:
     noun = "line" if len(count.first_lines) == 1 and not more else "lines"
     lines = f" ({prefix}{noun} {where}{more})" if where else f" ({prefix.strip() or 'file'})"
     out = [f"  {count.code.value} x{count.count:,}{lines}"]
-    examples = [
-        p for p in report.problems if p.code is count.code and p.source == count.source
-    ][:2]
+    examples = [p for p in report.problems if p.code is count.code and p.source == count.source][:2]
     out += [f"      {p.render()}" for p in examples] or [f"      {count.first_message}"]
     return out
 

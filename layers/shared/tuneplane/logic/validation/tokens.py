@@ -20,13 +20,14 @@ from tuneplane.models.validation import Code, Severity, Source
 
 BATCH_SIZE = 512
 
-# (line, example_json, tokens, trained_tokens) for every example that survives the token checks
-Keep = Callable[[int, bytes, int, int], None]
+# (line, messages, example_json, tokens, trained_tokens) for every example that survives the token checks
+Keep = Callable[[int, list[Message], bytes, int, int], None]
 
 
 @dataclass(slots=True)
 class _Pending:
     line: int
+    messages: list[Message]
     example_json: bytes
     text: str
     spans: list[tuple[int, int]]
@@ -67,7 +68,7 @@ class TokenStage:
             self._problems.add(Code.CHAT_TEMPLATE_ERROR, str(exc), source=source, line=line)
             self._problems.drop_line(source, line, had_error=True)
             return
-        self._pending.append(_Pending(line, example_json, rendered.text, rendered.trained_spans, source))
+        self._pending.append(_Pending(line, messages, example_json, rendered.text, rendered.trained_spans, source))
         if len(self._pending) >= BATCH_SIZE:
             self.dispatch(keep)
 
@@ -120,7 +121,7 @@ class TokenStage:
             if errors:
                 self._problems.drop_line(item.source, item.line, had_error=True)
                 continue
-            keep(item.line, item.example_json, total, trained)
+            keep(item.line, item.messages, item.example_json, total, trained)
 
     def _measure(self, item: _Pending, encoding: Encoding) -> tuple[int, int, bool]:
         ids = encoding.ids

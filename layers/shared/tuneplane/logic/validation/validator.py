@@ -86,7 +86,9 @@ def validate_dataset(
             stack.callback(tokens.shutdown)
         outcomes: dict[Source, ScanOutcome] = {}
         ledgers: dict[Source, Ledger] = {}
-        sources: dict[Source, DatasetSource] = {"train": train} | ({"eval": eval_source} if eval_source else {})
+        sources: dict[Source, DatasetSource] = {"train": train}
+        if eval_source:
+            sources["eval"] = eval_source
         for role in ("eval", "train"):
             if role not in sources:
                 continue
@@ -141,7 +143,7 @@ def _scan(
 
     def usable(line: int, messages: list[Message], example_json: bytes) -> None:
         if tokens is None:
-            ledger.append(line, example_json)
+            ledger.append(line, messages, example_json)
         else:
             tokens.add(line, messages, example_json, role, ledger.append)
 
@@ -187,7 +189,9 @@ def _passed(problems: ProblemLog, outcomes: dict[Source, ScanOutcome], options: 
     )
 
 
-def _template_check(tokens: TokenStage | None, model: ModelContext | None, problems: ProblemLog) -> TemplateCheck | None:
+def _template_check(
+    tokens: TokenStage | None, model: ModelContext | None, problems: ProblemLog
+) -> TemplateCheck | None:
     if tokens is None or model is None:
         return None
     tally = tokens.tally
@@ -216,8 +220,8 @@ def _token_stats(ledgers: dict[Source, Ledger], plan: SplitPlan, tokens: TokenSt
     for role, ledger in ledgers.items():
         arrays = ledger.as_arrays()
         mask = plan.keep[role]
-        selected.append(arrays["tokens"][mask])
-        trained += int(arrays["trained_tokens"][mask].sum())
+        selected.append(arrays.tokens[mask])
+        trained += int(arrays.trained_tokens[mask].sum())
     counts = np.concatenate(selected) if selected else np.zeros(0, dtype=np.uint32)
     if counts.size == 0:
         return None
