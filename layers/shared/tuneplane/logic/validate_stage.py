@@ -71,10 +71,16 @@ def run_validate_stage(request: ValidateRequest, settings: ValidateSettings) -> 
         )
         report = result.report
         if result.train_path and report.split:
-            report.split.train_uri = s3.upload_file(result.train_path, settings.data_bucket, f"{run_prefix}data/train.jsonl")
+            report.split.train_uri = s3.upload_file(
+                result.train_path, settings.data_bucket, f"{run_prefix}data/train.jsonl"
+            )
         if result.eval_path and report.split:
-            report.split.eval_uri = s3.upload_file(result.eval_path, settings.data_bucket, f"{run_prefix}data/eval.jsonl")
-    report_uri = s3.put_json(settings.data_bucket, f"{run_prefix}validation/report.json", report.model_dump(mode="json"))
+            report.split.eval_uri = s3.upload_file(
+                result.eval_path, settings.data_bucket, f"{run_prefix}data/eval.jsonl"
+            )
+    report_uri = s3.put_json(
+        settings.data_bucket, f"{run_prefix}validation/report.json", report.model_dump(mode="json")
+    )
     summary_uri = s3.put_text(settings.data_bucket, f"{run_prefix}validation/summary.txt", render_summary(report))
     logger.info("dataset validated", run_id=request.run_id, passed=report.passed, report_uri=report_uri)
     if not report.passed:
