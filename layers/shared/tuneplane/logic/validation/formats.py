@@ -101,7 +101,9 @@ def _check_message(index: int, message: Any, findings: list[Finding]) -> Message
     if not (keys <= MESSAGE_KEYS):
         for key in sorted(keys - MESSAGE_KEYS):
             if key in TOOL_KEYS:
-                findings.append(Finding(Code.TOOLS_NOT_SUPPORTED, f"{path}.{key}", "tool calling is not supported yet"))
+                findings.append(
+                    Finding(Code.TOOLS_NOT_SUPPORTED, f"{path}.{key}", "tool calling is not supported yet")
+                )
             else:
                 findings.append(
                     Finding(Code.MESSAGE_UNRECOGNIZED_KEY, f"{path}.{key}", "only 'role' and 'content' are accepted")
@@ -169,7 +171,36 @@ def _check_turn_order(messages: list[Message], findings: list[Finding]) -> None:
         )
 
 
+def is_clean_conversation(messages: list[Any]) -> bool:
+    """The fast path for the common case: every message exactly {role, content}, contents non-blank strings,
+    an optional system message, then user/assistant alternating from user to assistant. Anything else goes
+    through the full checks, which name each problem."""
+    previous = None
+    for message in messages:
+        if type(message) is not dict or len(message) != 2:
+            return False
+        role, content = message.get("role"), message.get("content")
+        if type(content) is not str or not content or content.isspace():
+            return False
+        if role == "user":
+            if previous == "user":
+                return False
+        elif role == "assistant":
+            if previous != "user":
+                return False
+        elif role != "system" or previous is not None:
+            return False
+        previous = role
+    return previous == "assistant"
+
+
 def check_chat(record: dict[str, Any]) -> tuple[list[Message], list[Finding]]:
+    """Returns the record's own message list (not a copy) when it is clean and the only key: the caller
+    can then keep the raw JSON line as the normalised example."""
+    messages = record["messages"]
+    if type(messages) is list and is_clean_conversation(messages):
+        if "tools" not in record and "functions" not in record:
+            return messages, []
     findings: list[Finding] = []
     for key in ("tools", "functions"):
         if key in record:

@@ -1,5 +1,5 @@
 """What pass one keeps of each usable example: fingerprints, line, token counts (28 bytes an example) and
-its normalised JSON in a spill file, so memory stays flat however large the dataset is.
+its normalised JSON line ({"messages": [...]}) in a spill file, so memory stays flat however large the dataset is.
 
 Fingerprints are keyed BLAKE2b hashes of the messages' roles and contents (not of the JSON text, so key
 order and whitespace do not hide a duplicate): one of the whole conversation, one of the prompt (all but
@@ -24,14 +24,15 @@ _BETWEEN_MESSAGES, _ROLE_END = "\x00", "\x01"
 
 class Ledger:
     def __init__(self, spill_path: Path, seed: int) -> None:
-        self._key = seed.to_bytes(8, "little", signed=True)
+        # Copying a keyed hasher is cheaper than keying a new one for every example.
+        self._keyed = blake2b(digest_size=8, key=seed.to_bytes(8, "little", signed=True))
         self.example_fps = array("Q")
         self.prompt_fps = array("Q")
         self.lines = array("I")
         self.tokens = array("I")
         self.trained_tokens = array("I")
         self.spill_path = spill_path
-        self._spill: BinaryIO = spill_path.open("wb")
+        self._spill: BinaryIO = spill_path.open("wb", buffering=1 << 20)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -39,19 +40,16 @@ class Ledger:
     def append(
         self, line: int, messages: list[Message], example_json: bytes, tokens: int = 0, trained_tokens: int = 0
     ) -> None:
-        key = self._key
         turns = [m["role"] + _ROLE_END + m["content"] for m in messages]
-        prompt = _BETWEEN_MESSAGES.join(turns[:-1]).encode("utf-8", "surrogatepass")
-        answer = turns[-1].encode("utf-8", "surrogatepass")
-        prompt_hash = blake2b(prompt, digest_size=8, key=key)
-        self.prompt_fps.append(int.from_bytes(prompt_hash.digest(), "little"))
-        prompt_hash.update(b"\x00" + answer)  # continue from the prompt: the whole conversation
-        self.example_fps.append(int.from_bytes(prompt_hash.digest(), "little"))
+        fingerprint = self._keyed.copy()
+        fingerprint.update(_BETWEEN_MESSAGES.join(turns[:-1]).encode())
+        self.prompt_fps.append(int.from_bytes(fingerprint.digest(), "little"))
+        fingerprint.update((_BETWEEN_MESSAGES + turns[-1]).encode())  # continue: the whole conversation
+        self.example_fps.append(int.from_bytes(fingerprint.digest(), "little"))
         self.lines.append(line)
         self.tokens.append(tokens)
         self.trained_tokens.append(trained_tokens)
-        self._spill.write(example_json)
-        self._spill.write(b"\n")
+        self._spill.write(example_json + b"\n")
 
     def close(self) -> None:
         self._spill.close()

@@ -8,10 +8,18 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# Bounded runs (RFC 5321: a local part has at most 64 characters, a label 63): with `+` a long run of such
+# characters anywhere in a text that holds an '@' made the search quadratic (80 KB took 10 s).
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,63}")
 _AWS_KEY = re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b")
-# Cheap gate: anything that could be a card or phone number has a run of digits with separators.
-_DIGIT_RUN = re.compile(r"\+?\(?\d[\d ().-]{7,}\d")
+# Cheap gate: anything that could be a card or phone number has a run of 9+ digits and separators. (No
+# optional prefix: a pattern that can start anywhere is tried at every position, 5x slower.)
+_DIGIT_RUN = re.compile(r"\d[\d ().-]{7,}\d")
+_AWS_KEY_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA")
+# A digit run needs 9+ consecutive characters from [0-9 ().-]: map them all to "0" (one C-level pass) and
+# look for nine in a row, instead of running a regex over every line.
+_RUN_CHARS = bytes.maketrans(b"0123456789 ().-", b"0" * 15)
+_NINE = b"0" * 9
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 _PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)|\d{3})[ .-]?\d{3}[ .-]?\d{4}(?!\d)")
 
@@ -35,7 +43,20 @@ def _luhn_ok(digits: str) -> bool:
 
 def _mask_email(address: str) -> str:
     local, _, domain = address.partition("@")
-    return f"{local[:1]}***@{domain[:1]}***{domain[domain.rfind('.'):]}"
+    return f"{local[:1]}***@{domain[:1]}***{domain[domain.rfind('.') :]}"
+
+
+def may_contain_pii(raw_line: bytes) -> bool:
+    """A fast, exact pre-check on a whole raw JSON line: False means find_pii finds nothing in any of its
+    strings (each detector needs an '@', a key prefix or a digit run, all of which JSON leaves unescaped)."""
+    return (
+        b"@" in raw_line
+        or b"AKIA" in raw_line
+        or b"ASIA" in raw_line
+        or b"ABIA" in raw_line
+        or b"ACCA" in raw_line
+        or _NINE in raw_line.translate(_RUN_CHARS)
+    )
 
 
 def find_pii(text: str) -> list[PiiHit]:
@@ -45,7 +66,7 @@ def find_pii(text: str) -> list[PiiHit]:
         match = _EMAIL.search(text)
         if match:
             hits.append(PiiHit("email address", _mask_email(match.group())))
-    if "A" in text:
+    if any(prefix in text for prefix in _AWS_KEY_PREFIXES):
         match = _AWS_KEY.search(text)
         if match:
             key = match.group()

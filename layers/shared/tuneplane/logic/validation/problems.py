@@ -27,8 +27,9 @@ class ProblemLog:
         self.dropped_lines: dict[Source, list[int]] = {"train": [], "eval": []}
         self.dropped_count: dict[Source, int] = {"train": 0, "eval": 0}
 
-    def add(self, code: Code, message: str, *, source: Source, line: int | None = None,
-            path: str | None = None) -> Severity:
+    def add(
+        self, code: Code, message: str, *, source: Source, line: int | None = None, path: str | None = None
+    ) -> Severity:
         severity = self._options.severity(code)
         tally = self._tallies.get((source, code))
         if tally is None:

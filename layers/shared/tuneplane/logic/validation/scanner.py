@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from tuneplane.logic.validation.formats import (
     CHECKERS,
     Finding,
@@ -15,7 +17,7 @@ from tuneplane.logic.validation.formats import (
     detect_format,
     type_name,
 )
-from tuneplane.logic.validation.pii import find_pii
+from tuneplane.logic.validation.pii import find_pii, may_contain_pii
 from tuneplane.logic.validation.problems import ProblemLog
 from tuneplane.logic.validation.reader import LongLine, Readable, UnsupportedCompressionError, iter_lines, open_stream
 from tuneplane.models.validation import Code, DatasetFormat, Severity, Source, ValidationOptions
@@ -61,7 +63,8 @@ class FileScanner:
             for line, data in iter_lines(stream, self._options.max_line_bytes):
                 self._scan_line(line, data, usable)
         except (OSError, EOFError) as exc:  # gzip: truncated or corrupt stream
-            self._file_problem(Code.UNSUPPORTED_COMPRESSION, f"cannot decompress after line {self.outcome.lines_read}: {exc}")
+            read = self.outcome.lines_read
+            self._file_problem(Code.UNSUPPORTED_COMPRESSION, f"cannot decompress after line {read}: {exc}")
         if self.outcome.non_blank_lines == 0:
             self._file_problem(Code.FILE_EMPTY, "no examples: the file is empty or holds only blank lines")
         return self.outcome
@@ -79,38 +82,57 @@ class FileScanner:
         if isinstance(data, LongLine):
             outcome.non_blank_lines += 1
             limit = self._options.max_line_bytes
-            self._line_problem(line, Code.LINE_TOO_LONG, f"{data.size:,} bytes; the limit is {limit:,} (max_line_bytes)")
+            message = f"{data.size:,} bytes; the limit is {limit:,} (max_line_bytes)"
+            self._line_problem(line, Code.LINE_TOO_LONG, message)
             return
         if not data or data.isspace():
             self._problems.add(Code.BLANK_LINE, "blank line skipped", source=self._source, line=line)
             return
         outcome.non_blank_lines += 1
         try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            byte = data[exc.start : exc.start + 1].hex()
-            self._line_problem(line, Code.NOT_UTF8, f"invalid UTF-8 byte 0x{byte} at byte {exc.start + 1}")
-            return
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            self._line_problem(line, Code.INVALID_JSON, f"{exc.msg} at column {exc.colno}")
+            record = orjson.loads(data)  # also rejects invalid UTF-8 and unpaired surrogate escapes
+        except orjson.JSONDecodeError as exc:
+            self._unparsable(line, data, exc)
             return
         if not isinstance(record, dict):
             self._line_problem(line, Code.NOT_AN_OBJECT, f"expected a JSON object, got {type_name(record)}")
             return
         messages = self._check_record(line, record)
-        if messages is not None:
+        if messages is not None and may_contain_pii(data):
             self._check_pii(line, messages)
         if messages is None or self._line_errors:
             return
         outcome.examples_valid += 1
-        usable(line, messages, json.dumps(messages, ensure_ascii=False).encode())
+        if messages is record.get("messages") and len(record) == 1:
+            usable(line, messages, data)  # already {"messages": [{role, content}...]}: keep the user's bytes
+        else:
+            usable(line, messages, orjson.dumps({"messages": messages}))
+
+    def _unparsable(self, line: int, data: bytes, exc: orjson.JSONDecodeError) -> None:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            byte = data[bad.start : bad.start + 1].hex()
+            self._line_problem(line, Code.NOT_UTF8, f"invalid UTF-8 byte 0x{byte} at byte {bad.start + 1}")
+            return
+        if "surrogate" in exc.msg:  # "\ud83d" alone: valid JSON syntax, but half a character
+            path, char = _unpaired_surrogate(json.loads(data))
+            self._line_problem(line, Code.NOT_UTF8, f"unpaired surrogate {char!r}: half of a character", path)
+            return
+        self._line_problem(line, Code.INVALID_JSON, f"{exc.msg} at column {exc.colno}")
 
     def _check_record(self, line: int, record: dict[str, Any]) -> list[Message] | None:
         found = detect_format(record)
         if found is None:
             keys = ", ".join(repr(k) for k in list(record)[:5]) or "none"
+            if self.outcome.format is DatasetFormat.CHAT:  # e.g. a 'message' typo in a chat file
+                self._line_problem(
+                    line,
+                    Code.MISSING_MESSAGES_LIST,
+                    f"no 'messages' key (keys: {keys}) in a chat file (format set by line {self._format_line})",
+                    "messages",
+                )
+                return None
             self._line_problem(line, Code.UNKNOWN_FORMAT, f"keys {keys} match no accepted format: {_FORMAT_KEYS}")
             return None
         if self.outcome.format is None:
@@ -119,7 +141,8 @@ class FileScanner:
             self._line_problem(
                 line,
                 Code.MIXED_FORMATS,
-                f"a {found.value} example in a {self.outcome.format.value} file (format set by line {self._format_line})",
+                f"a {found.value} example in a {self.outcome.format.value} file "
+                f"(format set by line {self._format_line})",
             )
             return None
         messages, findings = CHECKERS[found](record)
@@ -143,3 +166,23 @@ class FileScanner:
             for hit in find_pii(message["content"]):
                 path = content_path(self.outcome.format, index)
                 self._report(line, Finding(Code.PII_DETECTED, path, f"{hit.kind} {hit.masked!r}"))
+
+
+def _unpaired_surrogate(value: Any, path: str = "") -> tuple[str | None, str]:
+    """Where in a (stdlib-parsed) record the first string holding an unpaired surrogate is."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            return path or None, value[exc.start]
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _unpaired_surrogate(item, f"{path}.{key}" if path else str(key))
+            if found[0] is not None or found[1]:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unpaired_surrogate(item, f"{path}[{index}]")
+            if found[0] is not None or found[1]:
+                return found
+    return None, ""

@@ -111,7 +111,7 @@ def write_splits(ledgers: dict[Source, Ledger], plan: SplitPlan, out_dir: Path) 
             with ledger.spill_path.open("rb") as spill:
                 for line, kept, goes_to_eval in zip(spill, keep, to_eval, strict=True):
                     if kept:
-                        (eval_out if goes_to_eval else train_out).write(b'{"messages": ' + line[:-1] + b"}\n")
+                        (eval_out if goes_to_eval else train_out).write(line)
     if plan.eval_count == 0:
         eval_path.unlink()
         return train_path, None
