@@ -103,10 +103,9 @@ class FileScanner:
         if messages is None or self._line_errors:
             return
         outcome.examples_valid += 1
-        if messages is record.get("messages") and len(record) == 1:
-            usable(line, messages, data)  # already {"messages": [{role, content}...]}: keep the user's bytes
-        else:
-            usable(line, messages, orjson.dumps({"messages": messages}))
+        # A clean chat record is already {"messages": [{role, content}...]}: keep the user's bytes as they are.
+        reuse_raw = len(record) == 1 and record.get("messages") is messages
+        usable(line, messages, data if reuse_raw else orjson.dumps({"messages": messages}))
 
     def _unparsable(self, line: int, data: bytes, exc: orjson.JSONDecodeError) -> None:
         try:
