@@ -58,6 +58,7 @@ def test_example_over_max_seq_length_is_reported_with_the_excess(write_jsonl, re
     total = int(problems[0].message.split()[0])
     assert f"{total - 64} over max_seq_length 64" in problems[0].message
     assert report.tokens is not None and report.tokens.over_max_seq_length == 1
+    assert report.examples_valid == 19 and 7 in report.lines_dropped
     assert not report.passed
 
 

@@ -32,7 +32,6 @@ Usable = Callable[[int, list[Message], bytes], None]
 class ScanOutcome:
     lines_read: int = 0
     non_blank_lines: int = 0
-    examples_valid: int = 0
     format: DatasetFormat | None = None
 
 
@@ -102,7 +101,6 @@ class FileScanner:
             self._check_pii(line, messages)
         if messages is None or self._line_errors:
             return
-        outcome.examples_valid += 1
         # A clean chat record is already {"messages": [{role, content}...]}: keep the user's bytes as they are.
         reuse_raw = len(record) == 1 and record.get("messages") is messages
         usable(line, messages, data if reuse_raw else orjson.dumps({"messages": messages}))

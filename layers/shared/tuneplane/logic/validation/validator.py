@@ -109,7 +109,7 @@ def validate_dataset(
             passed=passed,
             format=outcomes["train"].format,
             lines_read=outcomes["train"].lines_read,
-            examples_valid=outcomes["train"].examples_valid,
+            examples_valid=len(ledgers["train"]),
             lines_dropped=problems.dropped_lines["train"],
             lines_dropped_count=problems.dropped_count["train"],
             duplicates_dropped=plan.duplicates["train"],
