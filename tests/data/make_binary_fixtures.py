@@ -1,5 +1,5 @@
 """Regenerate the byte-exact fixtures under tests/data: gzip, BOM and CRLF variants of valid/chat.jsonl, and the
-bad files whose defect is in the bytes (not UTF-8, bzip2, xz, zip, a truncated gzip).
+bad files whose defect is in the bytes (not UTF-8, UTF-16, bzip2, xz, zip, a truncated gzip).
 
     python tests/data/make_binary_fixtures.py
 
@@ -50,6 +50,8 @@ def build(data: Path = DATA) -> dict[str, bytes]:
         "bad/unsupported_compression_bzip2_magic.jsonl": bz2.compress(chat),
         "bad/unsupported_compression_xz_magic.jsonl": lzma.compress(chat, format=lzma.FORMAT_XZ),
         "bad/unsupported_compression_zip_suffix.jsonl.zip": _zip("chat.jsonl", chat),
+        # what some Windows editors save: UTF-16 with a byte order mark
+        "bad/unsupported_encoding_utf16.jsonl": chat.decode("utf-8").encode("utf-16"),
         # the 8-byte trailer (CRC32 and size) cut off: every line decompresses, then the stream ends early
         "bad/unsupported_compression_truncated.jsonl.gz": gzipped[:-8],
     }

@@ -88,3 +88,25 @@ def test_bad_arguments_exit_2(capsys) -> None:  # noqa: ANN001
     with pytest.raises(SystemExit) as raised:
         main(["validate"])
     assert raised.value.code == EXIT_USAGE
+
+
+def test_out_dir_never_overwrites_the_input(tmp_path: Path, reversal_lines, capsys) -> None:  # noqa: ANN001
+    # GIVEN a dataset named train.jsonl
+    source = tmp_path / "train.jsonl"
+    source.write_text("\n".join(reversal_lines) + "\n")
+    before = source.read_bytes()
+    # WHEN the splits would be written next to it
+    code = main(["validate", str(source), "--out-dir", str(tmp_path)])
+    # THEN it refuses with a usage error and the file is untouched
+    assert code == EXIT_USAGE
+    assert "would be overwritten" in capsys.readouterr().err
+    assert source.read_bytes() == before
+
+
+def test_the_minimum_counts_examples_before_the_held_out_split(write_jsonl, reversal_lines, capsys) -> None:  # noqa: ANN001
+    # GIVEN exactly the default minimum of 10 examples, and then 9
+    # WHEN validated (one of the ten is held out for evaluation)
+    # THEN ten pass and nine are too few
+    assert main(["validate", str(write_jsonl(reversal_lines[:10]))]) == EXIT_VALID
+    assert main(["validate", str(write_jsonl(reversal_lines[:9], name="nine.jsonl"))]) == EXIT_INVALID
+    assert "9 usable training examples; at least 10 needed" in capsys.readouterr().out

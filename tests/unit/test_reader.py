@@ -62,3 +62,21 @@ def test_unsupported_compression_is_named(body: bytes, name: str, kind: str) -> 
     with pytest.raises(UnsupportedCompressionError) as raised:
         open_stream(io.BytesIO(body), name)
     assert raised.value.kind == kind
+
+
+def test_a_utf16_file_gets_one_file_level_error(tmp_path) -> None:  # noqa: ANN001
+    from pathlib import Path
+
+    from tuneplane.logic.validation import DatasetSource, validate_dataset
+    from tuneplane.models.validation import Code, ValidationOptions
+
+    # GIVEN a dataset saved as UTF-16 (what some Windows editors do)
+    path: Path = tmp_path / "utf16.jsonl"
+    path.write_bytes('{"prompt": "a", "completion": "b"}\n'.encode("utf-16"))
+    # WHEN validated
+    report = validate_dataset(DatasetSource.local(path), ValidationOptions()).report
+    # THEN one file-level error says what the encoding is and what to do, instead of an error per line
+    assert not report.passed
+    assert [(p.code, p.line, p.message) for p in report.problems] == [
+        (Code.UNSUPPORTED_ENCODING, None, "the file is UTF-16; save it as UTF-8")
+    ]

@@ -20,6 +20,7 @@ class Code(StrEnum):
     FILE_EMPTY = "file_empty"
     FILE_TOO_LARGE = "file_too_large"
     UNSUPPORTED_COMPRESSION = "unsupported_compression"
+    UNSUPPORTED_ENCODING = "unsupported_encoding"
     NOT_UTF8 = "not_utf8"
     LINE_TOO_LONG = "line_too_long"
     BLANK_LINE = "blank_line"
@@ -69,6 +70,7 @@ FILE_LEVEL_CODES = frozenset(
         Code.FILE_EMPTY,
         Code.FILE_TOO_LARGE,
         Code.UNSUPPORTED_COMPRESSION,
+        Code.UNSUPPORTED_ENCODING,
         Code.TOO_FEW_EXAMPLES,
         Code.TOO_MANY_INVALID,
         Code.EOS_NOT_TRAINED,

@@ -32,7 +32,7 @@ class PiiHit(NamedTuple):
 def _luhn_ok(digits: str) -> bool:
     total = 0
     for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
+        value = int(char)  # any script's decimal digit
         if index % 2:
             value *= 2
             if value > 9:
@@ -48,9 +48,12 @@ def _mask_email(address: str) -> str:
 
 def may_contain_pii(raw_line: bytes) -> bool:
     """A fast, exact pre-check on a whole raw JSON line: False means find_pii finds nothing in any of its
-    strings (each detector needs an '@', a key prefix or a digit run, all of which JSON leaves unescaped)."""
+    strings. Each detector needs an '@', a key prefix or a run of ASCII digits; lines with non-ASCII text
+    (other scripts' digits) or \\u escapes (which could spell any of those) always get the full check."""
     return (
-        b"@" in raw_line
+        not raw_line.isascii()
+        or b"\\u" in raw_line
+        or b"@" in raw_line
         or b"AKIA" in raw_line
         or b"ASIA" in raw_line
         or b"ABIA" in raw_line

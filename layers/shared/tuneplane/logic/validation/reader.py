@@ -20,11 +20,23 @@ UNSUPPORTED_MAGIC = {
     b"7z\xbc\xaf\x27\x1c": "7z",
     b"\x04\x22\x4d\x18": "lz4",
 }
+UNSUPPORTED_ENCODING_BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
 UNSUPPORTED_SUFFIXES = {".bz2": "bzip2", ".xz": "xz", ".zst": "zstd", ".zip": "zip", ".7z": "7z", ".lz4": "lz4"}
 
 
 class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
+
+
+class UnsupportedEncodingError(Exception):
+    def __init__(self, encoding: str) -> None:
+        super().__init__(encoding)
+        self.encoding = encoding
 
 
 class UnsupportedCompressionError(Exception):
@@ -66,6 +78,9 @@ def open_stream(source: Readable, name: str) -> io.BufferedIOBase:
     for magic, kind in UNSUPPORTED_MAGIC.items():
         if head.startswith(magic):
             raise UnsupportedCompressionError(kind)
+    for bom, encoding in UNSUPPORTED_ENCODING_BOMS.items():
+        if head.startswith(bom):
+            raise UnsupportedEncodingError(encoding)
     if head.startswith(GZIP_MAGIC):
         # GzipFile reads through its own internal BufferedReader, so readline stays in C.
         return gzip.GzipFile(fileobj=buffered, mode="rb")

@@ -19,7 +19,14 @@ from tuneplane.logic.validation.formats import (
 )
 from tuneplane.logic.validation.pii import find_pii, may_contain_pii
 from tuneplane.logic.validation.problems import ProblemLog
-from tuneplane.logic.validation.reader import LongLine, Readable, UnsupportedCompressionError, iter_lines, open_stream
+from tuneplane.logic.validation.reader import (
+    LongLine,
+    Readable,
+    UnsupportedCompressionError,
+    UnsupportedEncodingError,
+    iter_lines,
+    open_stream,
+)
 from tuneplane.models.validation import Code, DatasetFormat, Severity, Source, ValidationOptions
 
 _FORMAT_KEYS = "chat ('messages'), prompt/completion ('prompt', 'completion') or alpaca ('instruction', 'output')"
@@ -57,6 +64,9 @@ class FileScanner:
             self._file_problem(
                 Code.UNSUPPORTED_COMPRESSION, f"{exc.kind} is not supported; upload plain .jsonl or gzip (.jsonl.gz)"
             )
+            return self.outcome
+        except UnsupportedEncodingError as exc:
+            self._file_problem(Code.UNSUPPORTED_ENCODING, f"the file is {exc.encoding}; save it as UTF-8")
             return self.outcome
         try:
             for line, data in iter_lines(stream, self._options.max_line_bytes):

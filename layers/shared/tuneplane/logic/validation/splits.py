@@ -20,6 +20,7 @@ from tuneplane.logic.validation.problems import ProblemLog
 from tuneplane.models.validation import Code, Severity, Source, ValidationOptions
 
 Mask = npt.NDArray[np.bool_]
+SPLIT_FILES = ("train.jsonl", "eval.jsonl")
 
 
 @dataclass
@@ -104,7 +105,7 @@ def plan_splits(ledgers: dict[Source, Ledger], options: ValidationOptions, probl
 def write_splits(ledgers: dict[Source, Ledger], plan: SplitPlan, out_dir: Path) -> tuple[Path, Path | None]:
     """Pass two: copy each kept example from the spill files into train.jsonl / eval.jsonl."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_path, eval_path = out_dir / "train.jsonl", out_dir / "eval.jsonl"
+    train_path, eval_path = (out_dir / name for name in SPLIT_FILES)
     with train_path.open("wb") as train_out, eval_path.open("wb") as eval_out:
         for role, ledger in ledgers.items():
             keep, to_eval = plan.keep[role].tolist(), plan.to_eval[role].tolist()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from tuneplane.errors import InvalidConfiguration
 from tuneplane.logic.chat_template import ChatTokenizer
 from tuneplane.logic.cost import PricingTable, estimate_cost
 from tuneplane.logic.validation.formats import Message
@@ -25,7 +26,7 @@ from tuneplane.logic.validation.ledger import Ledger
 from tuneplane.logic.validation.problems import ProblemLog
 from tuneplane.logic.validation.reader import Readable
 from tuneplane.logic.validation.scanner import FileScanner, ScanOutcome
-from tuneplane.logic.validation.splits import SplitPlan, plan_splits, write_splits
+from tuneplane.logic.validation.splits import SPLIT_FILES, SplitPlan, plan_splits, write_splits
 from tuneplane.logic.validation.tokens import TokenStage
 from tuneplane.models.validation import (
     FILE_LEVEL_CODES,
@@ -79,6 +80,8 @@ def validate_dataset(
 ) -> ValidationResult:
     """Validate `train` (and `eval_source`); when it passes and `out_dir` is given, write the splits there."""
     started = time.perf_counter()
+    if out_dir is not None:
+        _refuse_to_overwrite(out_dir, [train, eval_source])
     problems = ProblemLog(options)
     with tempfile.TemporaryDirectory(prefix="tuneplane-validate-") as spill_dir, ExitStack() as stack:
         tokens = TokenStage(model.tokenizer, options.max_seq_length, problems) if model else None
@@ -131,6 +134,15 @@ def validate_dataset(
     return ValidationResult(report, train_path, eval_path)
 
 
+def _refuse_to_overwrite(out_dir: Path, sources: list[DatasetSource | None]) -> None:
+    outputs = {(out_dir / name).resolve() for name in SPLIT_FILES}
+    for source in sources:
+        if source is not None and Path(source.name).resolve() in outputs:
+            raise InvalidConfiguration(
+                f"{source.name} would be overwritten by the normalised splits: choose another output directory"
+            )
+
+
 def _scan(
     source: DatasetSource,
     role: Source,
@@ -158,12 +170,12 @@ def _scan(
 def _check_sizes(
     plan: SplitPlan, outcomes: dict[Source, ScanOutcome], options: ValidationOptions, problems: ProblemLog
 ) -> None:
-    if outcomes["train"].non_blank_lines and plan.train_count < options.min_examples:
-        held_out = f" after holding out {plan.eval_count} for evaluation" if plan.eval_source == "held_out" else ""
+    # Counted before the held-out split: the minimum is about the data the user gave us.
+    usable = plan.train_count + (plan.eval_count if plan.eval_source == "held_out" else 0)
+    if outcomes["train"].non_blank_lines and usable < options.min_examples:
         problems.add(
             Code.TOO_FEW_EXAMPLES,
-            f"{plan.train_count} usable training examples{held_out}; at least {options.min_examples} needed "
-            "(min_examples)",
+            f"{usable} usable training examples; at least {options.min_examples} needed (min_examples)",
             source="train",
         )
     if "eval" in outcomes and outcomes["eval"].non_blank_lines and plan.eval_count == 0:
