@@ -1,0 +1,47 @@
+"""The local cloud: the real template, ASL and handler code on moto, in this process (DESIGN.md §4).
+
+    with local_cloud():
+        deployment = deploy({"BaseModelS3Uri": "s3://models/tiny/"})
+        boto3.client("stepfunctions").start_execution(stateMachineArn=deployment.state_machine_arn, name=..., ...)
+
+- ``template.py``: SAM transform of ``template.yaml``, offline;
+- ``deploy.py``: the stack in moto's CloudFormation, repaired where moto ignores things (``moto_fixes.py``);
+- ``lambda_runtime.py``: Lambda invocations run the handlers in process instead of in Docker;
+- ``s3_events.py``: S3's EventBridge notifications reach the default bus only (moto offers them to every bus);
+- ``clock.py``: Wait states and Retry intervals compressed, so tests of slow paths stay fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from moto import mock_aws
+
+from local.cloud.clock import compressed_time
+from local.cloud.deploy import DeployError, LocalDeployment, deploy
+from local.cloud.lambda_runtime import patched_lambda_runtime
+from local.cloud.s3_events import s3_events_on_default_bus
+
+__all__ = [
+    "DeployError",
+    "LocalDeployment",
+    "compressed_time",
+    "deploy",
+    "local_cloud",
+    "patched_lambda_runtime",
+    "s3_events_on_default_bus",
+]
+
+
+@contextmanager
+def local_cloud(time_scale: float = 1.0) -> Iterator[None]:
+    """moto with executing state machines, in-process Lambda handlers, S3 events on the default bus only, and
+    Wait/Retry times multiplied by ``time_scale``."""
+    with (
+        mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
+        patched_lambda_runtime(),
+        s3_events_on_default_bus(),
+        compressed_time(time_scale),
+    ):
+        yield

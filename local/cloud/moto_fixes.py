@@ -1,0 +1,140 @@
+"""What moto's CloudFormation gets wrong or leaves out for our template, and the repairs ``deploy`` applies.
+
+moto 5.2.5 creates every resource type in ``template.yaml`` except ``AWS::S3::BucketPolicy``, but (checked against
+its source and by deploying the template):
+
+- ``Ref`` to an ``AWS::Events::EventBus`` gives the Python object instead of the bus name (the model has no
+  ``physical_resource_id``): every ``!Ref EventBus`` (DefinitionSubstitutions, Outputs) would be garbage.
+  Repaired while the stack is created and fixed up (``event_bus_ref_fix``).
+- ``AWS::S3::Bucket``: only ``BucketEncryption`` and ``Tags`` are applied. Versioning, the EventBridge
+  notification switch, the public access block and ownership controls are applied here. Lifecycle rules and
+  access logging are left out: moto neither expires objects nor writes access logs, so they would change nothing.
+- ``AWS::S3::BucketPolicy`` is skipped (with a warning). It stays skipped: moto evaluates a bucket policy on
+  object requests but treats a statement whose ``Condition`` does not hold as a match, so the TLS-only ``Deny``
+  (``aws:SecureTransport: false``) would deny every PutObject/GetObject. No other IAM is enforced here either.
+- ``AWS::Lambda::Function``: ``Tags`` (and ``Layers``, ``Architectures``, ``EphemeralStorage``, ``LoggingConfig``,
+  ``TracingConfig``) are ignored. The tags are applied here, plus the tag that tells the in-process runtime where
+  the function's code lives (``lambda_runtime.CODE_DIR_TAG``); the rest has no effect on an in-process run.
+- ``AWS::StepFunctions::StateMachine``: ``DefinitionSubstitutions``, ``LoggingConfiguration``,
+  ``TracingConfiguration`` and ``StateMachineType`` are ignored and the machine is created in the backend that
+  never executes anything. It is re-created here, substitutions applied, in the executing backend, same ARN.
+
+The repairs work from the resource's properties as the stack resolved them (moto's own ``clean_json`` over the
+stack's resource map), so intrinsic functions (``!Ref``, ``!GetAtt``, ``!Sub``) mean exactly what they meant at
+creation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from unittest import mock
+
+import boto3
+from moto.cloudformation.models import Stack, cloudformation_backends
+from moto.cloudformation.parsing import clean_json
+from moto.events.models import EventBus
+from moto.stepfunctions.models import stepfunctions_backends
+
+from local.cloud.lambda_runtime import CODE_DIR_TAG
+
+if TYPE_CHECKING:
+    from mypy_boto3_stepfunctions.type_defs import TagTypeDef
+
+
+@contextmanager
+def event_bus_ref_fix() -> Iterator[None]:
+    """``Ref`` of an event bus is its name (moto returns the model object instead)."""
+    with mock.patch.object(EventBus, "physical_resource_id", property(lambda bus: bus.name), create=True):
+        yield
+
+
+def find_stack(stack_name: str, account_id: str, region: str) -> Stack:
+    """moto's live stack object (the resource map lives on it)."""
+    for stack in cloudformation_backends[account_id][region].stacks.values():
+        if stack.name == stack_name and stack.status != "DELETE_COMPLETE":
+            return stack
+    raise LookupError(f"no stack named {stack_name} in {account_id}/{region}")
+
+
+def resolved_properties(stack: Stack, template: Mapping[str, Any], logical_id: str) -> dict[str, Any]:
+    """The resource's ``Properties`` with every intrinsic function resolved against the created stack."""
+    properties = template["Resources"][logical_id].get("Properties", {})
+    resolved: dict[str, Any] = clean_json(json.loads(json.dumps(properties)), stack.resource_map)
+    return resolved
+
+
+def _true(value: Any) -> bool:
+    """A CloudFormation boolean: true, "true" or "True"."""
+    return str(value).lower() == "true"
+
+
+def fix_bucket(name: str, properties: Mapping[str, Any], region: str) -> None:
+    s3 = boto3.client("s3", region_name=region)
+    if "VersioningConfiguration" in properties:
+        s3.put_bucket_versioning(
+            Bucket=name, VersioningConfiguration={"Status": properties["VersioningConfiguration"]["Status"]}
+        )
+    notifications = properties.get("NotificationConfiguration", {})
+    if _true(notifications.get("EventBridgeConfiguration", {}).get("EventBridgeEnabled")):
+        s3.put_bucket_notification_configuration(
+            Bucket=name, NotificationConfiguration={"EventBridgeConfiguration": {}}
+        )
+    if "PublicAccessBlockConfiguration" in properties:
+        block = {key: _true(value) for key, value in properties["PublicAccessBlockConfiguration"].items()}
+        s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=block)  # type: ignore[arg-type]
+    if "OwnershipControls" in properties:
+        s3.put_bucket_ownership_controls(Bucket=name, OwnershipControls=properties["OwnershipControls"])
+
+
+def fix_function(name: str, properties: Mapping[str, Any], code_dir: Path | None, region: str) -> None:
+    client = boto3.client("lambda", region_name=region)
+    arn = client.get_function(FunctionName=name)["Configuration"]["FunctionArn"]
+    tags = {tag["Key"]: str(tag["Value"]) for tag in properties.get("Tags", [])}
+    if code_dir is not None:
+        tags[CODE_DIR_TAG] = str(code_dir)
+    if tags:
+        client.tag_resource(Resource=arn, Tags=tags)
+
+
+def substitute(definition: str, substitutions: Mapping[str, Any]) -> str:
+    """``DefinitionSubstitutions``: every ``${Name}`` in the definition becomes the substitution's value."""
+    for name, value in substitutions.items():
+        text = json.dumps(value) if isinstance(value, bool) else str(value)
+        definition = definition.replace("${" + name + "}", text)
+    return definition
+
+
+def _camel_case_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key[:1].lower() + key[1:]: _camel_case_keys(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_camel_case_keys(item) for item in value]
+    return value
+
+
+def fix_state_machine(arn: str, properties: Mapping[str, Any], account_id: str, region: str) -> None:
+    """Move the state machine into the executing backend, with its substitutions and settings applied."""
+    definition = properties.get("DefinitionString")
+    if not isinstance(definition, str):
+        definition = json.dumps(properties.get("Definition", {}))
+    stepfunctions_backends[account_id][region].delete_state_machine(arn)
+    extra: dict[str, Any] = {}
+    if "LoggingConfiguration" in properties:  # same fields as the API, but PascalCase
+        extra["loggingConfiguration"] = _camel_case_keys(properties["LoggingConfiguration"])
+    if "TracingConfiguration" in properties:
+        extra["tracingConfiguration"] = {"enabled": bool(properties["TracingConfiguration"].get("Enabled"))}
+    tags: list[TagTypeDef] = [{"key": tag["Key"], "value": str(tag["Value"])} for tag in properties.get("Tags", [])]
+    created = boto3.client("stepfunctions", region_name=region).create_state_machine(
+        name=arn.rsplit(":", 1)[1],
+        definition=substitute(definition, properties.get("DefinitionSubstitutions", {})),
+        roleArn=properties["RoleArn"],
+        type=properties.get("StateMachineType", "STANDARD"),
+        tags=tags,
+        **extra,
+    )
+    if created["stateMachineArn"] != arn:
+        raise RuntimeError(f"state machine re-created as {created['stateMachineArn']}, expected {arn}")
