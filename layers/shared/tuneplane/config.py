@@ -33,3 +33,21 @@ def validate_settings() -> ValidateSettings:
         return ValidateSettings()
     except ValidationError as exc:
         raise InvalidConfiguration(f"Validate function environment: {exc}") from exc
+
+
+class StartRunSettings(BaseSettings):
+    """What the StartRun Lambda reads from its environment (see template.yaml StartRunFunction)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    state_machine_arn: str = Field(pattern=r"^arn:aws[a-z-]*:states:[a-z0-9-]+:[0-9]{12}:stateMachine:[A-Za-z0-9_-]+$")
+    incoming_prefix: str = Field(default="incoming/", pattern=r"^[^/].*/$")
+    max_sidecar_bytes: int = Field(default=64 * 1024, ge=1)
+
+
+@cache
+def start_run_settings() -> StartRunSettings:
+    try:
+        return StartRunSettings()
+    except ValidationError as exc:
+        raise InvalidConfiguration(f"StartRun function environment: {exc}") from exc

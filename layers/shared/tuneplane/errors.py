@@ -27,3 +27,15 @@ class BaseModelUnavailable(TuneplaneError):
 
 class StorageError(TuneplaneError):
     """S3 refused or failed a read or write; usually transient or a permissions problem."""
+
+
+class RunAlreadyStarted(TuneplaneError):
+    """An execution with this run's name exists already: a duplicate delivery of the same object version."""
+
+    def __init__(self, execution_arn: str) -> None:
+        super().__init__(f"run already started: {execution_arn}")
+        self.execution_arn = execution_arn
+
+
+class OrchestrationError(TuneplaneError):
+    """Step Functions refused or failed a call (throttling, permissions, a missing state machine)."""

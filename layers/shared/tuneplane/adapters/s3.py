@@ -58,6 +58,22 @@ def open_object(bucket: str, key: str, version_id: str | None = None) -> Any:
         raise _error(exc, f"s3://{bucket}/{key}") from exc
 
 
+def read_if_exists(bucket: str, key: str, limit: int) -> tuple[bytes, str | None] | None:
+    """The current version's first ``limit + 1`` bytes and its version id, or None when there is no such object.
+
+    Reading one byte past ``limit`` lets the caller tell an object of exactly ``limit`` bytes from a larger one.
+    """
+    try:
+        response = s3_client().get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "") in _MISSING:
+            return None
+        raise _error(exc, f"s3://{bucket}/{key}") from exc
+    with response["Body"] as body:
+        data = body.read(limit + 1)
+    return data, response.get("VersionId")
+
+
 def upload_file(path: Path, bucket: str, key: str, content_type: str = "application/jsonl") -> str:
     try:
         s3_client().upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type})

@@ -22,6 +22,10 @@ class ValidateRequest(BaseModel):
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="ValidationOptions fields from the dataset's sidecar file."
     )
+    sidecar_key: str | None = Field(default=None, description="The dataset's sidecar file, if it has one.")
+    sidecar_error: str | None = Field(
+        default=None, description="Set by StartRun when the sidecar file is unusable: the run is rejected."
+    )
 
 
 class ValidateSummary(BaseModel):
