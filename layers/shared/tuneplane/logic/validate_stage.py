@@ -22,8 +22,10 @@ from tuneplane.observability import logger
 _TOP_ERRORS_IN_MESSAGE = 3
 
 
-def build_options(settings: ValidateSettings, overrides: dict[str, object]) -> ValidationOptions:
-    """Deployment defaults from the environment, then the dataset's own overrides on top."""
+def build_options(
+    settings: ValidateSettings, overrides: dict[str, object], sidecar: str | None = None
+) -> ValidationOptions:
+    """Deployment defaults from the environment, then the dataset's own overrides (from ``sidecar``) on top."""
     defaults: dict[str, object] = {
         "max_seq_length": settings.max_seq_length,
         "min_examples": settings.min_examples,
@@ -35,7 +37,8 @@ def build_options(settings: ValidateSettings, overrides: dict[str, object]) -> V
         return ValidationOptions.model_validate(defaults | overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidTrainingData(f"invalid dataset settings (sidecar file): {problems}") from exc
+        where = f"validation settings in {sidecar}" if sidecar else "sidecar file"
+        raise InvalidTrainingData(f"invalid dataset settings ({where}): {problems}") from exc
 
 
 def _source(bucket: str, key: str, version_id: str | None) -> DatasetSource:
@@ -71,7 +74,8 @@ def _reject_unusable_sidecar(request: ValidateRequest) -> None:
 
 def run_validate_stage(request: ValidateRequest, settings: ValidateSettings) -> ValidateSummary:
     _reject_unusable_sidecar(request)
-    options = build_options(settings, request.overrides)
+    sidecar = f"s3://{request.bucket}/{request.sidecar_key}" if request.sidecar_key else None
+    options = build_options(settings, request.overrides, sidecar)
     run_prefix = f"{settings.runs_prefix}{request.run_id}/"
     train = _source(request.bucket, request.key, request.version_id)
     evaluation = _source(request.bucket, request.eval_key, None) if request.eval_key else None
