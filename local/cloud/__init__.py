@@ -8,6 +8,8 @@
 - ``deploy.py``: the stack in moto's CloudFormation, repaired where moto ignores things (``moto_fixes.py``);
 - ``lambda_runtime.py``: Lambda invocations run the handlers in process instead of in Docker;
 - ``s3_events.py``: S3's EventBridge notifications reach the default bus only (moto offers them to every bus);
+- ``event_targets.py``: EventBridge rules deliver to Lambda functions and state machines (moto raises instead), so
+  an upload reaches StartRun and starts the pipeline;
 - ``clock.py``: Wait states and Retry intervals compressed, so tests of slow paths stay fast.
 """
 
@@ -20,6 +22,7 @@ from moto import mock_aws
 
 from local.cloud.clock import compressed_time
 from local.cloud.deploy import DeployError, LocalDeployment, deploy
+from local.cloud.event_targets import eventbridge_targets
 from local.cloud.lambda_runtime import patched_lambda_runtime
 from local.cloud.s3_events import s3_events_on_default_bus
 
@@ -28,6 +31,7 @@ __all__ = [
     "LocalDeployment",
     "compressed_time",
     "deploy",
+    "eventbridge_targets",
     "local_cloud",
     "patched_lambda_runtime",
     "s3_events_on_default_bus",
@@ -36,12 +40,13 @@ __all__ = [
 
 @contextmanager
 def local_cloud(time_scale: float = 1.0) -> Iterator[None]:
-    """moto with executing state machines, in-process Lambda handlers, S3 events on the default bus only, and
-    Wait/Retry times multiplied by ``time_scale``."""
+    """moto with executing state machines, in-process Lambda handlers, S3 events on the default bus only, EventBridge
+    Lambda and Step Functions targets, and Wait/Retry times multiplied by ``time_scale``."""
     with (
         mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
         patched_lambda_runtime(),
         s3_events_on_default_bus(),
+        eventbridge_targets(),
         compressed_time(time_scale),
     ):
         yield

@@ -30,7 +30,7 @@ from local.cloud.template import TEMPLATE, CodeAsset, TransformedTemplate, trans
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
 # Resource types moto's CloudFormation skips that we know about (see moto_fixes): their warning is noise. Any other
 # skipped type still warns: a new resource in the template that the local cloud silently lacks.
-KNOWN_SKIPPED_TYPES = ("AWS::S3::BucketPolicy",)
+KNOWN_SKIPPED_TYPES = ("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::Lambda::EventInvokeConfig")
 
 
 class DeployError(RuntimeError):

@@ -1,6 +1,6 @@
 """What moto's CloudFormation gets wrong or leaves out for our template, and the repairs ``deploy`` applies.
 
-moto 5.2.5 creates every resource type in ``template.yaml`` except ``AWS::S3::BucketPolicy``, but (checked against
+moto 5.2.5 creates every resource type in ``template.yaml`` except the three below, but (checked against
 its source and by deploying the template):
 
 - ``Ref`` to an ``AWS::Events::EventBus`` gives the Python object instead of the bus name (the model has no
@@ -12,6 +12,8 @@ its source and by deploying the template):
 - ``AWS::S3::BucketPolicy`` is skipped (with a warning). It stays skipped: moto evaluates a bucket policy on
   object requests but treats a statement whose ``Condition`` does not hold as a match, so the TLS-only ``Deny``
   (``aws:SecureTransport: false``) would deny every PutObject/GetObject. No other IAM is enforced here either.
+- ``AWS::SQS::QueuePolicy`` and ``AWS::Lambda::EventInvokeConfig`` are skipped too, and stay skipped: no IAM is
+  enforced here, and ``event_targets`` does not emulate Lambda's asynchronous retries and destinations.
 - ``AWS::Lambda::Function``: ``Tags`` (and ``Layers``, ``Architectures``, ``EphemeralStorage``, ``LoggingConfig``,
   ``TracingConfig``) are ignored. The tags are applied here, plus the tag that tells the in-process runtime where
   the function's code lives (``lambda_runtime.CODE_DIR_TAG``); the rest has no effect on an in-process run.

@@ -1,7 +1,9 @@
 """The state-machine test harness: the real template deployed into moto (local/cloud), one fresh stack per test.
 
 Every event published on the stack's bus is copied to an SQS queue by a catch-all rule, so tests can assert on the
-sequence of stage events. The tiny base model is uploaded where ``BaseModelS3Uri`` points.
+sequence of stage events; S3's events on the default bus are copied the same way, so a test can re-deliver one.
+An upload under incoming/ starts a run by itself (the StartRun trigger); tests that start executions themselves
+turn the trigger off first (``disable_trigger``). The tiny base model is uploaded where ``BaseModelS3Uri`` points.
 """
 
 from __future__ import annotations
@@ -16,20 +18,26 @@ from typing import Any
 
 import boto3
 from local.cloud import LocalDeployment, deploy, local_cloud
+from local.cloud.s3_events import deliver_to_default_bus
 
 MODEL_BUCKET = "tuneplane-test-models"
 MODEL_PREFIX = "tiny/"
 EXECUTION_TIMEOUT_S = 60.0
+S3_OBJECT_CREATED = {"source": ["aws.s3"], "detail-type": ["Object Created"]}
+TRIGGER_RULE = "StartRunFunctionDatasetUploaded"  # logical id SAM gives the StartRun function's EventBridge rule
 
 
 def _clear_lambda_caches() -> None:
     """In-process functions share the tuneplane package: reset what a cold start would (see lambda_runtime)."""
     from tuneplane.adapters import s3 as s3_adapter
-    from tuneplane.config import validate_settings
+    from tuneplane.adapters import stepfunctions as sfn_adapter
+    from tuneplane.config import start_run_settings, validate_settings
     from tuneplane.logic import base_model
 
     s3_adapter.s3_client.cache_clear()
+    sfn_adapter.sfn_client.cache_clear()
     validate_settings.cache_clear()
+    start_run_settings.cache_clear()
     base_model._fetch.cache_clear()
 
 
@@ -42,24 +50,54 @@ class Cloud:
     sfn: Any
     sqs: Any
     events_queue_url: str
+    s3_events_queue_url: str
 
     def upload(self, key: str, lines: list[str]) -> str:
         """Put ``lines`` as a JSONL object in the data bucket; returns the new version id."""
-        body = "".join(line + "\n" for line in lines).encode()
+        return self.put(key, "".join(line + "\n" for line in lines).encode())
+
+    def put(self, key: str, body: bytes) -> str:
+        """Put ``body`` in the data bucket; returns the new version id."""
         response = self.s3.put_object(Bucket=self.deployment.bucket_name, Key=key, Body=body)
         return str(response["VersionId"])
+
+    def disable_trigger(self) -> None:
+        """Uploads under incoming/ no longer start runs (for tests that start executions themselves)."""
+        boto3.client("events").disable_rule(Name=self.deployment.resources[TRIGGER_RULE])
 
     def run(self, name: str, execution_input: dict[str, Any]) -> dict[str, Any]:
         """Start an execution of the pipeline and wait (bounded) until it is no longer RUNNING."""
         arn = self.sfn.start_execution(
             stateMachineArn=self.deployment.state_machine_arn, name=name, input=json.dumps(execution_input)
         )["executionArn"]
+        return self.wait(arn)
+
+    def wait(self, execution_arn: str) -> dict[str, Any]:
+        """The execution once it is no longer RUNNING (bounded wait)."""
         deadline = time.monotonic() + EXECUTION_TIMEOUT_S
-        while (execution := self.sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        while (execution := self.sfn.describe_execution(executionArn=execution_arn))["status"] == "RUNNING":
             if time.monotonic() > deadline:
-                raise AssertionError(f"execution {name} still RUNNING after {EXECUTION_TIMEOUT_S:.0f} s")
+                raise AssertionError(f"execution {execution_arn} still RUNNING after {EXECUTION_TIMEOUT_S:.0f} s")
             time.sleep(0.05)
         return dict(execution)
+
+    def executions(self) -> list[dict[str, Any]]:
+        """Every execution of the pipeline so far, oldest first."""
+        listed = self.sfn.list_executions(stateMachineArn=self.deployment.state_machine_arn, maxResults=1000)
+        return sorted(listed["executions"], key=lambda execution: execution["startDate"])
+
+    def s3_events(self) -> list[dict[str, Any]]:
+        """Every S3 Object Created event that reached the default bus so far (EventBridge envelopes), in order."""
+        return self._drain(self.s3_events_queue_url)
+
+    def redeliver(self, event: dict[str, Any]) -> None:
+        """Deliver ``event`` to the default bus's rules again, as EventBridge may (at-least-once delivery)."""
+        deliver_to_default_bus(event, self.deployment.account_id, self.deployment.region)  # type: ignore[arg-type]
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Messages in the StartRun dead-letter queue (events that could not start a run)."""
+        url = self.deployment.outputs["StartRunDeadLetterQueueUrl"]
+        return list(self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []))
 
     def states_entered(self, execution_arn: str) -> list[str]:
         history = self.sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
@@ -71,28 +109,25 @@ class Cloud:
 
     def bus_events(self) -> list[dict[str, Any]]:
         """Every event that reached the bus so far (EventBridge envelopes, ``detail`` parsed), in order."""
+        return self._drain(self.events_queue_url)
+
+    def _drain(self, queue_url: str) -> list[dict[str, Any]]:
         received: list[dict[str, Any]] = []
-        while messages := self.sqs.receive_message(QueueUrl=self.events_queue_url, MaxNumberOfMessages=10).get(
-            "Messages", []
-        ):
+        while messages := self.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", []):
             for message in messages:
                 received.append(json.loads(message["Body"]))
-                self.sqs.delete_message(QueueUrl=self.events_queue_url, ReceiptHandle=message["ReceiptHandle"])
+                self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
         return received
 
 
-def _capture_bus_events(deployment: LocalDeployment) -> str:
-    """A catch-all rule on the stack's bus that copies every event to a new SQS queue; returns the queue URL."""
+def _capture(bus_name: str, queue_name: str, pattern: dict[str, Any]) -> str:
+    """A rule on ``bus_name`` that copies every matching event to a new SQS queue; returns the queue URL."""
     sqs, events = boto3.client("sqs"), boto3.client("events")
-    queue_url = sqs.create_queue(QueueName="bus-events")["QueueUrl"]
+    queue_url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(
-        Name="all-events",
-        EventBusName=deployment.bus_name,
-        EventPattern=json.dumps({"account": [deployment.account_id]}),
-    )
+    events.put_rule(Name=f"copy-to-{queue_name}", EventBusName=bus_name, EventPattern=json.dumps(pattern))
     events.put_targets(
-        Rule="all-events", EventBusName=deployment.bus_name, Targets=[{"Id": "queue", "Arn": queue_arn}]
+        Rule=f"copy-to-{queue_name}", EventBusName=bus_name, Targets=[{"Id": "queue", "Arn": queue_arn}]
     )
     return str(queue_url)
 
@@ -113,7 +148,8 @@ def deployed_cloud(base_model_dir: Path) -> Iterator[Cloud]:
                 s3=s3,
                 sfn=boto3.client("stepfunctions"),
                 sqs=boto3.client("sqs"),
-                events_queue_url=_capture_bus_events(deployment),
+                events_queue_url=_capture(deployment.bus_name, "bus-events", {"account": [deployment.account_id]}),
+                s3_events_queue_url=_capture("default", "s3-events", S3_OBJECT_CREATED),
             )
     finally:
         _clear_lambda_caches()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 import zipfile
 from collections.abc import Iterator
@@ -145,3 +146,92 @@ def test_s3_events_reach_the_default_bus_only() -> None:
         received = {bus: sqs.receive_message(QueueUrl=url).get("Messages", []) for bus, url in queues.items()}
         assert [json.loads(m["Body"])["detail-type"] for m in received["default"]] == ["Object Created"]
         assert received["custom"] == []
+
+
+RECORDER = """
+import json
+import os
+
+import boto3
+
+
+def handler(event, context):
+    boto3.client("sqs").send_message(QueueUrl=os.environ["SEEN_QUEUE_URL"], MessageBody=json.dumps(event))
+"""
+
+
+def _receive(sqs: Any, url: str) -> list[dict[str, Any]]:
+    return list(
+        sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]).get("Messages", [])
+    )
+
+
+def test_eventbridge_delivers_to_lambda_and_step_functions_targets(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(RECORDER)
+    with local_cloud():
+        events, sqs, lam, sfn = (boto3.client(name) for name in ("events", "sqs", "lambda", "stepfunctions"))
+        role = boto3.client("iam").create_role(
+            RoleName="any", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
+        )["Role"]["Arn"]
+        seen = sqs.create_queue(QueueName="seen")["QueueUrl"]
+        dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        functions = {}
+        for name in ("allowed", "forbidden"):  # the same recorder; only "allowed" lets EventBridge invoke it
+            functions[name] = lam.create_function(
+                FunctionName=name,
+                Runtime="python3.12",
+                Role=role,
+                Handler="app.handler",
+                Code={"ZipFile": _zip(RECORDER)},
+                Environment={"Variables": {"SEEN_QUEUE_URL": seen}},
+                Tags={CODE_DIR_TAG: str(tmp_path)},
+            )["FunctionArn"]
+        machine = sfn.create_state_machine(
+            name="target",
+            definition=json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}),
+            roleArn=role,
+        )["stateMachineArn"]
+        # GIVEN a rule with a permitted Lambda target, a Lambda target without permission (DLQ set) and a state
+        # machine target that receives only the event's detail
+        rule_arn = events.put_rule(Name="app", EventPattern=json.dumps({"source": ["test.app"]}))["RuleArn"]
+        lam.add_permission(
+            FunctionName="allowed",
+            StatementId="events",
+            Action="lambda:InvokeFunction",
+            Principal="events.amazonaws.com",
+            SourceArn=rule_arn,
+        )
+        events.put_targets(
+            Rule="app",
+            Targets=[
+                {"Id": "allowed", "Arn": functions["allowed"]},
+                {"Id": "forbidden", "Arn": functions["forbidden"], "DeadLetterConfig": {"Arn": dlq_arn}},
+                {"Id": "machine", "Arn": machine, "RoleArn": role, "InputPath": "$.detail"},
+            ],
+        )
+        # WHEN a matching event and a non-matching one are put on the default bus
+        events.put_events(
+            Entries=[
+                {"Source": "test.app", "DetailType": "Thing Happened", "Detail": json.dumps({"n": 1})},
+                {"Source": "other.app", "DetailType": "Thing Happened", "Detail": json.dumps({"n": 2})},
+            ]
+        )
+        # THEN the permitted function got the whole event once, with an ISO-8601 time as on AWS
+        [received] = [json.loads(m["Body"]) for m in _receive(sqs, seen)]
+        assert received["detail"] == {"n": 1} and received["detail-type"] == "Thing Happened"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", received["time"])
+        # AND the function without permission was not invoked: the event is in its DLQ with EventBridge's reasons
+        [dead] = _receive(sqs, dlq)
+        assert json.loads(dead["Body"])["detail"] == {"n": 1}
+        attributes = {name: value["StringValue"] for name, value in dead["MessageAttributes"].items()}
+        assert attributes["ERROR_CODE"] == "AccessDeniedException" and attributes["RULE_ARN"] == rule_arn
+        assert attributes["TARGET_ARN"] == functions["forbidden"]
+        # AND the state machine started one execution whose input is the detail
+        [execution] = sfn.list_executions(stateMachineArn=machine)["executions"]
+        assert json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"]) == {"n": 1}
+        # WHEN the rule is disabled THEN nothing is delivered any more
+        events.disable_rule(Name="app")
+        events.put_events(Entries=[{"Source": "test.app", "DetailType": "T", "Detail": json.dumps({"n": 3})}])
+        assert _receive(sqs, seen) == [] and _receive(sqs, dlq) == []
+        assert len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 1

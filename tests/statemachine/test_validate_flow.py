@@ -1,11 +1,20 @@
 """The Validate flow of the real state machine: template.yaml deployed into moto, pipeline.asl.json executed by
-moto's interpreter, the real Validate handler run in process (local/cloud)."""
+moto's interpreter, the real Validate handler run in process (local/cloud).
+
+These tests start executions themselves, with chosen run ids, so the upload trigger is off (it has its own tests
+in test_start_run_flow.py)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from tests.statemachine.harness import Cloud
+
+
+@pytest.fixture(autouse=True)
+def _manual_runs_only(cloud: Cloud) -> None:
+    cloud.disable_trigger()
 
 
 def _request(cloud: Cloud, run_id: str, key: str, version_id: str) -> dict[str, str]:

@@ -62,19 +62,13 @@ def _rejection(report: ValidationReport, report_uri: str) -> str:
     return f"{headline(report)}; {'; '.join(top)}; full report: {report_uri}"
 
 
-def _reject_unusable_sidecar(request: ValidateRequest) -> None:
-    """StartRun starts a run even when the dataset's sidecar file is broken; the run is rejected here, first."""
-    if request.sidecar_error:
-        sidecar = f"s3://{request.bucket}/{request.sidecar_key}" if request.sidecar_key else "the sidecar file"
+def run_validate_stage(request: ValidateRequest, settings: ValidateSettings) -> ValidateSummary:
+    sidecar = f"s3://{request.bucket}/{request.sidecar_key}" if request.sidecar_key else None
+    if request.sidecar_error:  # StartRun starts the run even with a broken sidecar file: it is rejected here
         raise InvalidTrainingData(
-            f"invalid dataset settings file {sidecar}: {request.sidecar_error}. "
+            f"invalid dataset settings file {sidecar or '(sidecar)'}: {request.sidecar_error}. "
             "Fix the settings file, then upload the dataset again to start a new run."
         )
-
-
-def run_validate_stage(request: ValidateRequest, settings: ValidateSettings) -> ValidateSummary:
-    _reject_unusable_sidecar(request)
-    sidecar = f"s3://{request.bucket}/{request.sidecar_key}" if request.sidecar_key else None
     options = build_options(settings, request.overrides, sidecar)
     run_prefix = f"{settings.runs_prefix}{request.run_id}/"
     train = _source(request.bucket, request.key, request.version_id)
