@@ -105,8 +105,8 @@ format: venv ## apply ruff fixes and formatting
 # ---------------------------------------------------------------------------------------------------------------------
 # Running things
 
-demo: venv ## run the pipeline end to end on the local cloud
-	$(PY) -m local.demo
+demo: venv ## run the pipeline end to end on the local cloud (DATA=file.jsonl for your own data)
+	$(PY) -m local.demo $(if $(DATA),--data $(DATA))
 
 bench: venv ## benchmark the validator
 	$(PY) bench/validate.py

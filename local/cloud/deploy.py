@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -31,6 +32,17 @@ CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAN
 # Resource types moto's CloudFormation skips that we know about (see moto_fixes): their warning is noise. Any other
 # skipped type still warns: a new resource in the template that the local cloud silently lacks.
 KNOWN_SKIPPED_TYPES = ("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::Lambda::EventInvokeConfig")
+
+
+class _KnownSkippedTypes(logging.Filter):
+    """Drops moto's "No Moto CloudFormation support for <type>" log line for the types in KNOWN_SKIPPED_TYPES."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "No Moto CloudFormation support for %s" and record.args in _SKIPPED_ARGS)
+
+
+_SKIPPED_ARGS = {(kind,) for kind in KNOWN_SKIPPED_TYPES}
+logging.getLogger("moto").addFilter(_KnownSkippedTypes())  # moto logs under the "moto" logger
 
 
 class DeployError(RuntimeError):

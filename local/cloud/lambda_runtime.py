@@ -228,7 +228,20 @@ def patched_lambda_runtime() -> Iterator[None]:
         mock.patch.object(LambdaFunction, "_invoke_lambda", _invoke_in_process),
         mock.patch.object(LambdaFunction, "invoke", _invoke_unhandled),
     ):
+        reset_shared_package_caches()
         try:
             yield
         finally:
             _warm.clear()
+            reset_shared_package_caches()
+
+
+def reset_shared_package_caches() -> None:
+    """What a cold start gives every real function: fresh settings and clients. In process, all functions share
+    the loaded tuneplane package, so its cached settings/clients (functools.cache) would outlive one local cloud
+    and point the next one at the previous stack's bucket."""
+    for name, module in list(sys.modules.items()):
+        if name == "tuneplane" or name.startswith("tuneplane."):
+            for value in vars(module).values():
+                if callable(getattr(value, "cache_clear", None)) and getattr(value, "__module__", None) == name:
+                    value.cache_clear()

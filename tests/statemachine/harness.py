@@ -27,20 +27,6 @@ S3_OBJECT_CREATED = {"source": ["aws.s3"], "detail-type": ["Object Created"]}
 TRIGGER_RULE = "StartRunFunctionDatasetUploaded"  # logical id SAM gives the StartRun function's EventBridge rule
 
 
-def _clear_lambda_caches() -> None:
-    """In-process functions share the tuneplane package: reset what a cold start would (see lambda_runtime)."""
-    from tuneplane.adapters import s3 as s3_adapter
-    from tuneplane.adapters import stepfunctions as sfn_adapter
-    from tuneplane.config import start_run_settings, validate_settings
-    from tuneplane.logic import base_model
-
-    s3_adapter.s3_client.cache_clear()
-    sfn_adapter.sfn_client.cache_clear()
-    validate_settings.cache_clear()
-    start_run_settings.cache_clear()
-    base_model._fetch.cache_clear()
-
-
 @dataclass
 class Cloud:
     """A deployed stack and the clients a test needs."""
@@ -135,21 +121,17 @@ def _capture(bus_name: str, queue_name: str, pattern: dict[str, Any]) -> str:
 @contextmanager
 def deployed_cloud(base_model_dir: Path) -> Iterator[Cloud]:
     """A fresh local cloud with the stack deployed and the base model in place."""
-    _clear_lambda_caches()
-    try:
-        with local_cloud():
-            s3 = boto3.client("s3")
-            s3.create_bucket(Bucket=MODEL_BUCKET)
-            for file in base_model_dir.iterdir():
-                s3.upload_file(str(file), MODEL_BUCKET, MODEL_PREFIX + file.name)
-            deployment = deploy({"BaseModelS3Uri": f"s3://{MODEL_BUCKET}/{MODEL_PREFIX}"}, stack_name="tuneplane-test")
-            yield Cloud(
-                deployment=deployment,
-                s3=s3,
-                sfn=boto3.client("stepfunctions"),
-                sqs=boto3.client("sqs"),
-                events_queue_url=_capture(deployment.bus_name, "bus-events", {"account": [deployment.account_id]}),
-                s3_events_queue_url=_capture("default", "s3-events", S3_OBJECT_CREATED),
-            )
-    finally:
-        _clear_lambda_caches()
+    with local_cloud():  # resets the shared package's cached settings and clients on entry and exit
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=MODEL_BUCKET)
+        for file in base_model_dir.iterdir():
+            s3.upload_file(str(file), MODEL_BUCKET, MODEL_PREFIX + file.name)
+        deployment = deploy({"BaseModelS3Uri": f"s3://{MODEL_BUCKET}/{MODEL_PREFIX}"}, stack_name="tuneplane-test")
+        yield Cloud(
+            deployment=deployment,
+            s3=s3,
+            sfn=boto3.client("stepfunctions"),
+            sqs=boto3.client("sqs"),
+            events_queue_url=_capture(deployment.bus_name, "bus-events", {"account": [deployment.account_id]}),
+            s3_events_queue_url=_capture("default", "s3-events", S3_OBJECT_CREATED),
+        )
