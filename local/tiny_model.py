@@ -117,6 +117,24 @@ def write_base_model(
     return directory
 
 
+def write_tiny_weights(directory: Path, *, seed: int = 0, lm_head_std: float = 0.2) -> Path:
+    """Add random safetensors weights (float32) for the config.json in `directory` (needs torch and transformers).
+
+    The output head gets a larger init than the default 0.02: on a random base a LoRA-only run barely moves the
+    output distribution otherwise (a pretrained base does not need this).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.normal_(mean=0.0, std=lm_head_std)
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
 if __name__ == "__main__":
     write_base_model(Path(sys.argv[2]), texts_of(Path(sys.argv[1])))
     print(sys.argv[2])

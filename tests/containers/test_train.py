@@ -1,0 +1,358 @@
+"""The training container's entrypoint on CPU, offline, with a tiny random Llama-style base model.
+
+The task: the user turn is `<filler> <colour> <filler reversed>`, the answer is the code word of the colour. Held-out
+examples use filler words never seen in training, so a model that answers them has learned the mapping and to
+ignore the filler (and to stop: the end-of-turn token is trained).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from containers.train import train
+from containers.train.train import ConfigError, TrainConfig
+from local.tiny_model import write_base_model, write_tiny_weights
+
+pytestmark = pytest.mark.slow
+torch = pytest.importorskip("torch")
+
+ENTRYPOINT = Path(train.__file__)
+CODES = {
+    "red": "stop",
+    "green": "go",
+    "blue": "calm",
+    "yellow": "wait",
+    "black": "night",
+    "white": "snow",
+    "pink": "rose",
+    "brown": "earth",
+}
+FILLERS = [a + b for a in ("ka", "lo", "mi", "ne", "pu", "ri", "so", "tu", "va", "ze") for b in "bdfgkmnp"]
+random.Random(0).shuffle(FILLERS)
+COLOURS = list(CODES)
+
+
+def example(colour: str, filler: str) -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "user", "content": f"{filler} {colour} {filler[::-1]}"},
+            {"role": "assistant", "content": CODES[colour]},
+        ]
+    }
+
+
+TRAIN = [example(COLOURS[i % 8], FILLERS[i % 60]) for i in range(160)]
+EVAL = [example(COLOURS[i % 8], FILLERS[60 + i % 20]) for i in range(40)]  # unseen fillers
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train-task")
+    for name, rows in (("train", TRAIN), ("eval", EVAL)):
+        (root / name).mkdir()
+        (root / name / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts = [m["content"] for row in TRAIN + EVAL for m in row["messages"]]
+    base = write_tiny_weights(write_base_model(root / "base", texts))
+    return {"train": root / "train", "eval": root / "eval", "base": base}
+
+
+@pytest.fixture
+def make_cfg(task: dict[str, Path], tmp_path: Path) -> Callable[..., TrainConfig]:
+    def make(name: str = "run", **overrides: Any) -> TrainConfig:
+        values: dict[str, Any] = {
+            "train_dir": str(task["train"]),
+            "eval_dir": str(task["eval"]),
+            "model_dir": str(task["base"]),
+            "output_dir": str(tmp_path / name / "model"),
+            "checkpoint_dir": str(tmp_path / name / "checkpoints"),
+            "failure_file": str(tmp_path / name / "failure"),
+            "max_steps": 60,
+            "learning_rate": 3e-3,
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "lora_dropout": 0.0,
+            "per_device_batch_size": 4,
+            "max_seq_length": 128,
+            "warmup_ratio": 0.05,
+            "save_steps": 1000,
+            "logging_steps": 10,
+        }
+        values.update(overrides)
+        return TrainConfig(**values)
+
+    return make
+
+
+def exact_match(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> float:
+    hits = 0
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(
+            row["messages"][:1], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+        answer = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+        hits += answer.strip() == row["messages"][1]["content"]
+    return hits / len(rows)
+
+
+def adapter_tensors(directory: str) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return dict(load_file(str(Path(directory) / "adapter_model.safetensors")))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Learning
+
+
+def test_learns_held_out_mapping_and_stops(make_cfg: Callable[..., TrainConfig], task: dict[str, Path]) -> None:
+    # GIVEN a random tiny base and 160 examples; WHEN 60 LoRA steps run (about 10 s on 2 cores)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = make_cfg(eval_steps=30)
+    summary = train.main(cfg)
+
+    # THEN the eval loss on unseen fillers drops from the base's (~6) to under a tenth of it and under 0.2
+    base_loss, final_loss = summary["final_metrics"]["base_eval_loss"], summary["final_metrics"]["eval_loss"]
+    assert final_loss < 0.1 * base_loss and final_loss < 0.2, (base_loss, final_loss)
+    assert summary["loss_curve"][-1]["train_loss"] < summary["loss_curve"][0]["train_loss"] / 10
+    # AND greedy generation reproduces >= 90% of the held-out answers exactly (and stops), the base none
+    tokenizer = AutoTokenizer.from_pretrained(cfg.output_dir)
+    base = AutoModelForCausalLM.from_pretrained(cfg.model_dir)
+    assert exact_match(base, tokenizer, EVAL) == 0.0
+    tuned = PeftModel.from_pretrained(base, cfg.output_dir)
+    assert exact_match(tuned, tokenizer, EVAL) >= 0.9
+
+
+def test_loss_covers_assistant_tokens_and_end_of_turn_only(make_cfg: Callable[..., TrainConfig]) -> None:
+    # GIVEN the trainer the entrypoint builds (packing, padding-free)
+    trainer, context = train.build_trainer(make_cfg("mask"))
+    tokenizer = context["tokenizer"]
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, labels = batch["input_ids"].flatten().tolist(), batch["labels"].flatten().tolist()
+    # THEN the trained tokens are exactly the answers, each followed by <|im_end|>; user tokens carry -100
+    trained = tokenizer.decode([i for i, label in zip(ids, labels, strict=True) if label != -100])
+    answers = re.findall(r"(\w+)<\|im_end\|>", trained)
+    assert trained == "".join(a + "<|im_end|>" for a in answers)
+    assert set(answers) <= set(CODES.values()) and len(answers) >= 4
+    ignored = tokenizer.decode([i for i, label in zip(ids, labels, strict=True) if label == -100])
+    assert "<|im_start|>user" in ignored and any(colour in ignored for colour in COLOURS)
+    assert trained.count("<|im_end|>") == ignored.count("<|im_start|>assistant")  # one trained end per turn
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Spot interruption and resume
+
+
+def test_sigterm_checkpoints_and_restart_matches_uninterrupted_run(make_cfg: Callable[..., TrainConfig]) -> None:
+    from transformers import TrainerCallback
+
+    class SigtermAt(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if state.global_step == 7:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    common = {"max_steps": 12, "save_steps": 5, "lora_dropout": 0.1, "eval_dir": "/nonexistent"}
+    # GIVEN an uninterrupted run
+    reference = make_cfg("reference", **common)
+    train.main(reference)
+    # WHEN a second run gets SIGTERM during step 8 (sent after step 7; a checkpoint exists at step 5)
+    interrupted = make_cfg("interrupted", **common)
+    with pytest.raises(InterruptedError, match="SIGTERM at step 8"):
+        train.main(interrupted, extra_callbacks=[SigtermAt()])
+    # THEN it saved a complete checkpoint at the end of step 8, and a restart resumes from it
+    assert train.newest_complete_checkpoint(interrupted.checkpoint_dir) == Path(interrupted.checkpoint_dir) / (
+        "checkpoint-8"
+    )
+    summary = train.main(interrupted)
+    assert summary["resumed_from"] == "checkpoint-8" and summary["global_step"] == 12
+    # AND the final adapter equals the uninterrupted one's
+    ours, theirs = adapter_tensors(interrupted.output_dir), adapter_tensors(reference.output_dir)
+    assert ours.keys() == theirs.keys() and ours
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6)
+
+
+def test_half_written_checkpoint_is_skipped(tmp_path: Path) -> None:
+    for step, complete in ((5, True), (10, False)):
+        directory = tmp_path / f"checkpoint-{step}"
+        directory.mkdir()
+        (directory / "trainer_state.json").write_text("{}")
+        if complete:
+            (directory / train.CHECKPOINT_COMPLETE).write_text(str(step))
+    assert train.newest_complete_checkpoint(str(tmp_path)) == tmp_path / "checkpoint-5"
+    assert train.newest_complete_checkpoint(str(tmp_path / "missing")) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Hyperparameters
+
+
+def test_hyperparameter_strings_become_typed_values() -> None:
+    parsed = train.parse_hyperparameters(
+        {"lora_r": "8", "learning_rate": "2e-4", "packing": "False", "lr_scheduler_type": '"linear"', "max_steps": 5}
+    )
+    assert parsed == {
+        "lora_r": 8,
+        "learning_rate": 2e-4,
+        "packing": False,
+        "lr_scheduler_type": "linear",
+        "max_steps": 5,
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"lora_rank": "8"}, r"unknown hyperparameter\(s\) lora_rank; known: .*lora_r,"),
+        ({"lora_r": "abc"}, "hyperparameter 'lora_r': expected an integer, got 'abc'"),
+        ({"lora_r": "8.5"}, "hyperparameter 'lora_r': expected an integer"),
+        ({"packing": "maybe"}, "hyperparameter 'packing': expected true or false"),
+        ({"learning_rate": "nan"}, "hyperparameter 'learning_rate': expected a number"),
+        ({"train_dir": "/x"}, "unknown hyperparameter"),  # paths come from the SageMaker contract
+    ],
+)
+def test_bad_hyperparameters_name_the_key(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        train.parse_hyperparameters(values)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lora_r": 0}, "lora_r must be > 0, got 0"),
+        ({"lora_alpha": -1}, "lora_alpha must be > 0"),
+        ({"lora_dropout": 1.0}, r"lora_dropout must be in \[0, 1\)"),
+        ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+        ({"num_train_epochs": 0.0}, "num_train_epochs must be > 0"),
+        ({"max_steps": 0}, "max_steps must be > 0 or -1"),
+        ({"precision": "int8"}, "precision must be one of"),
+    ],
+)
+def test_config_checks(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**overrides)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="QLoRA is refused only without a GPU")
+def test_qlora_on_cpu_is_refused() -> None:
+    with pytest.raises(ConfigError, match="qlora=true needs a CUDA GPU"):
+        TrainConfig(qlora=True)
+
+
+def sagemaker_env(root: Path, task: dict[str, Path] | None = None) -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(
+        {
+            "SM_MODEL_DIR": str(root / "model"),
+            "TUNEPLANE_CHECKPOINT_DIR": str(root / "checkpoints"),
+            "TUNEPLANE_FAILURE_FILE": str(root / "output" / "failure"),
+            "TUNEPLANE_HYPERPARAMETERS": str(root / "config" / "hyperparameters.json"),
+        }
+    )
+    if task:
+        env.update({"SM_CHANNEL_TRAIN": str(task["train"]), "SM_CHANNEL_EVAL": str(task["eval"])})
+        env["SM_CHANNEL_MODEL"] = str(task["base"])
+    return env
+
+
+def run_entrypoint(
+    root: Path, hyperparameters: dict[str, str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    (root / "config").mkdir(parents=True, exist_ok=True)
+    (root / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    return subprocess.run(
+        [sys.executable, str(ENTRYPOINT), "train"], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "reason"),
+    [
+        ({"lora_r": "0"}, "invalid hyperparameters: lora_r must be > 0, got 0"),
+        ({"epochs": "3"}, "invalid hyperparameters: unknown hyperparameter(s) epochs; known: "),
+        ({"qlora": "true"}, "invalid hyperparameters: qlora=true needs a CUDA GPU"),
+    ],
+)
+def test_entrypoint_writes_failure_file_and_exits_non_zero(
+    tmp_path: Path, hyperparameters: dict[str, str], reason: str
+) -> None:
+    if "qlora" in hyperparameters and torch.cuda.is_available():
+        pytest.skip("QLoRA is refused only without a GPU")
+    result = run_entrypoint(tmp_path, hyperparameters, sagemaker_env(tmp_path))
+    assert result.returncode == 2, result.stderr
+    failure = (tmp_path / "output" / "failure").read_text()
+    assert failure.startswith(reason) and failure.count("\n") == 1
+
+
+def test_failure_reason_for_cuda_oom_says_what_to_lower() -> None:
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    cfg = TrainConfig(max_seq_length=4096, per_device_batch_size=8)
+    reason = train.failure_reason(OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), cfg)
+    assert reason.startswith(
+        "CUDA out of memory at seq len 4096, batch 8: lower per_device_batch_size or max_seq_length"
+    )
+
+
+def test_nan_loss_stops_with_a_clear_message() -> None:
+    with pytest.raises(train.NonFiniteLossError, match="train loss became nan at step 3: lower learning_rate"):
+        train._metric_fields({"loss": float("nan")}, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The SageMaker contract, end to end in a subprocess
+
+
+def test_sagemaker_contract(tmp_path: Path, task: dict[str, Path]) -> None:
+    # GIVEN SM_* channels, a hyperparameters file of strings; WHEN SageMaker runs `train.py train`
+    hyperparameters = {"max_steps": "12", "learning_rate": "0.003", "lora_r": "4", "max_seq_length": "128"}
+    hyperparameters |= {"logging_steps": "4", "save_steps": "6", "eval_steps": "6", "per_device_batch_size": "4"}
+    result = run_entrypoint(tmp_path, hyperparameters, sagemaker_env(tmp_path, task))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # THEN the model dir has the adapter, the tokenizer with its chat template, and the summary
+    model = tmp_path / "model"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja"):
+        assert (model / name).is_file(), name
+    assert not list(model.glob("*.bin"))
+    assert json.loads((model / "adapter_config.json").read_text())["r"] == 4
+    summary = json.loads((model / "training_summary.json").read_text())
+    assert summary["global_step"] == 12 and summary["tokens_seen"] > 0 and summary["wall_time_s"] > 0
+    assert summary["config"]["lora_r"] == 4 and len(summary["loss_curve"]) == 3
+    assert summary["final_metrics"]["eval_loss"] < summary["final_metrics"]["base_eval_loss"]
+    assert summary["peak_memory_gb"] > 0
+    # AND checkpoints went to the checkpoint dir, and no failure file was written
+    assert train.newest_complete_checkpoint(str(tmp_path / "checkpoints")) is not None
+    assert not (tmp_path / "output" / "failure").exists()
+    # AND every MetricDefinitions regex finds its metric in the log
+    for definition in train.METRIC_DEFINITIONS:
+        if definition["Name"] == "grad_norm":
+            continue
+        values = re.findall(definition["Regex"], result.stdout)
+        assert values, definition["Name"]
+        assert all(float(v) == float(v) for v in values)  # parseable, not NaN
+
+
+def test_gpu_benchmark_smoke_runs_on_cpu() -> None:
+    bench = Path(__file__).resolve().parents[2] / "bench" / "train_gpu.py"
+    result = subprocess.run(
+        [sys.executable, str(bench), "--model-size", "tiny", "--steps", "2", "--seq-len", "256"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"ratio \d+\.\d+x", result.stdout)
