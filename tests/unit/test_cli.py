@@ -110,3 +110,14 @@ def test_the_minimum_counts_examples_before_the_held_out_split(write_jsonl, reve
     assert main(["validate", str(write_jsonl(reversal_lines[:10]))]) == EXIT_VALID
     assert main(["validate", str(write_jsonl(reversal_lines[:9], name="nine.jsonl"))]) == EXIT_INVALID
     assert "9 usable training examples; at least 10 needed" in capsys.readouterr().out
+
+
+def test_config_sidecar_follows_the_pipelines_rules(write_jsonl, reversal_lines, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    # GIVEN a sidecar with a misspelled top-level key, as StartRun would reject it
+    path = write_jsonl(reversal_lines)
+    sidecar = tmp_path / "data.tuneplane.json"
+    sidecar.write_text(json.dumps({"validaton": {"min_examples": 25}}))
+    # WHEN used with the CLI THEN it is a usage error naming the file and the key
+    assert main(["validate", str(path), "--config", str(sidecar)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "data.tuneplane.json" in err and "unknown setting 'validaton'" in err

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from tuneplane.errors import TuneplaneError
+from tuneplane.errors import InvalidConfiguration, TuneplaneError
 from tuneplane.models.validation import Code, Severity, ValidationOptions
 
 if TYPE_CHECKING:  # the validator (numpy, tokenizers) is imported only when a command needs it
@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         "--base-model", help="base model directory or s3:// prefix with tokenizer.json and chat template"
     )
     validate.add_argument("--max-seq-length", type=int, help="token budget of one example (default 2048)")
-    validate.add_argument("--config", type=Path, help="a dataset sidecar JSON (<dataset>.tuneplane.json) of options")
+    validate.add_argument(
+        "--config", type=Path, help='the dataset\'s sidecar file (<dataset>.tuneplane.json): {"validation": {...}}'
+    )
     validate.add_argument("--min-examples", type=int, help="minimum number of usable examples (default 10)")
     validate.add_argument("--max-invalid-fraction", type=float, help="share of bad lines to drop instead of rejecting")
     validate.add_argument(
@@ -51,8 +53,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> ValidationOptions:
-    values: dict[str, object] = json.loads(args.config.read_text()) if args.config else {}
-    values = values.get("validation", values) if isinstance(values, dict) else values  # type: ignore[assignment]
+    values: dict[str, object] = {}
+    if args.config:  # the same sidecar rules as the pipeline's StartRun: unknown keys are an error
+        from tuneplane.logic.start_run import parse_sidecar
+
+        try:
+            values = dict(parse_sidecar(args.config.read_bytes()).validation)
+        except TuneplaneError as exc:
+            raise InvalidConfiguration(f"{args.config}: {exc}") from exc
     flags = {
         "max_seq_length": args.max_seq_length,
         "min_examples": args.min_examples,
