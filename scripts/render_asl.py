@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for local.cfn_yaml
+from local.cfn_yaml import load_cfn_yaml  # noqa: E402
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -43,29 +44,8 @@ ARN_FORMATS = {
 }
 
 
-class _CfnLoader(yaml.SafeLoader):
-    """SafeLoader that turns CloudFormation short-form tags (!Ref, !GetAtt, !Sub, ...) into long form."""
-
-
-def _construct_intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
-    name = "Ref" if tag_suffix == "Ref" else f"Fn::{tag_suffix}"
-    value: Any
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-        if name == "Fn::GetAtt" and isinstance(value, str):
-            value = value.split(".", 1)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    return {name: value}
-
-
-_CfnLoader.add_multi_constructor("!", _construct_intrinsic)
-
-
 def load_template(path: Path) -> dict[str, Any]:
-    data = yaml.load(path.read_text(encoding="utf-8"), Loader=_CfnLoader)
+    data = load_cfn_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a template")
     return data

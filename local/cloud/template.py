@@ -22,6 +22,8 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from samtranslator.utils.py27hash_fix import to_py27_compatible_template, undo_mark_unicode_str_in_template
 
+from local.cfn_yaml import load_cfn_yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 
@@ -49,30 +51,9 @@ class TransformedTemplate:
     function_code: dict[str, Path]  # logical id of the AWS::Lambda::Function -> its CodeUri folder
 
 
-class _CfnLoader(yaml.SafeLoader):
-    """SafeLoader that reads CloudFormation short-form tags (!Ref, !GetAtt, !Sub, ...) as their long form."""
-
-
-def _construct_intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
-    name = tag_suffix if tag_suffix in ("Ref", "Condition") else f"Fn::{tag_suffix}"
-    value: Any
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-        if name == "Fn::GetAtt" and isinstance(value, str):
-            value = value.split(".", 1)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    return {name: value}
-
-
-_CfnLoader.add_multi_constructor("!", _construct_intrinsic)
-
-
 def load_sam_template(path: Path = TEMPLATE) -> dict[str, Any]:
     """The SAM template as a dict, intrinsic functions in long form (what the SAM translator expects)."""
-    document = yaml.load(path.read_text(encoding="utf-8"), Loader=_CfnLoader)  # a SafeLoader subclass
+    document = load_cfn_yaml(path)
     if not isinstance(document, dict) or "Resources" not in document:
         raise TemplateError(f"{path}: not a CloudFormation/SAM template")
     return document

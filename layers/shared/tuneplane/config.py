@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tuneplane.errors import InvalidConfiguration
 from tuneplane.models.validation import Severity
+
+_Settings = TypeVar("_Settings", bound=BaseSettings)
 
 
 class ValidateSettings(BaseSettings):
@@ -27,12 +30,16 @@ class ValidateSettings(BaseSettings):
     pricing_table_s3_uri: str | None = Field(default=None, pattern=r"^s3://[^/]+/.+$")
 
 
+def _from_environment(settings: type[_Settings], function: str) -> _Settings:
+    try:
+        return settings()
+    except ValidationError as exc:
+        raise InvalidConfiguration(f"{function} function environment: {exc}") from exc
+
+
 @cache
 def validate_settings() -> ValidateSettings:
-    try:
-        return ValidateSettings()
-    except ValidationError as exc:
-        raise InvalidConfiguration(f"Validate function environment: {exc}") from exc
+    return _from_environment(ValidateSettings, "Validate")
 
 
 class StartRunSettings(BaseSettings):
@@ -47,7 +54,4 @@ class StartRunSettings(BaseSettings):
 
 @cache
 def start_run_settings() -> StartRunSettings:
-    try:
-        return StartRunSettings()
-    except ValidationError as exc:
-        raise InvalidConfiguration(f"StartRun function environment: {exc}") from exc
+    return _from_environment(StartRunSettings, "StartRun")
