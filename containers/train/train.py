@@ -252,7 +252,9 @@ def load_config(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("mode", nargs="?", choices=["train"], help="SageMaker passes 'train'; ignored")
     parser.add_argument("--hyperparameters", help=f"JSON file (default: ${HYPERPARAMETERS_ENV} or SageMaker's)")
     for f in dataclasses.fields(TrainConfig):
-        parser.add_argument(f"--{f.name}", dest=f.name, default=None, help=f.metadata.get("help"))
+        # argparse %-formats help strings: escape the literal "%" of texts like "~30% slower"
+        help_text = str(f.metadata.get("help", "")).replace("%", "%%")
+        parser.add_argument(f"--{f.name}", dest=f.name, default=None, help=help_text)
     args = vars(parser.parse_args(argv))
     hp_path = Path(args.pop("hyperparameters") or os.environ.get(HYPERPARAMETERS_ENV, SM_DEFAULTS["hyperparameters"]))
     args.pop("mode")

@@ -7,6 +7,7 @@ ignore the filler (and to stop: the end-of-turn token is trained).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -356,3 +357,14 @@ def test_gpu_benchmark_smoke_runs_on_cpu() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"ratio \d+\.\d+x", result.stdout)
+
+
+def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN the entrypoint WHEN asked for --help THEN it prints every config field (help texts hold "%" signs)
+    from containers.train.train import TrainConfig, load_config
+
+    with pytest.raises(SystemExit) as raised:
+        load_config(["--help"])
+    assert raised.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"--{field.name}" in out for field in dataclasses.fields(TrainConfig))
