@@ -1,0 +1,701 @@
+"""Merge a LoRA adapter into its base model under the SageMaker Processing contract (the Merge stage's entrypoint).
+
+SageMaker Processing mounts the inputs under /opt/ml/processing/input/{model,adapter,eval} (the base model's
+full-precision safetensors + tokenizer, the Train stage's adapter directory, the eval split as chat JSONL) and
+uploads /opt/ml/processing/output/merged; a one-line cause of any failure goes to the failure file
+(/opt/ml/processing/output/failure by default, and the job exits non-zero).
+
+What it does: loads the base (in fp32 by default, `merge_precision`, so that the check is sharp; the output is cast
+to `dtype`, bf16 by default) from its full-precision weights (never 4-bit weights: a QLoRA adapter is merged onto
+the original full-precision base it was trained against, and the report records that), applies the adapter with PEFT,
+computes
+the base+adapter logits on up to `verify_prompts` eval conversations, `merge_and_unload()`, checks the merged
+model's logits against them (max abs diff <= `tolerance`, else the job fails with the numbers), writes sharded
+safetensors + tokenizer + chat template + a generation_config.json whose eos ids include the chat template's
+end-of-turn token, reloads the output with plain transformers (no PEFT) and checks it again, and writes
+`merge_report.json` (logit diffs, time, peak memory, size, Bedrock Custom Model Import verdict with reasons).
+
+Outside SageMaker give the paths explicitly (any field of `MergeConfig` is a `--name value` argument):
+
+```bash
+python containers/merge/merge.py \
+    --model_dir /tmp/tiny-base --adapter_dir /tmp/tiny-adapter --eval_dir runs/demo/data/eval.jsonl \
+    --output_dir /tmp/tiny-merged --failure_file /tmp/tiny-merge-failure --dtype fp32 --max_shard_size 200KB
+```
+
+(`containers/train/train.py`'s docstring shows how to make /tmp/tiny-base and /tmp/tiny-adapter.) On a CPU, bf16
+works but is slow and its rounding is coarse; `--dtype fp32` is what the tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import math
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SM_DEFAULTS = {
+    "model_dir": "/opt/ml/processing/input/model",
+    "adapter_dir": "/opt/ml/processing/input/adapter",
+    "eval_dir": "/opt/ml/processing/input/eval",
+    "output_dir": "/opt/ml/processing/output/merged",
+    "failure_file": "/opt/ml/processing/output/failure",
+}
+PATH_FIELDS = tuple(SM_DEFAULTS)
+DTYPES = ("bf16", "fp16", "fp32")
+# Max |merged - (base+adapter)| over the verified logits when `tolerance` is 0 ("auto"). Merging folds B@A into W and
+# rounds the sum to the storage dtype once; the unmerged path rounds W@x and B@(A@x) separately, so the gap is of
+# the order of the dtype's epsilon times the logits' scale (DESIGN.md §4b: 3e-5 seen in fp32 on the tiny model).
+# A 7B-shaped random model merged in bf16 differed by up to 0.64 (argmax agreement 80%): that is why the default
+# merge_precision is fp32, where the check is sharp, and the cast to bf16 is measured and reported, not gated.
+AUTO_TOLERANCE = {"fp32": 1e-3, "fp16": 0.25, "bf16": 1.0}
+FAILURE_REASON_LIMIT = 1000  # SageMaker's FailureReason holds 1024 characters
+
+# Bedrock Custom Model Import, per DESIGN.md §3 ("Hugging Face safetensors (bf16/fp16; Llama, Mistral, Mixtral,
+# Qwen, Flan, GPTBigCode)"); the architecture names below are that list spelled as transformers classes. Not
+# re-checked against the AWS page from this machine: check docs.aws.amazon.com/bedrock (model-customization-import)
+# before relying on a new architecture.
+BEDROCK_ARCHITECTURES = frozenset(
+    {
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "MixtralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen2_5_VLForConditionalGeneration",
+        "Qwen3ForCausalLM",
+        "GPTBigCodeForCausalLM",
+        "T5ForConditionalGeneration",
+    }
+)
+BEDROCK_DTYPES = frozenset({"bfloat16", "float16"})
+# End-of-turn markers of common chat templates: any that the template uses and the vocabulary has joins the eos ids.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>")
+
+
+class ConfigError(ValueError):
+    """An option or path that cannot be used; the message names it."""
+
+
+class AdapterMismatchError(ValueError):
+    """The adapter does not fit the base model (wrong shapes, missing modules, other tokenizer, non-finite values)."""
+
+
+class MergeVerificationError(RuntimeError):
+    """The merged model's logits differ from base+adapter by more than the tolerance."""
+
+
+def _path_default(name: str) -> Any:
+    return field(default=SM_DEFAULTS[name], metadata={"help": f"(default: {SM_DEFAULTS[name]})", "path": True})
+
+
+@dataclass
+class MergeConfig:
+    model_dir: str = _path_default("model_dir")
+    adapter_dir: str = _path_default("adapter_dir")
+    eval_dir: str = _path_default("eval_dir")
+    output_dir: str = _path_default("output_dir")
+    failure_file: str = _path_default("failure_file")
+
+    dtype: str = field(
+        default="bf16", metadata={"help": "Weights of the merged model: bf16 (Bedrock, vLLM) | fp16 | fp32 (tests)."}
+    )
+    merge_precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32: load the base in fp32, merge and check there (tolerance 1e-3), then cast to dtype (2x the "
+            "memory of bf16: 28 GB for 7B); same: merge in dtype (coarse tolerance: rounding, not bugs, dominates)."
+        },
+    )
+    max_shard_size: str = field(default="5GB", metadata={"help": "Largest safetensors shard, e.g. 5GB or 200KB."})
+    verify_prompts: int = field(
+        default=8, metadata={"help": "Eval conversations whose logits are compared (>= 1; a built-in one if none)."}
+    )
+    verify_max_tokens: int = field(default=256, metadata={"help": "Tokens per verified conversation (>= 8)."})
+    tolerance: float = field(
+        default=0.0,
+        metadata={"help": f"Max abs logit diff allowed (> 0); 0: by dtype {AUTO_TOLERANCE}."},
+    )
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu) | cpu | cuda."})
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str, str]] = [
+            (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)} (never 4-bit: merge onto full weights)"),
+            (re.fullmatch(r"\d+(\.\d+)?\s*[KMG]?i?B", self.max_shard_size.strip()) is not None, "max_shard_size",
+             "a size like 5GB or 200KB"),
+            (self.merge_precision in ("fp32", "same"), "merge_precision", "fp32 or same"),
+            (self.verify_prompts >= 1, "verify_prompts", ">= 1"),
+            (self.verify_max_tokens >= 8, "verify_max_tokens", ">= 8"),
+            (self.tolerance >= 0 and math.isfinite(self.tolerance), "tolerance", ">= 0 (0: automatic)"),
+            (self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda"),
+        ]  # fmt: skip
+        for ok, name, expected in checks:
+            if not ok:
+                raise ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+    def max_abs_tolerance(self) -> float:
+        return self.tolerance or AUTO_TOLERANCE["fp32" if self.merge_precision == "fp32" else self.dtype]
+
+
+def _convert(name: str, text: str, kind: type) -> object:
+    try:
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        return text
+    except ValueError:
+        raise ConfigError(f"--{name}: expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def load_config(argv: list[str] | None = None) -> MergeConfig:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(MergeConfig):
+        parser.add_argument(f"--{f.name}", dest=f.name, default=None, help=f.metadata.get("help"))
+    args = vars(parser.parse_args(argv))
+    kinds = {"verify_prompts": int, "verify_max_tokens": int, "tolerance": float}
+    values = {k: _convert(k, v, kinds.get(k, str)) for k, v in args.items() if v is not None}
+    return MergeConfig(**values)  # type: ignore[arg-type]
+
+
+def _failure_file_of(argv: list[str]) -> Path:
+    """The failure file even when the config itself cannot be parsed."""
+    for i, arg in enumerate(argv):
+        if arg == "--failure_file" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--failure_file="):
+            return Path(arg.split("=", 1)[1])
+    return Path(SM_DEFAULTS["failure_file"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inputs and checks
+
+
+def read_chat_jsonl(location: str, limit: int) -> list[list[dict[str, Any]]]:
+    """The `messages` of the first `limit` lines of a .jsonl file or of a directory's .jsonl files (sorted)."""
+    path = Path(location)
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path] if path.is_file() else []
+    conversations: list[list[dict[str, Any]]] = []
+    for file in files:
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            if len(conversations) >= limit:
+                return conversations
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+                raise ValueError(f'{file.name} line {number}: expected {{"messages": [...]}}')
+            conversations.append(record["messages"])
+    return conversations
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AdapterMismatchError(f"cannot read the adapter's {path.name}: {exc}") from None
+    if not isinstance(value, dict):
+        raise AdapterMismatchError(f"the adapter's {path.name} must hold a JSON object")
+    return value
+
+
+def check_inputs(cfg: MergeConfig) -> dict[str, Any]:
+    """Refuse a quantized base or an unusable adapter directory; returns facts for the report."""
+    model_dir, adapter_dir = Path(cfg.model_dir), Path(cfg.adapter_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"no base model in {model_dir} (config.json missing)")
+    if not any(model_dir.glob("*.safetensors")):
+        raise FileNotFoundError(f"no *.safetensors weights in {model_dir}: only safetensors are loaded")
+    base_config = json.loads((model_dir / "config.json").read_text())
+    quantization = base_config.get("quantization_config")
+    if quantization:
+        method = quantization.get("quant_method", "?") if isinstance(quantization, dict) else "?"
+        raise ConfigError(
+            f"the base model in {model_dir} is quantized (quantization_config: {method}): a LoRA/QLoRA adapter must "
+            "be merged onto the original full-precision (bf16) weights of the same base, never 4-bit ones"
+        )
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no adapter in {adapter_dir} (adapter_config.json missing)")
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(f"no adapter_model.safetensors in {adapter_dir}")
+    adapter_config = _read_json(adapter_dir / "adapter_config.json")
+    if adapter_config.get("peft_type", "LORA") != "LORA":
+        raise AdapterMismatchError(f"adapter is {adapter_config.get('peft_type')}, only LoRA adapters are merged")
+    # QLoRA: the Train stage records it in training_summary.json; bitsandbytes-trained adapters may also name it.
+    summary_path = adapter_dir / "training_summary.json"
+    summary = _read_json(summary_path) if summary_path.is_file() else {}
+    qlora = bool(summary.get("config", {}).get("qlora")) or "bnb" in json.dumps(adapter_config).lower()
+    return {
+        "base_architecture": (base_config.get("architectures") or ["?"])[0],
+        "adapter_rank": adapter_config.get("r"),
+        "adapter_alpha": adapter_config.get("lora_alpha"),
+        "adapter_base_model_name_or_path": adapter_config.get("base_model_name_or_path"),
+        "adapter_trained_on_quantized_base": qlora,
+        "merged_onto": "original full-precision base weights loaded in " + cfg.dtype,
+    }
+
+
+def _lora_module(key: str) -> tuple[str, str] | None:
+    """'base_model.model.x.y.lora_A.weight' -> ('x.y', 'lora_A'); None for a non-LoRA key."""
+    match = re.fullmatch(r"base_model\.model\.(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.weight)?", key)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def _adapter_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in adapter_model.safetensors; a NaN or infinite value is an error."""
+    import torch
+    from safetensors import safe_open
+
+    tensors: dict[str, tuple[int, ...]] = {}
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+            tensor = handle.get_tensor(key)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise AdapterMismatchError(f"adapter tensor {key} holds NaN or infinite values (corrupted adapter)")
+            tensors[key] = tuple(tensor.shape)
+    if not tensors:
+        raise AdapterMismatchError("adapter_model.safetensors holds no tensors")
+    return tensors
+
+
+def _check_saved_module(base: Any, key: str, shape: tuple[int, ...]) -> None:
+    """A modules_to_save tensor (a full copy of e.g. lm_head) must match the base parameter's shape."""
+    name = key.removeprefix("base_model.model.")
+    try:
+        param = base.get_parameter(name)
+    except AttributeError:
+        raise AdapterMismatchError(f"adapter holds {name}, which the base model does not have") from None
+    if tuple(param.shape) != shape:
+        raise AdapterMismatchError(
+            f"adapter tensor {name} has shape {list(shape)} but the base's is {list(param.shape)}: "
+            "an adapter for a different base model (hidden size or vocabulary differ)"
+        )
+
+
+def _check_lora_module(base: Any, name: str, parts: dict[str, tuple[int, ...]]) -> int:
+    """The A/B pair of one module fits the base layer; returns its rank."""
+    try:
+        module = base.get_submodule(name)
+    except AttributeError:
+        raise AdapterMismatchError(
+            f"adapter targets module {name}, which the base model does not have: an adapter for a different "
+            "architecture or number of layers"
+        ) from None
+    embedding = "lora_A" not in parts and "lora_B" not in parts
+    a_name, b_name = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A", "lora_B")
+    a, b = parts.get(a_name), parts.get(b_name)
+    if a is None or b is None:
+        raise AdapterMismatchError(f"adapter module {name} lacks its {a_name if a is None else b_name} weight")
+    weight = getattr(module, "weight", None)
+    if weight is None or weight.dim() != 2:
+        raise AdapterMismatchError(f"adapter targets {name}, which is not a linear or embedding layer in the base")
+    rows, cols = (int(n) for n in weight.shape)
+    # Linear: weight [out, in], A [r, in], B [out, r]. Embedding: weight [num, dim], A [r, num], B [dim, r].
+    want_a, want_b = ((a[0], rows), (cols, a[0])) if embedding else ((a[0], cols), (rows, a[0]))
+    if len(a) != 2 or len(b) != 2 or a != want_a or b != want_b:
+        raise AdapterMismatchError(
+            f"adapter does not fit the base at {name}: lora A {list(a)} / B {list(b)}, the base layer needs "
+            f"A [r, {want_a[1]}] / B [{want_b[0]}, r] with the same r: wrong shapes (corrupted adapter) or an "
+            "adapter for a different base model (hidden size or vocabulary differ)"
+        )
+    return a[0]
+
+
+def check_adapter_fits(base: Any, adapter_dir: Path, adapter_config: dict[str, Any]) -> int:
+    """Every adapter tensor is finite and fits the base module it targets; returns the number of LoRA modules.
+
+    Catches an adapter trained for another base (other hidden size, vocabulary, layer count) or a corrupted file
+    before PEFT does, with the module and both shapes in the message.
+    """
+    modules: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in _adapter_shapes(adapter_dir).items():
+        parsed = _lora_module(key)
+        if parsed is None:
+            _check_saved_module(base, key, shape)
+        else:
+            modules.setdefault(parsed[0], {})[parsed[1]] = shape
+    ranks = {_check_lora_module(base, name, parts) for name, parts in sorted(modules.items())}
+    rank = adapter_config.get("r")
+    if isinstance(rank, int) and not adapter_config.get("rank_pattern") and ranks - {rank}:
+        raise AdapterMismatchError(f"adapter_config.json says r={rank} but the weights have rank(s) {sorted(ranks)}")
+    return len(modules)
+
+
+def _check_tokenizers(base_tokenizer: Any, adapter_dir: Path) -> Any:
+    """The adapter's tokenizer files (the Train stage saves them) must equal the base's; returns the one to ship."""
+    from transformers import AutoTokenizer
+
+    if not (adapter_dir / "tokenizer_config.json").is_file():
+        return base_tokenizer
+    adapter_tokenizer = AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True, trust_remote_code=False)
+    base_vocab, adapter_vocab = base_tokenizer.get_vocab(), adapter_tokenizer.get_vocab()
+    if base_vocab != adapter_vocab:
+        raise AdapterMismatchError(
+            f"the adapter was trained with a different tokenizer ({len(adapter_vocab)} tokens, the base's has "
+            f"{len(base_vocab)}, {len(set(adapter_vocab.items()) ^ set(base_vocab.items()))} entries differ): "
+            "an adapter for a different base model"
+        )
+    return adapter_tokenizer if adapter_tokenizer.chat_template else base_tokenizer
+
+
+def translate_error(exc: BaseException) -> BaseException:
+    """PEFT/torch errors of an adapter that does not fit, as one clear AdapterMismatchError; others unchanged."""
+    text = str(exc)
+    size = re.search(
+        r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from checkpoint, "
+        r"the shape in current model is torch\.Size\((\[[^\]]*\])\)",
+        text,
+    )
+    if size:
+        return AdapterMismatchError(
+            f"adapter does not fit the base: {size.group(1)} has shape {size.group(2)} in the adapter but "
+            f"{size.group(3)} in the model (wrong shapes or an adapter for a different base model)"
+        )
+    if "Target modules" in text and "not found" in text:
+        return AdapterMismatchError(f"adapter targets modules the base model does not have: {text.splitlines()[0]}")
+    return exc
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Logits, output, Bedrock
+
+
+def render_prompts(tokenizer: Any, conversations: list[list[dict[str, Any]]], max_tokens: int) -> list[Any]:
+    """Token id tensors ([1, n]) of each conversation rendered with the chat template (answers included)."""
+    import torch
+
+    if not conversations:
+        conversations = [[{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi there."}]]
+    rendered = []
+    for messages in conversations:
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        ids = list(ids[:max_tokens]) or [tokenizer.eos_token_id]
+        rendered.append(torch.tensor([ids], dtype=torch.long))
+    return rendered
+
+
+def compute_logits(model: Any, prompts: list[Any], device: str) -> list[Any]:
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for ids in prompts:
+            out.append(model(input_ids=ids.to(device), use_cache=False).logits[0].float().cpu())
+    return out
+
+
+def logit_diff(a: list[Any], b: list[Any]) -> dict[str, float]:
+    """Max and mean abs difference over all logits, and the share of positions with the same argmax."""
+    import torch
+
+    diffs = [(x - y).abs() for x, y in zip(a, b, strict=True)]
+    positions = sum(int(x.shape[0]) for x in a)
+    same = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in zip(a, b, strict=True))
+    return {
+        "max_abs": float(max(float(d.max()) for d in diffs)),
+        "mean_abs": float(torch.cat([d.flatten() for d in diffs]).mean()),
+        "argmax_agreement": same / positions,
+        "positions": positions,
+    }
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """The tokenizer's eos id plus any known end-of-turn marker that the chat template emits and the vocab has."""
+    vocab = tokenizer.get_vocab()
+    template = tokenizer.chat_template or ""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    for token in END_OF_TURN_TOKENS:
+        if token in template and token in vocab and vocab[token] not in ids:
+            ids.append(int(vocab[token]))
+    return ids
+
+
+def write_generation_config(model_dir: Path, out: Path, tokenizer: Any, model_config: Any) -> list[int]:
+    """generation_config.json: the base's (if any) with eos_token_id a list including the end-of-turn ids."""
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(model_dir, local_files_only=True)
+    except OSError:
+        generation = GenerationConfig.from_model_config(model_config)
+    existing = generation.eos_token_id
+    eos: list[int] = [existing] if isinstance(existing, int) else list(existing or [])
+    for token_id in end_of_turn_ids(tokenizer):
+        if token_id not in eos:
+            eos.append(token_id)
+    if not eos:
+        raise ValueError("no end-of-turn token: the tokenizer has no eos_token and the chat template no known marker")
+    generation.eos_token_id = eos
+    if generation.pad_token_id is None and tokenizer.pad_token_id is not None:
+        generation.pad_token_id = tokenizer.pad_token_id
+    generation.save_pretrained(out)
+    return eos
+
+
+def bedrock_verdict(out: Path) -> dict[str, Any]:
+    """Whether the output directory fits Bedrock Custom Model Import's format, with a reason for each check."""
+    reasons: list[str] = []
+    ok = True
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if not config:
+        ok = False
+        reasons.append("config.json missing")
+    else:
+        reasons.append("config.json present")
+    architecture = (config.get("architectures") or ["?"])[0]
+    if architecture in BEDROCK_ARCHITECTURES:
+        reasons.append(f"architecture {architecture} is supported")
+    else:
+        ok = False
+        reasons.append(f"architecture {architecture} is not in the supported list {sorted(BEDROCK_ARCHITECTURES)}")
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "?")
+    if dtype in BEDROCK_DTYPES:
+        reasons.append(f"dtype {dtype} is supported")
+    else:
+        ok = False
+        reasons.append(f"dtype {dtype} is not bf16/fp16 (merge with --dtype bf16)")
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    if shards:
+        reasons.append(f"{len(shards)} safetensors file(s)")
+    else:
+        ok = False
+        reasons.append("no *.safetensors weights")
+    if (out / "tokenizer.json").is_file() or (out / "tokenizer.model").is_file():
+        reasons.append("tokenizer files present")
+    else:
+        ok = False
+        reasons.append("no tokenizer.json / tokenizer.model")
+    return {
+        "compatible": ok,
+        "reasons": reasons,
+        "source": "DESIGN.md §3 list of architectures and dtypes; not re-checked against the AWS documentation",
+    }
+
+
+def _peak_memory_gb(cuda: bool) -> float:
+    if cuda:
+        import torch
+
+        return float(torch.cuda.max_memory_allocated()) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _directory_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The merge
+
+
+def main(cfg: MergeConfig) -> dict[str, Any]:
+    """Merge, verify, write cfg.output_dir (model + merge_report.json); returns the report."""
+    import peft
+    import torch
+    import transformers
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    facts = check_inputs(cfg)
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but this machine has no CUDA GPU")
+    device = "cuda" if cuda else "cpu"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.dtype]
+    model_dir, adapter_dir, out = Path(cfg.model_dir), Path(cfg.adapter_dir), Path(cfg.output_dir)
+
+    base_tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    tokenizer = _check_tokenizers(base_tokenizer, adapter_dir)
+    if not tokenizer.chat_template:
+        raise ValueError(f"the tokenizer in {model_dir} has no chat template")
+    work_dtype = torch.float32 if cfg.merge_precision == "fp32" else dtype
+    base: Any = AutoModelForCausalLM.from_pretrained(
+        model_dir,
+        dtype=work_dtype,
+        device_map=device,
+        use_safetensors=True,
+        trust_remote_code=False,
+        local_files_only=True,
+    )
+    if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+        raise ConfigError("the base loaded quantized: merge needs the original full-precision weights")
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    lora_modules = check_adapter_fits(base, adapter_dir, adapter_config)
+    base.eval()
+    loaded_at = time.monotonic()
+    try:
+        model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise translate_error(exc) from exc
+
+    conversations = read_chat_jsonl(cfg.eval_dir, cfg.verify_prompts)
+    prompts = render_prompts(tokenizer, conversations, cfg.verify_max_tokens)
+    reference = compute_logits(model, prompts, device)
+    with model.disable_adapter():
+        adapter_effect = logit_diff(compute_logits(model, prompts, device), reference)
+
+    merge_started = time.monotonic()
+    merged = model.merge_and_unload(progressbar=False, safe_merge=True)
+    merge_seconds = time.monotonic() - merge_started
+    del model
+    tolerance = cfg.max_abs_tolerance()
+    merged_diff = logit_diff(compute_logits(merged, prompts, device), reference)
+    if not merged_diff["max_abs"] <= tolerance:  # NaN fails too
+        raise MergeVerificationError(
+            f"merged logits differ from base+adapter: max abs diff {merged_diff['max_abs']:.6g} > tolerance "
+            f"{tolerance:.6g} (mean {merged_diff['mean_abs']:.3g}, argmax agreement "
+            f"{merged_diff['argmax_agreement']:.4f} over {merged_diff['positions']} positions)"
+        )
+
+    # The shipped weights: the merge rounded once to dtype. Their logits are the reference for the saved files.
+    cast_diff = None
+    shipped = merged
+    if work_dtype != dtype:
+        # Parameters only: buffers such as RoPE's inv_freq stay fp32, as from_pretrained(dtype=...) leaves them.
+        for param in merged.parameters():
+            param.data = param.data.to(dtype)
+        merged.config.dtype = dtype
+    shipped_logits = compute_logits(shipped, prompts, device)
+    if work_dtype != dtype:
+        cast_diff = logit_diff(shipped_logits, reference)
+
+    eos_ids = save_output(shipped, tokenizer, model_dir, out, cfg.max_shard_size)
+    del merged, base, shipped
+    gc.collect()
+    reloaded_diff = check_reload(out, dtype, device, prompts, shipped_logits, tolerance)
+
+    report = {
+        **facts,
+        "dtype": cfg.dtype,
+        "device": device,
+        "lora_modules": lora_modules,
+        "verification": {
+            "prompts": len(prompts),
+            "prompts_source": "eval split" if conversations else "built-in conversation (no eval rows found)",
+            "tolerance_max_abs": tolerance,
+            "merge_precision": "fp32" if work_dtype == torch.float32 else cfg.dtype,
+            "merged_vs_base_plus_adapter": merged_diff,
+            "cast_to_dtype_vs_base_plus_adapter": cast_diff,
+            "reloaded_vs_merged_in_memory": reloaded_diff,
+            "adapter_effect_vs_base": adapter_effect,
+            "passed": True,
+        },
+        "eos_token_id": eos_ids,
+        "end_of_turn_token": tokenizer.eos_token,
+        "shards": sorted(p.name for p in out.glob("*.safetensors")),
+        "output_bytes": _directory_bytes(out),
+        "load_seconds": round(loaded_at - started, 3),
+        "merge_seconds": round(merge_seconds, 3),
+        "wall_time_s": round(time.monotonic() - started, 3),
+        "peak_memory_gb": round(_peak_memory_gb(cuda), 4),
+        "peak_memory_kind": "cuda_max_allocated" if cuda else "process_max_rss",
+        "peak_host_rss_gb": round(_peak_memory_gb(False), 4),
+        "bedrock_custom_model_import": bedrock_verdict(out),
+        "config": dataclasses.asdict(cfg),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+    }
+    if adapter_effect["max_abs"] == 0.0:
+        report["warnings"] = ["the adapter does not change the logits (all lora_B zero?): the merge equals the base"]
+    (out / "merge_report.json").write_text(json.dumps(report, indent=2, default=str))
+    print(
+        f"merged {lora_modules} LoRA modules in {merge_seconds:.2f}s; max abs logit diff "
+        f"{merged_diff['max_abs']:.3g} (tolerance {tolerance:.3g}); Bedrock compatible: "
+        f"{report['bedrock_custom_model_import']['compatible']}",
+        flush=True,
+    )
+    return report
+
+
+def save_output(model: Any, tokenizer: Any, model_dir: Path, out: Path, max_shard_size: str) -> list[int]:
+    """Sharded safetensors, tokenizer, chat template, generation_config.json; returns the eos ids written."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.use_cache = True
+    model.save_pretrained(out, max_shard_size=max_shard_size.replace(" ", ""))
+    tokenizer.save_pretrained(out)
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    if not (out / "chat_template.jinja").is_file() and not tokenizer_config.get("chat_template"):
+        (out / "chat_template.jinja").write_text(tokenizer.chat_template)
+    return write_generation_config(model_dir, out, tokenizer, model.config)
+
+
+def check_reload(
+    out: Path, dtype: Any, device: str, prompts: list[Any], expected: list[Any], tolerance: float
+) -> dict[str, float]:
+    """The output loads in plain transformers (no PEFT, no adapter files) in `dtype` and gives the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    if (out / "adapter_config.json").exists():
+        raise RuntimeError("the output holds adapter_config.json: it would load as a PEFT adapter, not a model")
+    reloaded: Any = AutoModelForCausalLM.from_pretrained(
+        out, device_map=device, local_files_only=True, trust_remote_code=False
+    )
+    if reloaded.dtype != dtype:
+        raise RuntimeError(f"the output reloads as {reloaded.dtype}, expected {dtype}")
+    reloaded.eval()
+    diff = logit_diff(compute_logits(reloaded, prompts, device), expected)
+    del reloaded
+    gc.collect()
+    if not diff["max_abs"] <= tolerance:
+        raise MergeVerificationError(
+            f"the saved model's logits differ from the merged model's in memory: max abs diff "
+            f"{diff['max_abs']:.6g} > tolerance {tolerance:.6g}"
+        )
+    return diff
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for SageMaker's FailureReason: the cause and what to do."""
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+        reason = "CUDA out of memory while merging: use a larger GPU instance or device=cpu on a 64 GB+ instance"
+    elif isinstance(exc, ConfigError):
+        reason = f"invalid merge request: {exc}"
+    elif isinstance(exc, AdapterMismatchError | MergeVerificationError):
+        reason = str(exc)
+    else:
+        reason = f"{name}: {exc}"
+    return " ".join(reason.split())[:FAILURE_REASON_LIMIT]
+
+
+def run(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg: MergeConfig | None = None
+    try:
+        cfg = load_config(argv)
+        main(cfg)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the failure file
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        traceback.print_exc()
+        reason = failure_reason(exc)
+        failure = Path(cfg.failure_file) if cfg else _failure_file_of(argv)
+        try:
+            failure.parent.mkdir(parents=True, exist_ok=True)
+            failure.write_text(reason + "\n")
+        except OSError as write_error:
+            print(f"could not write {failure}: {write_error}", file=sys.stderr)
+        print(f"merge failed: {reason}", file=sys.stderr, flush=True)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(run())
