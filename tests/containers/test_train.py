@@ -83,6 +83,7 @@ def make_cfg(task: dict[str, Path], tmp_path: Path) -> Callable[..., TrainConfig
             "lora_alpha": 16,
             "lora_dropout": 0.0,
             "per_device_batch_size": 4,
+            "gradient_accumulation_steps": 1,
             "max_seq_length": 128,
             "warmup_ratio": 0.05,
             "save_steps": 1000,
@@ -320,7 +321,13 @@ def test_nan_loss_stops_with_a_clear_message() -> None:
 def test_sagemaker_contract(tmp_path: Path, task: dict[str, Path]) -> None:
     # GIVEN SM_* channels, a hyperparameters file of strings; WHEN SageMaker runs `train.py train`
     hyperparameters = {"max_steps": "12", "learning_rate": "0.003", "lora_r": "4", "max_seq_length": "128"}
-    hyperparameters |= {"logging_steps": "4", "save_steps": "6", "eval_steps": "6", "per_device_batch_size": "4"}
+    hyperparameters |= {
+        "logging_steps": "4",
+        "save_steps": "6",
+        "eval_steps": "6",
+        "per_device_batch_size": "4",
+        "gradient_accumulation_steps": "1",
+    }
     result = run_entrypoint(tmp_path, hyperparameters, sagemaker_env(tmp_path, task))
     assert result.returncode == 0, result.stderr[-3000:]
     # THEN the model dir has the adapter, the tokenizer with its chat template, and the summary
