@@ -25,17 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from containers.merge import merge  # noqa: E402
 from local.tiny_model import write_base_model  # noqa: E402
 
+from train_gpu import SHAPES as TRAIN_SHAPES  # noqa: E402  (bench/ is the script's own directory)
+
 SHAPES: dict[str, dict[str, Any]] = {
-    "7b": {  # mistralai/Mistral-7B-v0.1 config.json
-        "architectures": ["MistralForCausalLM"],
-        "model_type": "mistral",
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "vocab_size": 32000,
-    },
+    # the same Mistral-7B shape the training benchmark uses
+    "7b": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **TRAIN_SHAPES["7b"]},
     "tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "vocab_size": 1024},
 }
 PROMPTS = [
