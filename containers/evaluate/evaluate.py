@@ -3,8 +3,9 @@
 SageMaker Processing mounts the inputs under /opt/ml/processing/input/{candidate,base,production,eval} (the merged
 candidate model, the base model it was trained from, optionally the model now in production, and the eval split as
 chat JSONL) and uploads /opt/ml/processing/output/evaluation; a one-line cause of any failure goes to the failure
-file (/opt/ml/processing/output/failure by default, and the job exits non-zero). No production input (the directory
-is absent or `--production_dir ""`) means there is no model in production yet: that threshold is then skipped.
+file (/opt/ml/output/message by default: SageMaker Processing reports it as the job's ExitMessage; the job exits
+non-zero). No production input (the directory is absent or `--production_dir ""`) means there is no model in
+production yet: that threshold is then skipped.
 
 What it does: for each eval conversation the prompt is every message but the final assistant one, rendered with the
 model's chat template (`add_generation_prompt`), and the reference is that final assistant message. Each model
@@ -34,7 +35,6 @@ python containers/evaluate/evaluate.py \
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import json
@@ -43,12 +43,17 @@ import os
 import struct
 import sys
 import time
-import traceback
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as a script: the directory holding containers/ (the repository, /opt/program in the image)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from containers.common import jobkit  # noqa: E402
+from containers.common.jobkit import END_OF_TURN_TOKENS, ConfigError  # noqa: E402
 
 SM_DEFAULTS = {
     "candidate_dir": "/opt/ml/processing/input/candidate",
@@ -56,7 +61,7 @@ SM_DEFAULTS = {
     "production_dir": "/opt/ml/processing/input/production",
     "eval_dir": "/opt/ml/processing/input/eval",
     "output_dir": "/opt/ml/processing/output/evaluation",
-    "failure_file": "/opt/ml/processing/output/failure",
+    "failure_file": jobkit.PROCESSING_FAILURE_FILE,
 }
 PATH_FIELDS = tuple(SM_DEFAULTS)
 MODELS = ("candidate", "base", "production")
@@ -64,28 +69,21 @@ MODELS = ("candidate", "base", "production")
 SCORE_METRICS = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_schema_match", "stop_rate")
 JSON_METRICS = ("json_valid", "json_schema_match")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-# End-of-turn markers of common chat templates: any that the template uses and the vocabulary has stops generation.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>")
-FAILURE_REASON_LIMIT = 1000  # SageMaker's FailureReason holds 1024 characters
 # Chart colours (RGB): candidate, base, production.
 CHART_COLORS = {"candidate": (31, 119, 180), "base": (160, 160, 160), "production": (255, 127, 14)}
 
 
-class ConfigError(ValueError):
-    """An option or path that cannot be used; the message names it."""
-
-
 def _path_default(name: str) -> Any:
-    return field(default=SM_DEFAULTS[name], metadata={"help": f"(default: {SM_DEFAULTS[name]})", "path": True})
+    return jobkit.path_field(SM_DEFAULTS[name])
 
 
 @dataclass
 class EvaluateConfig:
     candidate_dir: str = _path_default("candidate_dir")
     base_dir: str = _path_default("base_dir")
-    production_dir: str = field(
-        default=SM_DEFAULTS["production_dir"],
-        metadata={"help": f"(default: {SM_DEFAULTS['production_dir']}; absent or empty: no production model)"},
+    production_dir: str = jobkit.path_field(
+        SM_DEFAULTS["production_dir"],
+        f"(default: {SM_DEFAULTS['production_dir']}; absent or empty: no production model)",
     )
     eval_dir: str = _path_default("eval_dir")
     output_dir: str = _path_default("output_dir")
@@ -135,42 +133,12 @@ class EvaluateConfig:
             (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
             (self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda"),
         ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
-
-
-def _convert(name: str, text: str, kind: type) -> object:
-    try:
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-        return text
-    except ValueError:
-        raise ConfigError(f"--{name}: expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        jobkit.check_config(self, checks)
 
 
 def load_config(argv: list[str] | None = None) -> EvaluateConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(EvaluateConfig):
-        parser.add_argument(f"--{f.name}", dest=f.name, default=None, help=f.metadata.get("help"))
-    args = vars(parser.parse_args(argv))
-    kinds: dict[str, type] = {
-        f.name: {"int": int, "float": float}.get(str(f.type), str) for f in dataclasses.fields(EvaluateConfig)
-    }
-    values = {k: _convert(k, v, kinds[k]) for k, v in args.items() if v is not None}
-    return EvaluateConfig(**values)  # type: ignore[arg-type]
-
-
-def _failure_file_of(argv: list[str]) -> Path:
-    """The failure file even when the config itself cannot be parsed."""
-    for i, arg in enumerate(argv):
-        if arg == "--failure_file" and i + 1 < len(argv):
-            return Path(argv[i + 1])
-        if arg.startswith("--failure_file="):
-            return Path(arg.split("=", 1)[1])
-    return Path(SM_DEFAULTS["failure_file"])
+    """`--name value` arguments, one per EvaluateConfig field."""
+    return jobkit.load_options(EvaluateConfig, argv, __doc__)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -422,8 +390,7 @@ def bar_chart(path: Path, metrics: dict[str, dict[str, float]], names: list[str]
 
 def read_eval(location: str, limit: int) -> tuple[list[list[dict[str, Any]]], list[str]]:
     """Prompt messages and reference answers of a .jsonl file or of a directory's .jsonl files (sorted)."""
-    path = Path(location)
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path] if path.is_file() else []
+    files = jobkit.jsonl_files(location)
     if not files:
         raise FileNotFoundError(f"no eval split at {location} (a .jsonl file or a directory of them)")
     prompts: list[list[dict[str, Any]]] = []
@@ -544,16 +511,6 @@ def generate(
     }
 
 
-def _peak_memory_gb(cuda: bool) -> float:
-    if cuda:
-        import torch
-
-        return float(torch.cuda.max_memory_allocated()) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The evaluation
 
@@ -575,14 +532,12 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.primary_metric in JSON_METRICS and not json_references:
         raise ConfigError(f"primary_metric {cfg.primary_metric} needs JSON references, and the eval split's are not")
 
-    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but this machine has no CUDA GPU")
-    device = "cuda" if cuda else "cpu"
+    device = jobkit.resolve_device(cfg.device)
+    cuda = device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     dtype_name = cfg.dtype if cfg.dtype != "auto" else ("bf16" if cuda else "fp32")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    dtype = jobkit.torch_dtype(dtype_name)
 
     results: dict[str, dict[str, Any]] = {}
     for name, model_dir in dirs.items():
@@ -643,7 +598,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         "device": device,
         "dtype": dtype_name,
         "wall_time_s": round(time.monotonic() - started, 3),
-        "peak_memory_gb": round(_peak_memory_gb(cuda), 4),
+        "peak_memory_gb": round(jobkit.peak_memory_gb(cuda), 4),
         "peak_memory_kind": "cuda_max_allocated" if cuda else "process_max_rss",
         "config": dataclasses.asdict(cfg),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
@@ -654,38 +609,27 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     return report
 
 
-def failure_reason(exc: BaseException) -> str:
-    """One line for SageMaker's FailureReason: the cause and what to do."""
-    name = type(exc).__name__
-    if name == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+def failure_reason(exc: BaseException, cfg: EvaluateConfig | None = None) -> str:
+    """One line for SageMaker's ExitMessage: the cause and what to do."""
+    if jobkit.is_out_of_memory(exc):
         reason = "CUDA out of memory while generating: lower batch_size or max_new_tokens, or use a larger GPU"
     elif isinstance(exc, ConfigError):
         reason = f"invalid evaluation request: {exc}"
     else:
-        reason = f"{name}: {exc}"
-    return " ".join(reason.split())[:FAILURE_REASON_LIMIT]
+        reason = f"{type(exc).__name__}: {exc}"
+    return jobkit.one_line(reason)
 
 
 def run(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    cfg: EvaluateConfig | None = None
-    try:
-        cfg = load_config(argv)
-        main(cfg)
-        return 0
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the failure file
-        if isinstance(exc, SystemExit) and exc.code in (0, None):
-            raise
-        traceback.print_exc()
-        reason = failure_reason(exc)
-        failure = Path(cfg.failure_file) if cfg else _failure_file_of(argv)
-        try:
-            failure.parent.mkdir(parents=True, exist_ok=True)
-            failure.write_text(reason + "\n")
-        except OSError as write_error:
-            print(f"could not write {failure}: {write_error}", file=sys.stderr)
-        print(f"evaluation failed: {reason}", file=sys.stderr, flush=True)
-        return 2 if isinstance(exc, ConfigError) else 1
+    """Load the config, evaluate; on failure write the reason to the failure file and return 1 (2: bad config)."""
+    return jobkit.run_job(
+        argv,
+        load_config=load_config,
+        main=main,
+        failure_reason=failure_reason,
+        default_failure_file=SM_DEFAULTS["failure_file"],
+        what="evaluation",
+    )
 
 
 if __name__ == "__main__":

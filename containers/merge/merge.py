@@ -3,7 +3,8 @@
 SageMaker Processing mounts the inputs under /opt/ml/processing/input/{model,adapter,eval} (the base model's
 full-precision safetensors + tokenizer, the Train stage's adapter directory, the eval split as chat JSONL) and
 uploads /opt/ml/processing/output/merged; a one-line cause of any failure goes to the failure file
-(/opt/ml/processing/output/failure by default, and the job exits non-zero).
+(/opt/ml/output/message by default: SageMaker Processing reports it as the job's ExitMessage; the job exits
+non-zero). The adapter input may be the training job's `model.tar.gz` as uploaded (it is unpacked safely first).
 
 What it does: loads the base (in fp32 by default, `merge_precision`, so that the check is sharp; the output is cast
 to `dtype`, bf16 by default) from its full-precision weights (never 4-bit weights: a QLoRA adapter is merged onto
@@ -29,7 +30,6 @@ works but is slow and its rounding is coarse; `--dtype fp32` is what the tests u
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import json
@@ -37,18 +37,24 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as a script: the directory holding containers/ (the repository, /opt/program in the image)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from containers.common import jobkit  # noqa: E402
+from containers.common.jobkit import END_OF_TURN_TOKENS, ConfigError, read_chat_jsonl  # noqa: E402
 
 SM_DEFAULTS = {
     "model_dir": "/opt/ml/processing/input/model",
     "adapter_dir": "/opt/ml/processing/input/adapter",
     "eval_dir": "/opt/ml/processing/input/eval",
     "output_dir": "/opt/ml/processing/output/merged",
-    "failure_file": "/opt/ml/processing/output/failure",
+    "failure_file": jobkit.PROCESSING_FAILURE_FILE,
 }
 PATH_FIELDS = tuple(SM_DEFAULTS)
 DTYPES = ("bf16", "fp16", "fp32")
@@ -58,7 +64,6 @@ DTYPES = ("bf16", "fp16", "fp32")
 # A 7B-shaped random model merged in bf16 differed by up to 0.64 (argmax agreement 80%): that is why the default
 # merge_precision is fp32, where the check is sharp, and the cast to bf16 is measured and reported, not gated.
 AUTO_TOLERANCE = {"fp32": 1e-3, "fp16": 0.25, "bf16": 1.0}
-FAILURE_REASON_LIMIT = 1000  # SageMaker's FailureReason holds 1024 characters
 
 # Bedrock Custom Model Import, per DESIGN.md §3 ("Hugging Face safetensors (bf16/fp16; Llama, Mistral, Mixtral,
 # Qwen, Flan, GPTBigCode)"); the architecture names below are that list spelled as transformers classes. Not
@@ -77,12 +82,6 @@ BEDROCK_ARCHITECTURES = frozenset(
     }
 )
 BEDROCK_DTYPES = frozenset({"bfloat16", "float16"})
-# End-of-turn markers of common chat templates: any that the template uses and the vocabulary has joins the eos ids.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>")
-
-
-class ConfigError(ValueError):
-    """An option or path that cannot be used; the message names it."""
 
 
 class AdapterMismatchError(ValueError):
@@ -94,7 +93,7 @@ class MergeVerificationError(RuntimeError):
 
 
 def _path_default(name: str) -> Any:
-    return field(default=SM_DEFAULTS[name], metadata={"help": f"(default: {SM_DEFAULTS[name]})", "path": True})
+    return jobkit.path_field(SM_DEFAULTS[name])
 
 
 @dataclass
@@ -137,65 +136,19 @@ class MergeConfig:
             (self.tolerance >= 0 and math.isfinite(self.tolerance), "tolerance", ">= 0 (0: automatic)"),
             (self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda"),
         ]  # fmt: skip
-        for ok, name, expected in checks:
-            if not ok:
-                raise ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+        jobkit.check_config(self, checks)
 
     def max_abs_tolerance(self) -> float:
         return self.tolerance or AUTO_TOLERANCE["fp32" if self.merge_precision == "fp32" else self.dtype]
 
 
-def _convert(name: str, text: str, kind: type) -> object:
-    try:
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-        return text
-    except ValueError:
-        raise ConfigError(f"--{name}: expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-
-
 def load_config(argv: list[str] | None = None) -> MergeConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(MergeConfig):
-        parser.add_argument(f"--{f.name}", dest=f.name, default=None, help=f.metadata.get("help"))
-    args = vars(parser.parse_args(argv))
-    kinds = {"verify_prompts": int, "verify_max_tokens": int, "tolerance": float}
-    values = {k: _convert(k, v, kinds.get(k, str)) for k, v in args.items() if v is not None}
-    return MergeConfig(**values)  # type: ignore[arg-type]
-
-
-def _failure_file_of(argv: list[str]) -> Path:
-    """The failure file even when the config itself cannot be parsed."""
-    for i, arg in enumerate(argv):
-        if arg == "--failure_file" and i + 1 < len(argv):
-            return Path(argv[i + 1])
-        if arg.startswith("--failure_file="):
-            return Path(arg.split("=", 1)[1])
-    return Path(SM_DEFAULTS["failure_file"])
+    """`--name value` arguments, one per MergeConfig field."""
+    return jobkit.load_options(MergeConfig, argv, __doc__)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Inputs and checks
-
-
-def read_chat_jsonl(location: str, limit: int) -> list[list[dict[str, Any]]]:
-    """The `messages` of the first `limit` lines of a .jsonl file or of a directory's .jsonl files (sorted)."""
-    path = Path(location)
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path] if path.is_file() else []
-    conversations: list[list[dict[str, Any]]] = []
-    for file in files:
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-            if len(conversations) >= limit:
-                return conversations
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-                raise ValueError(f'{file.name} line {number}: expected {{"messages": [...]}}')
-            conversations.append(record["messages"])
-    return conversations
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -208,9 +161,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def check_inputs(cfg: MergeConfig) -> dict[str, Any]:
-    """Refuse a quantized base or an unusable adapter directory; returns facts for the report."""
-    model_dir, adapter_dir = Path(cfg.model_dir), Path(cfg.adapter_dir)
+def check_inputs(cfg: MergeConfig, adapter_dir: Path | None = None) -> dict[str, Any]:
+    """Refuse a quantized base or an unusable adapter directory (cfg.adapter_dir, or where its model.tar.gz was
+    unpacked); returns facts for the report."""
+    model_dir, adapter_dir = Path(cfg.model_dir), adapter_dir or Path(cfg.adapter_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"no base model in {model_dir} (config.json missing)")
     if not any(model_dir.glob("*.safetensors")):
@@ -224,7 +178,9 @@ def check_inputs(cfg: MergeConfig) -> dict[str, Any]:
             "be merged onto the original full-precision (bf16) weights of the same base, never 4-bit ones"
         )
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"no adapter in {adapter_dir} (adapter_config.json missing)")
+        raise FileNotFoundError(
+            f"no adapter in {adapter_dir} (adapter_config.json missing, and no {jobkit.MODEL_ARCHIVE} to unpack)"
+        )
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         raise FileNotFoundError(f"no adapter_model.safetensors in {adapter_dir}")
     adapter_config = _read_json(adapter_dir / "adapter_config.json")
@@ -484,42 +440,37 @@ def bedrock_verdict(out: Path) -> dict[str, Any]:
     }
 
 
-def _peak_memory_gb(cuda: bool) -> float:
-    if cuda:
-        import torch
-
-        return float(torch.cuda.max_memory_allocated()) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-def _directory_bytes(directory: Path) -> int:
-    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The merge
 
 
 def main(cfg: MergeConfig) -> dict[str, Any]:
-    """Merge, verify, write cfg.output_dir (model + merge_report.json); returns the report."""
+    """Merge, verify, write cfg.output_dir (model + merge_report.json); returns the report.
+
+    An adapter directory that holds the Train stage's `model.tar.gz` (what a training job uploads from SM_MODEL_DIR;
+    Processing inputs are not unpacked) is extracted safely into a temporary directory first.
+    """
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tuneplane-merge-") as scratch:
+        adapter_dir, archive = jobkit.unpack_model_archive(Path(cfg.adapter_dir), Path(scratch) / "adapter")
+        return _merge(cfg, adapter_dir, archive, started)
+
+
+def _merge(cfg: MergeConfig, adapter_dir: Path, archive: Path | None, started: float) -> dict[str, Any]:
     import peft
     import torch
     import transformers
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    started = time.monotonic()
-    facts = check_inputs(cfg)
-    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but this machine has no CUDA GPU")
-    device = "cuda" if cuda else "cpu"
+    facts = check_inputs(cfg, adapter_dir)
+    facts["adapter_archive"] = str(archive) if archive else None
+    device = jobkit.resolve_device(cfg.device)
+    cuda = device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.dtype]
-    model_dir, adapter_dir, out = Path(cfg.model_dir), Path(cfg.adapter_dir), Path(cfg.output_dir)
+    dtype = jobkit.torch_dtype(cfg.dtype)
+    model_dir, out = Path(cfg.model_dir), Path(cfg.output_dir)
 
     base_tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     tokenizer = _check_tokenizers(base_tokenizer, adapter_dir)
@@ -600,13 +551,13 @@ def main(cfg: MergeConfig) -> dict[str, Any]:
         "eos_token_id": eos_ids,
         "end_of_turn_token": tokenizer.eos_token,
         "shards": sorted(p.name for p in out.glob("*.safetensors")),
-        "output_bytes": _directory_bytes(out),
+        "output_bytes": jobkit.directory_bytes(out),
         "load_seconds": round(loaded_at - started, 3),
         "merge_seconds": round(merge_seconds, 3),
         "wall_time_s": round(time.monotonic() - started, 3),
-        "peak_memory_gb": round(_peak_memory_gb(cuda), 4),
+        "peak_memory_gb": round(jobkit.peak_memory_gb(cuda), 4),
         "peak_memory_kind": "cuda_max_allocated" if cuda else "process_max_rss",
-        "peak_host_rss_gb": round(_peak_memory_gb(False), 4),
+        "peak_host_rss_gb": round(jobkit.peak_memory_gb(False), 4),
         "bedrock_custom_model_import": bedrock_verdict(out),
         "config": dataclasses.asdict(cfg),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
@@ -660,40 +611,29 @@ def check_reload(
     return diff
 
 
-def failure_reason(exc: BaseException) -> str:
-    """One line for SageMaker's FailureReason: the cause and what to do."""
-    name = type(exc).__name__
-    if name == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+def failure_reason(exc: BaseException, cfg: MergeConfig | None = None) -> str:
+    """One line for SageMaker's ExitMessage: the cause and what to do."""
+    if jobkit.is_out_of_memory(exc):
         reason = "CUDA out of memory while merging: use a larger GPU instance or device=cpu on a 64 GB+ instance"
     elif isinstance(exc, ConfigError):
         reason = f"invalid merge request: {exc}"
-    elif isinstance(exc, AdapterMismatchError | MergeVerificationError):
+    elif isinstance(exc, AdapterMismatchError | MergeVerificationError | jobkit.UnsafeArchiveError):
         reason = str(exc)
     else:
-        reason = f"{name}: {exc}"
-    return " ".join(reason.split())[:FAILURE_REASON_LIMIT]
+        reason = f"{type(exc).__name__}: {exc}"
+    return jobkit.one_line(reason)
 
 
 def run(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    cfg: MergeConfig | None = None
-    try:
-        cfg = load_config(argv)
-        main(cfg)
-        return 0
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the failure file
-        if isinstance(exc, SystemExit) and exc.code in (0, None):
-            raise
-        traceback.print_exc()
-        reason = failure_reason(exc)
-        failure = Path(cfg.failure_file) if cfg else _failure_file_of(argv)
-        try:
-            failure.parent.mkdir(parents=True, exist_ok=True)
-            failure.write_text(reason + "\n")
-        except OSError as write_error:
-            print(f"could not write {failure}: {write_error}", file=sys.stderr)
-        print(f"merge failed: {reason}", file=sys.stderr, flush=True)
-        return 2 if isinstance(exc, ConfigError) else 1
+    """Load the config, merge; on failure write the reason to the failure file and return 1 (2: bad config)."""
+    return jobkit.run_job(
+        argv,
+        load_config=load_config,
+        main=main,
+        failure_reason=failure_reason,
+        default_failure_file=SM_DEFAULTS["failure_file"],
+        what="merge",
+    )
 
 
 if __name__ == "__main__":

@@ -31,12 +31,17 @@ import os
 import signal
 import sys
 import time
-import traceback
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as a script: the directory holding containers/ (the repository, /opt/program in the image)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from containers.common import jobkit  # noqa: E402
+from containers.common.jobkit import ConfigError  # noqa: E402
 
 # SageMaker MetricDefinitions (Name/Regex) for the lines `MetricsCallback` prints: the template uses these verbatim.
 _NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
@@ -66,11 +71,6 @@ PATH_ENV = {
 HYPERPARAMETERS_ENV = "TUNEPLANE_HYPERPARAMETERS"
 CHECKPOINT_COMPLETE = "tuneplane-checkpoint-complete"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-FAILURE_REASON_LIMIT = 1000  # SageMaker's FailureReason holds 1024 characters
-
-
-class ConfigError(ValueError):
-    """A hyperparameter or path that cannot be used; the message names the key."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -173,9 +173,7 @@ class TrainConfig:
             (self.eval_steps >= 0, "eval_steps", ">= 0"),
             (self.logging_steps > 0, "logging_steps", "> 0"),
         ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+        jobkit.check_config(self, checks)
         if self.qlora:
             _check_qlora_possible()
 
@@ -254,9 +252,7 @@ def load_config(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("mode", nargs="?", choices=["train"], help="SageMaker passes 'train'; ignored")
     parser.add_argument("--hyperparameters", help=f"JSON file (default: ${HYPERPARAMETERS_ENV} or SageMaker's)")
     for f in dataclasses.fields(TrainConfig):
-        # argparse %-formats help strings: escape the literal "%" of texts like "~30% slower"
-        help_text = str(f.metadata.get("help", "")).replace("%", "%%")
-        parser.add_argument(f"--{f.name}", dest=f.name, default=None, help=help_text)
+        parser.add_argument(f"--{f.name}", dest=f.name, default=None, help=jobkit.help_text(f))
     args = vars(parser.parse_args(argv))
     hp_path = Path(args.pop("hyperparameters") or os.environ.get(HYPERPARAMETERS_ENV, SM_DEFAULTS["hyperparameters"]))
     args.pop("mode")
@@ -274,34 +270,13 @@ def load_config(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**paths, **parse_hyperparameters(values))  # type: ignore[arg-type]
 
 
-def _failure_file_of(argv: list[str]) -> Path:
-    """The failure file even when the config itself cannot be parsed."""
-    for i, arg in enumerate(argv):
-        if arg == "--failure_file" and i + 1 < len(argv):
-            return Path(argv[i + 1])
-        if arg.startswith("--failure_file="):
-            return Path(arg.split("=", 1)[1])
-    return Path(os.environ.get(PATH_ENV["failure_file"], SM_DEFAULTS["failure_file"]))
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Data and checkpoints
 
 
-def read_chat_jsonl(location: str) -> list[dict[str, Any]]:
+def read_chat_rows(location: str) -> list[dict[str, Any]]:
     """Every `{"messages": [...]}` line of a .jsonl file, or of the .jsonl files of a channel directory (sorted)."""
-    path = Path(location)
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path] if path.is_file() else []
-    rows: list[dict[str, Any]] = []
-    for file in files:
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-                raise ValueError(f'{file.name} line {number}: expected {{"messages": [...]}}')
-            rows.append({"messages": record["messages"]})
-    return rows
+    return [{"messages": messages} for messages in jobkit.read_chat_jsonl(location)]
 
 
 def newest_complete_checkpoint(checkpoint_dir: str) -> Path | None:
@@ -317,16 +292,6 @@ def newest_complete_checkpoint(checkpoint_dir: str) -> Path | None:
         and (p / "trainer_state.json").is_file()
     ]
     return max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-")), default=None)
-
-
-def _peak_memory_gb() -> float:
-    import torch
-
-    if torch.cuda.is_available():
-        return float(torch.cuda.max_memory_allocated()) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def _metric_fields(logs: dict[str, float], step: int) -> dict[str, float]:
@@ -371,7 +336,7 @@ def _make_callbacks(cfg: TrainConfig, summary: dict[str, Any], stop: dict[str, b
             if "eval_loss" in fields:
                 summary["eval_curve"].append({"step": state.global_step, "eval_loss": fields["eval_loss"]})
             if fields:
-                fields["gpu_memory_gb"] = _peak_memory_gb() if _cuda() else 0.0
+                fields["gpu_memory_gb"] = jobkit.peak_memory_gb(True) if _cuda() else 0.0
                 print(f"step={state.global_step}; " + " ".join(f"{k}={v:.6g};" for k, v in fields.items()), flush=True)
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
@@ -429,10 +394,10 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
 
         attn = "flash_attention_2" if cuda and importlib.util.find_spec("flash_attn") else "sdpa"
 
-    train_rows = read_chat_jsonl(cfg.train_dir)
+    train_rows = read_chat_rows(cfg.train_dir)
     if not train_rows:
         raise ValueError(f"no training examples in {cfg.train_dir} (expected *.jsonl with messages)")
-    eval_rows = read_chat_jsonl(cfg.eval_dir)
+    eval_rows = read_chat_rows(cfg.eval_dir)
 
     model_dir = Path(cfg.model_dir)
     if not (model_dir / "config.json").is_file():
@@ -586,7 +551,7 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
             "train_examples": context["train_examples"],
             "eval_examples": context["eval_examples"],
             "wall_time_s": round(time.monotonic() - started, 3),
-            "peak_memory_gb": round(_peak_memory_gb(), 4),
+            "peak_memory_gb": round(jobkit.peak_memory_gb(cuda), 4),
             "peak_memory_kind": "cuda_max_allocated" if cuda else "process_max_rss",
             "resumed_from": resume.name if resume else None,
             "precision": context["precision"],
@@ -606,8 +571,7 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
 
 def failure_reason(exc: BaseException, cfg: TrainConfig | None) -> str:
     """One line for SageMaker's FailureReason: the cause and what to do."""
-    name = type(exc).__name__
-    if name == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+    if jobkit.is_out_of_memory(exc):
         where = f" at seq len {cfg.max_seq_length}, batch {cfg.per_device_batch_size}" if cfg else ""
         reason = (
             f"CUDA out of memory{where}: lower per_device_batch_size or max_seq_length"
@@ -618,30 +582,20 @@ def failure_reason(exc: BaseException, cfg: TrainConfig | None) -> str:
     elif isinstance(exc, NonFiniteLossError | InterruptedError):
         reason = str(exc)
     else:
-        reason = f"{name}: {exc}"
-    return " ".join(reason.split())[:FAILURE_REASON_LIMIT]
+        reason = f"{type(exc).__name__}: {exc}"
+    return jobkit.one_line(reason)
 
 
 def run(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    cfg: TrainConfig | None = None
-    try:
-        cfg = load_config(argv)
-        main(cfg)
-        return 0
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the failure file
-        if isinstance(exc, SystemExit) and exc.code in (0, None):
-            raise
-        traceback.print_exc()
-        reason = failure_reason(exc, cfg)
-        failure = Path(cfg.failure_file) if cfg else _failure_file_of(argv)
-        try:
-            failure.parent.mkdir(parents=True, exist_ok=True)
-            failure.write_text(reason + "\n")
-        except OSError as write_error:
-            print(f"could not write {failure}: {write_error}", file=sys.stderr)
-        print(f"training failed: {reason}", file=sys.stderr, flush=True)
-        return 2 if isinstance(exc, ConfigError) else 1
+    """Load the config, train; on failure write the reason to the failure file and return 1 (2: bad config)."""
+    return jobkit.run_job(
+        argv,
+        load_config=load_config,
+        main=main,
+        failure_reason=failure_reason,
+        default_failure_file=os.environ.get(PATH_ENV["failure_file"], SM_DEFAULTS["failure_file"]),
+        what="training",
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,39 @@ def test_qlora_adapter_is_merged_onto_full_precision_base_and_recorded(
     report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
     assert report["adapter_trained_on_quantized_base"] is True
     assert "full-precision" in report["merged_onto"]
+
+
+def test_adapter_uploaded_as_model_tar_gz_is_unpacked(
+    args: Callable[..., list[str]], task: dict[str, Path], tmp_path: Path
+) -> None:
+    # GIVEN the adapter as a training job uploads SM_MODEL_DIR (<output>/<job>/output/model.tar.gz, "./" names), which
+    # a Processing input mounts as it is
+    adapter_input = tmp_path / "adapter-input"
+    adapter_input.mkdir()
+    with tarfile.open(adapter_input / "model.tar.gz", "w:gz") as tar:
+        tar.add(task["adapter"], arcname=".")
+    # WHEN merged; THEN the archive is unpacked and merged like the directory, and the report names it
+    assert merge.run(args(adapter_input, verify_prompts="2")) == 0
+    report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
+    assert report["adapter_archive"] == str(adapter_input / "model.tar.gz")
+    assert report["lora_modules"] > 0 and report["verification"]["adapter_effect_vs_base"]["max_abs"] > 0.05
+    assert report["config"]["adapter_dir"] == str(adapter_input)
+
+
+def test_adapter_archive_that_escapes_its_directory_is_refused(
+    args: Callable[..., list[str]], task: dict[str, Path], tmp_path: Path
+) -> None:
+    # GIVEN a model.tar.gz holding the adapter and a member whose name climbs out of the extraction directory
+    adapter_input = tmp_path / "adapter-input"
+    adapter_input.mkdir()
+    with tarfile.open(adapter_input / "model.tar.gz", "w:gz") as tar:
+        tar.add(task["adapter"], arcname=".")
+        tar.add(task["adapter"] / "adapter_config.json", arcname="../../escaped.json")
+    # WHEN merged; THEN the job fails naming the member, and nothing was written outside
+    assert merge.run(args(adapter_input)) == 1
+    reason = (tmp_path / "failure").read_text()
+    assert "'../../escaped.json'" in reason and "leaves the directory" in reason
+    assert not list(tmp_path.parent.glob("escaped.json")) and not (tmp_path / "merged").exists()
 
 
 def test_quantized_base_is_refused(args: Callable[..., list[str]], task: dict[str, Path], tmp_path: Path) -> None:
