@@ -10,13 +10,17 @@
 - ``s3_events.py``: S3's EventBridge notifications reach the default bus only (moto offers them to every bus);
 - ``event_targets.py``: EventBridge rules deliver to Lambda functions and state machines (moto raises instead), so
   an upload reaches StartRun and starts the pipeline;
+- ``sagemaker_jobs.py``: training and processing jobs run the real containers (or a test's executor) and
+  ``sagemaker:*.sync`` tasks wait for them;
 - ``clock.py``: Wait states and Retry intervals compressed, so tests of slow paths stay fast.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from moto import mock_aws
 
@@ -25,13 +29,27 @@ from local.cloud.deploy import DeployError, LocalDeployment, deploy
 from local.cloud.event_targets import eventbridge_targets
 from local.cloud.lambda_runtime import patched_lambda_runtime
 from local.cloud.s3_events import s3_events_on_default_bus
+from local.cloud.sagemaker_jobs import (
+    ContainerExecutor,
+    JobExecutor,
+    JobOutcome,
+    JobRunner,
+    LocalJob,
+    local_sagemaker_jobs,
+)
 
 __all__ = [
+    "ContainerExecutor",
+    "JobExecutor",
+    "JobOutcome",
+    "JobRunner",
+    "LocalJob",
     "DeployError",
     "LocalDeployment",
     "compressed_time",
     "deploy",
     "eventbridge_targets",
+    "local_sagemaker_jobs",
     "local_cloud",
     "patched_lambda_runtime",
     "s3_events_on_default_bus",
@@ -39,14 +57,19 @@ __all__ = [
 
 
 @contextmanager
-def local_cloud(time_scale: float = 1.0) -> Iterator[None]:
+def local_cloud(
+    time_scale: float = 1.0, executor: JobExecutor | None = None, work_root: Path | None = None
+) -> Iterator[JobRunner]:
     """moto with executing state machines, in-process Lambda handlers, S3 events on the default bus only, EventBridge
-    Lambda and Step Functions targets, and Wait/Retry times multiplied by ``time_scale``."""
+    Lambda and Step Functions targets, SageMaker jobs run by ``executor`` (default: the real containers, with
+    their work directories under ``work_root``) and Wait/Retry times multiplied by ``time_scale``."""
     with (
+        tempfile.TemporaryDirectory(prefix="tuneplane-jobs-") as scratch,
         mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
         patched_lambda_runtime(),
         s3_events_on_default_bus(),
         eventbridge_targets(),
+        local_sagemaker_jobs(executor or ContainerExecutor(), work_root or Path(scratch)) as runner,
         compressed_time(time_scale),
     ):
-        yield
+        yield runner

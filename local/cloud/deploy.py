@@ -31,7 +31,12 @@ from local.cloud.template import TEMPLATE, CodeAsset, TransformedTemplate, trans
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
 # Resource types moto's CloudFormation skips that we know about (see moto_fixes): their warning is noise. Any other
 # skipped type still warns: a new resource in the template that the local cloud silently lacks.
-KNOWN_SKIPPED_TYPES = ("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::Lambda::EventInvokeConfig")
+KNOWN_SKIPPED_TYPES = (
+    "AWS::S3::BucketPolicy",
+    "AWS::SQS::QueuePolicy",
+    "AWS::Lambda::EventInvokeConfig",
+    "AWS::CloudWatch::Alarm",
+)
 
 
 class _KnownSkippedTypes(logging.Filter):
@@ -149,7 +154,7 @@ def deploy(
     transformed = transform_template(parameters, path=template, region=region, assets_bucket=assets_bucket)
     account_id = boto3.client("sts", region_name=region).get_caller_identity()["Account"]
     _upload_assets(assets_bucket, transformed.assets, region)
-    with moto_fixes.event_bus_ref_fix(), warnings.catch_warnings():
+    with moto_fixes.event_bus_ref_fix(), moto_fixes.model_package_group_support(), warnings.catch_warnings():
         for kind in KNOWN_SKIPPED_TYPES:  # moto warns each time it looks at the resource, during and after creation
             warnings.filterwarnings("ignore", message=f"Tried to parse {kind} ", category=UserWarning)
         stack = _create_stack(stack_name, transformed, region)

@@ -17,6 +17,9 @@ its source and by deploying the template):
 - ``AWS::Lambda::Function``: ``Tags`` (and ``Layers``, ``Architectures``, ``EphemeralStorage``, ``LoggingConfig``,
   ``TracingConfig``) are ignored. The tags are applied here, plus the tag that tells the in-process runtime where
   the function's code lives (``lambda_runtime.CODE_DIR_TAG``); the rest has no effect on an in-process run.
+- ``AWS::SageMaker::ModelPackageGroup`` is unknown to moto's CloudFormation (and a ``!GetAtt`` of it fails the
+  stack): ``LocalModelPackageGroup`` creates it in moto's SageMaker (``model_package_group_support``).
+- ``AWS::CloudWatch::Alarm`` is skipped (with a warning): nothing here would ever set it off.
 - ``AWS::StepFunctions::StateMachine``: ``DefinitionSubstitutions``, ``LoggingConfiguration``,
   ``TracingConfiguration`` and ``StateMachineType`` are ignored and the machine is created in the backend that
   never executes anything. It is re-created here, substitutions applied, in the executing backend, same ARN.
@@ -36,9 +39,13 @@ from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 import boto3
+from moto.cloudformation import parsing as cf_parsing
+from moto.cloudformation.exceptions import UnformattedGetAttTemplateException
 from moto.cloudformation.models import Stack, cloudformation_backends
 from moto.cloudformation.parsing import clean_json
+from moto.core.common_models import CloudFormationModel
 from moto.events.models import EventBus
+from moto.sagemaker.models import sagemaker_backends
 from moto.stepfunctions.models import stepfunctions_backends
 
 from local.cloud.lambda_runtime import CODE_DIR_TAG
@@ -140,3 +147,53 @@ def fix_state_machine(arn: str, properties: Mapping[str, Any], account_id: str, 
     )
     if created["stateMachineArn"] != arn:
         raise RuntimeError(f"state machine re-created as {created['stateMachineArn']}, expected {arn}")
+
+
+class LocalModelPackageGroup(CloudFormationModel):
+    """``AWS::SageMaker::ModelPackageGroup``, which moto's CloudFormation lacks: created in moto's SageMaker."""
+
+    def __init__(self, name: str, arn: str) -> None:
+        self.name, self.arn = name, arn
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "ModelPackageGroupName"
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::SageMaker::ModelPackageGroup"
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr in ("ModelPackageGroupArn", "CreationTime", "ModelPackageGroupStatus")
+
+    @classmethod
+    def create_from_cloudformation_json(  # type: ignore[override]
+        cls, resource_name: str, cloudformation_json: dict[str, Any], account_id: str, region_name: str, **kwargs: Any
+    ) -> LocalModelPackageGroup:
+        properties = cloudformation_json.get("Properties", {})
+        name = properties.get("ModelPackageGroupName", resource_name)
+        backend = sagemaker_backends[account_id][region_name]
+        arn = backend.create_model_package_group(name, properties.get("ModelPackageGroupDescription", ""), [])
+        return cls(name, arn)
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.name
+
+    def get_cfn_attribute(self, attribute_name: str) -> str:
+        if attribute_name == "ModelPackageGroupArn":
+            return self.arn
+        raise UnformattedGetAttTemplateException()
+
+
+@contextmanager
+def model_package_group_support() -> Iterator[None]:
+    """moto's CloudFormation creates ``AWS::SageMaker::ModelPackageGroup`` resources (``LocalModelPackageGroup``)."""
+    original = cf_parsing.get_model_map
+
+    def with_model_package_group() -> dict[str, Any]:
+        return {**original(), LocalModelPackageGroup.cloudformation_type(): LocalModelPackageGroup}
+
+    with mock.patch.object(cf_parsing, "get_model_map", with_model_package_group):
+        yield

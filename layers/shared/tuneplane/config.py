@@ -42,6 +42,49 @@ def validate_settings() -> ValidateSettings:
     return _from_environment(ValidateSettings, "Validate")
 
 
+class PipelineSettings(BaseSettings):
+    """What the Stage Lambda reads from its environment (see template.yaml StageFunction): where runs live, the
+    images and instance types of the SageMaker stages, and the stack's defaults that a sidecar file may override."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    stack_name: str = Field(min_length=1, description="Tags every job: the stack's IAM policies key on it.")
+    data_bucket: str = Field(min_length=3)
+    runs_prefix: str = "runs/"
+    event_bus_name: str = Field(min_length=1)
+    ledger_table: str = Field(min_length=3)
+    base_model_s3_uri: str = Field(pattern=r"^s3://[^/]+/.*$")
+    sagemaker_role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")
+    kms_key_arn: str | None = None
+    train_image_uri: str = Field(min_length=1)
+    merge_image_uri: str = Field(min_length=1)
+    evaluate_image_uri: str = Field(min_length=1)
+    quantize_image_uri: str | None = None
+    training_instance_types: str = Field(
+        default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+(,ml\.[a-z0-9]+\.[a-z0-9]+)*$"
+    )
+    processing_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    use_spot: bool = True
+    max_training_runtime_s: int = Field(default=24 * 3600, ge=60, le=28 * 24 * 3600)
+    max_processing_runtime_s: int = Field(default=4 * 3600, ge=60, le=5 * 24 * 3600)
+    volume_size_gb: int = Field(default=100, ge=1, le=16384)
+    max_seq_length: int = Field(default=2048, ge=16)
+    quantize: bool = False
+    min_improvement_over_base: float = 0.0
+    min_score: float = Field(default=0.0, ge=0, le=1)
+    primary_metric: str = "exact_match"
+    deploy_target: str = Field(default="none", pattern=r"^(none|vllm|bedrock)$")
+
+    @property
+    def instance_types(self) -> list[str]:
+        return self.training_instance_types.split(",")
+
+
+@cache
+def pipeline_settings() -> PipelineSettings:
+    return _from_environment(PipelineSettings, "Stage")
+
+
 class StartRunSettings(BaseSettings):
     """What the StartRun Lambda reads from its environment (see template.yaml StartRunFunction)."""
 
@@ -55,3 +98,32 @@ class StartRunSettings(BaseSettings):
 @cache
 def start_run_settings() -> StartRunSettings:
     return _from_environment(StartRunSettings, "StartRun")
+
+
+class NotifySettings(BaseSettings):
+    """What the Notify Lambda reads from its environment (see template.yaml NotifyFunction)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    slack_webhook_secret_arn: str = Field(pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+$")
+    secret_max_age_s: int = Field(default=300, ge=0, description="How long the webhook URL is cached (Powertools).")
+    console_region: str | None = Field(
+        default=None,
+        pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$",
+        description="Region of the console links; default: the region in the execution ARN.",
+    )
+    slack_max_attempts: int = Field(default=3, ge=1, le=10, description="POSTs per message, the first included.")
+    slack_max_wait_s: float = Field(default=30.0, ge=0, le=300, description="Total wait between attempts, at most.")
+    slack_backoff_s: float = Field(default=1.0, ge=0, le=60, description="First backoff; doubles per attempt.")
+    slack_timeout_s: float = Field(default=10.0, gt=0, le=60, description="Connect and read timeout of one POST.")
+    chart_url_expiry_s: int = Field(
+        default=12 * 3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="Lifetime of the presigned chart link (it also ends when the function's role session does).",
+    )
+
+
+@cache
+def notify_settings() -> NotifySettings:
+    return _from_environment(NotifySettings, "Notify")

@@ -126,6 +126,8 @@ def build_run_input(run_id: str, obj: ObjectVersion, sidecar: Sidecar | None) ->
         version_id=obj.version_id,
         eval_key=settings.eval_file if settings else None,
         overrides=dict(settings.validation) if settings else {},
+        training=settings.training.model_dump(exclude_none=True) if settings else {},
+        evaluation=settings.evaluation.model_dump(exclude_none=True) if settings else {},
         sidecar_key=sidecar.key if sidecar else None,
         sidecar_version_id=sidecar.version_id if sidecar else None,
         sidecar_error=sidecar.error if sidecar else None,

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneplane.models.pipeline import EvaluationOverrides, TrainingOverrides
 from tuneplane.models.stage import RUN_ID_PATTERN
 
 SIDECAR_SUFFIX = ".tuneplane.json"
@@ -26,6 +27,12 @@ class DatasetSettings(BaseModel):
         pattern=r"^incoming/[^/].*\.jsonl(\.gz)?$",
         max_length=1024,
         description="Key of a separate evaluation set under incoming/, e.g. incoming/support.eval.jsonl.",
+    )
+    training: TrainingOverrides = Field(
+        default_factory=TrainingOverrides, description="Training hyperparameters and instance types for this dataset."
+    )
+    evaluation: EvaluationOverrides = Field(
+        default_factory=EvaluationOverrides, description="The promotion gate's thresholds for this dataset."
     )
 
 
@@ -55,6 +62,8 @@ class RunInput(BaseModel):
     version_id: str | None
     eval_key: str | None = None
     overrides: dict[str, Any] = Field(default_factory=dict, description="The sidecar's validation settings.")
+    training: dict[str, Any] = Field(default_factory=dict, description="The sidecar's training settings.")
+    evaluation: dict[str, Any] = Field(default_factory=dict, description="The sidecar's evaluation settings.")
     sidecar_key: str | None = Field(default=None, description="The sidecar file that applied, if any.")
     sidecar_version_id: str | None = None
     sidecar_error: str | None = Field(

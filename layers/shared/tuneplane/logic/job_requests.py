@@ -1,0 +1,222 @@
+"""The SageMaker job requests of one run: names, channels, hyperparameters, outputs, all under ``runs/<run-id>/``.
+
+The state machine passes each request on verbatim to ``createTrainingJob.sync`` / ``createProcessingJob.sync``;
+building them here (not in the ASL) keeps them typed and tested. Every job runs with network isolation, encrypted
+volumes and encrypted inter-container traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from tuneplane.config import PipelineSettings
+from tuneplane.errors import InvalidConfiguration
+from tuneplane.models.events import Stage
+from tuneplane.models.pipeline import EvaluationOverrides, JobSpec, TrainingOverrides
+
+JOB_NAME_MAX = 63  # SageMaker job names: [a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
+_NOT_NAME = re.compile(r"[^a-zA-Z0-9]+")
+PROCESSING_INPUT = "/opt/ml/processing/input"
+PROCESSING_OUTPUT = "/opt/ml/processing/output"
+EXIT_MESSAGE_FILE = "/opt/ml/output/message"  # SageMaker Processing shows its first 1 KB as ExitMessage
+# Must match containers/train/train.py METRIC_DEFINITIONS (a test compares them): the metric lines it prints.
+_NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
+METRIC_DEFINITIONS: list[dict[str, str]] = [
+    {"Name": name, "Regex": rf"\b{name}={_NUMBER};"}
+    for name in ("train_loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "gpu_memory_gb")
+]
+SAFETY_MARGIN_S = 15 * 60  # the state machine waits this much longer than the job may run before it gives up
+
+
+def job_prefix(run_id: str) -> str:
+    """The part of every job name of this run: readable start of the run id plus 10 hex of its hash."""
+    slug = _NOT_NAME.sub("-", run_id).strip("-")[:30].strip("-") or "run"
+    return f"{slug}-{hashlib.sha256(run_id.encode()).hexdigest()[:10]}"
+
+
+def job_name(run_id: str, stage: Stage, attempt: int = 0) -> str:
+    name = f"{job_prefix(run_id)}-{stage.value}{attempt if stage is Stage.TRAIN else ''}"
+    if len(name) > JOB_NAME_MAX:  # cannot happen with a 30-character slug; a guard for later changes
+        raise InvalidConfiguration(f"job name {name!r} longer than {JOB_NAME_MAX} characters")
+    return name
+
+
+def run_uri(settings: PipelineSettings, run_id: str, *parts: str) -> str:
+    return f"s3://{settings.data_bucket}/{settings.runs_prefix}{run_id}/" + "/".join(parts)
+
+
+def _tags(settings: PipelineSettings, run_id: str, stage: Stage) -> list[dict[str, str]]:
+    """``tuneplane:stack`` is what the stack's IAM policies allow jobs to be created, watched and stopped by."""
+    return [
+        {"Key": "tuneplane:stack", "Value": settings.stack_name},
+        {"Key": "tuneplane:run-id", "Value": run_id},
+        {"Key": "tuneplane:stage", "Value": stage.value},
+    ]
+
+
+def _s3_channel(name: str, uri: str) -> dict[str, Any]:
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
+        },
+        "InputMode": "File",
+    }
+
+
+def _kms(settings: PipelineSettings, key: str) -> dict[str, str]:
+    return {key: settings.kms_key_arn} if settings.kms_key_arn else {}
+
+
+def training_job(
+    settings: PipelineSettings,
+    run_id: str,
+    data: dict[str, str | None],
+    overrides: TrainingOverrides,
+    attempt: int,
+) -> JobSpec:
+    """The training job of attempt ``attempt`` (0-based): attempt n uses the n-th instance type of the list."""
+    instance_types = overrides.instance_types or settings.instance_types
+    if attempt >= len(instance_types):
+        raise InvalidConfiguration(f"no training instance type left after {len(instance_types)} attempts")
+    instance_type = instance_types[attempt]
+    hyperparameters = {"max_seq_length": str(settings.max_seq_length), **overrides.hyperparameters()}
+    channels = [_s3_channel("train", str(data["train_uri"])), _s3_channel("model", settings.base_model_s3_uri)]
+    if data.get("eval_uri"):
+        channels.append(_s3_channel("eval", str(data["eval_uri"])))
+    stopping: dict[str, int] = {"MaxRuntimeInSeconds": settings.max_training_runtime_s}
+    if settings.use_spot:  # MaxWait counts the time waiting for spot capacity too
+        stopping["MaxWaitTimeInSeconds"] = 2 * settings.max_training_runtime_s
+    request: dict[str, Any] = {
+        "TrainingJobName": job_name(run_id, Stage.TRAIN, attempt),
+        "AlgorithmSpecification": {
+            "TrainingImage": settings.train_image_uri,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": METRIC_DEFINITIONS,
+        },
+        "RoleArn": settings.sagemaker_role_arn,
+        "HyperParameters": hyperparameters,
+        "InputDataConfig": channels,
+        "OutputDataConfig": {"S3OutputPath": run_uri(settings, run_id, "train", ""), **_kms(settings, "KmsKeyId")},
+        "ResourceConfig": {
+            "InstanceType": instance_type,
+            "InstanceCount": 1,
+            "VolumeSizeInGB": settings.volume_size_gb,
+            **_kms(settings, "VolumeKmsKeyId"),
+        },
+        "StoppingCondition": stopping,
+        "CheckpointConfig": {
+            "S3Uri": run_uri(settings, run_id, "checkpoints", ""),
+            "LocalPath": "/opt/ml/checkpoints",
+        },
+        "EnableManagedSpotTraining": settings.use_spot,
+        "EnableNetworkIsolation": True,
+        "EnableInterContainerTrafficEncryption": True,
+        "Tags": _tags(settings, run_id, Stage.TRAIN),
+    }
+    wait = stopping.get("MaxWaitTimeInSeconds", settings.max_training_runtime_s)
+    return JobSpec(
+        request=request,
+        timeout_s=wait + SAFETY_MARGIN_S,
+        attempt=attempt,
+        instance_type=instance_type,
+        has_fallback=attempt + 1 < len(instance_types),
+    )
+
+
+def _processing_input(name: str, uri: str) -> dict[str, Any]:
+    return {
+        "InputName": name,
+        "S3Input": {
+            "S3Uri": uri,
+            "LocalPath": f"{PROCESSING_INPUT}/{name}",
+            "S3DataType": "S3Prefix",
+            "S3InputMode": "File",
+            "S3DataDistributionType": "FullyReplicated",
+        },
+    }
+
+
+def _processing_output(name: str, uri: str) -> dict[str, Any]:
+    return {
+        "OutputName": name,
+        "S3Output": {"S3Uri": uri, "LocalPath": f"{PROCESSING_OUTPUT}/{name}", "S3UploadMode": "EndOfJob"},
+    }
+
+
+def _processing_job(
+    settings: PipelineSettings,
+    run_id: str,
+    stage: Stage,
+    image: str,
+    inputs: dict[str, str],
+    outputs: dict[str, str],
+    arguments: dict[str, str],
+) -> JobSpec:
+    paths = {f"{name}_dir": f"{PROCESSING_INPUT}/{name}" for name in inputs}
+    paths |= {"output_dir": f"{PROCESSING_OUTPUT}/{next(iter(outputs))}", "failure_file": EXIT_MESSAGE_FILE}
+    container_arguments = [f"--{name}={value}" for name, value in {**paths, **arguments}.items()]
+    request: dict[str, Any] = {
+        "ProcessingJobName": job_name(run_id, stage),
+        "RoleArn": settings.sagemaker_role_arn,
+        "AppSpecification": {"ImageUri": image, "ContainerArguments": container_arguments},
+        "ProcessingInputs": [_processing_input(name, uri) for name, uri in inputs.items()],
+        "ProcessingOutputConfig": {
+            "Outputs": [_processing_output(name, uri) for name, uri in outputs.items()],
+            **_kms(settings, "KmsKeyId"),
+        },
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceCount": 1,
+                "InstanceType": settings.processing_instance_type,
+                "VolumeSizeInGB": settings.volume_size_gb,
+                **_kms(settings, "VolumeKmsKeyId"),
+            }
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_processing_runtime_s},
+        "NetworkConfig": {"EnableNetworkIsolation": True, "EnableInterContainerTrafficEncryption": True},
+        "Tags": _tags(settings, run_id, stage),
+    }
+    return JobSpec(
+        request=request,
+        timeout_s=settings.max_processing_runtime_s + SAFETY_MARGIN_S,
+        instance_type=settings.processing_instance_type,
+    )
+
+
+def merge_job(settings: PipelineSettings, run_id: str, adapter_uri: str, eval_uri: str | None) -> JobSpec:
+    inputs = {"model": settings.base_model_s3_uri, "adapter": adapter_uri}
+    if eval_uri:
+        inputs["eval"] = eval_uri
+    outputs = {"merged": run_uri(settings, run_id, "merged", "")}
+    return _processing_job(settings, run_id, Stage.MERGE, settings.merge_image_uri, inputs, outputs, {})
+
+
+def quantize_job(settings: PipelineSettings, run_id: str, merged_uri: str, data: dict[str, str | None]) -> JobSpec:
+    if not settings.quantize_image_uri:
+        raise InvalidConfiguration("quantization is on but QuantizeImageUri is empty")
+    inputs = {"model": merged_uri, "calibration": str(data["train_uri"])}
+    if data.get("eval_uri"):
+        inputs["eval"] = str(data["eval_uri"])
+    outputs = {"quantized": run_uri(settings, run_id, "quantized", "")}
+    return _processing_job(settings, run_id, Stage.QUANTIZE, settings.quantize_image_uri, inputs, outputs, {})
+
+
+def evaluate_job(
+    settings: PipelineSettings,
+    run_id: str,
+    candidate_uri: str,
+    eval_uri: str,
+    overrides: EvaluationOverrides,
+) -> JobSpec:
+    inputs = {"candidate": candidate_uri, "base": settings.base_model_s3_uri, "eval": eval_uri}
+    outputs = {"evaluation": run_uri(settings, run_id, "evaluation", "")}
+    arguments = {
+        "primary_metric": settings.primary_metric,
+        "min_score": str(settings.min_score),
+        "min_improvement_over_base": str(settings.min_improvement_over_base),
+        **overrides.arguments(),
+    }
+    return _processing_job(settings, run_id, Stage.EVALUATE, settings.evaluate_image_uri, inputs, outputs, arguments)

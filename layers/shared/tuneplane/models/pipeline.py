@@ -1,0 +1,95 @@
+"""The pipeline's per-dataset training and evaluation settings, and what the Stage function receives and returns."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneplane.models.events import Stage
+
+INSTANCE_TYPE_PATTERN = r"^ml\.[a-z0-9]+\.[a-z0-9]+$"
+PRIMARY_METRICS = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_schema_match")
+
+
+class TrainingOverrides(BaseModel):
+    """The sidecar's ``training`` section: hyperparameters of the training container (containers/train/train.py),
+    and the instance types to try in order. Anything unset keeps the stack's default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_train_epochs: float | None = Field(default=None, gt=0, le=100)
+    max_steps: int | None = Field(default=None, ge=1, le=1_000_000)
+    learning_rate: float | None = Field(default=None, gt=0, lt=1)
+    lora_r: int | None = Field(default=None, ge=1, le=512)
+    lora_alpha: int | None = Field(default=None, ge=1, le=4096)
+    lora_dropout: float | None = Field(default=None, ge=0, lt=1)
+    per_device_batch_size: int | None = Field(default=None, ge=1, le=1024)
+    gradient_accumulation_steps: int | None = Field(default=None, ge=1, le=1024)
+    max_seq_length: int | None = Field(default=None, ge=16, le=131072)
+    warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
+    qlora: bool | None = None
+    seed: int | None = Field(default=None, ge=0)
+    save_steps: int | None = Field(default=None, ge=1)
+    logging_steps: int | None = Field(default=None, ge=1)
+    instance_types: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=5,
+        description="Training instance types, tried in order when one has no capacity.",
+    )
+
+    def hyperparameters(self) -> dict[str, str]:
+        """SageMaker hyperparameters are strings; the container parses them back into its typed config."""
+        values = self.model_dump(exclude_none=True, exclude={"instance_types"})
+        return {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in values.items()}
+
+
+class EvaluationOverrides(BaseModel):
+    """The sidecar's ``evaluation`` section: the promotion gate's thresholds (containers/evaluate/evaluate.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    primary_metric: Literal["exact_match", "token_f1", "rouge_l", "json_valid", "json_schema_match"] | None = None
+    min_score: float | None = Field(default=None, ge=0, le=1)
+    min_improvement_over_base: float | None = Field(default=None, ge=-1, le=1)
+    max_regression_vs_production: float | None = Field(default=None, ge=0, le=1)
+    min_stop_rate: float | None = Field(default=None, ge=0, le=1)
+    max_examples: int | None = Field(default=None, ge=0)
+    max_new_tokens: int | None = Field(default=None, ge=1, le=8192)
+
+    def arguments(self) -> dict[str, str]:
+        return {name: str(value) for name, value in self.model_dump(exclude_none=True).items()}
+
+
+class StageRequest(BaseModel):
+    """One call of the Stage function from the state machine: record a stage's start, end, skip or failure."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["start", "finish", "skip", "reject", "fail", "complete"]
+    stage: Stage
+    execution_arn: str | None = None
+    reason: str | None = Field(default=None, max_length=500, description="Why a stage is skipped.")
+    state: dict[str, Any] = Field(description="The execution's state ($): the run input and every stage's result.")
+
+
+class JobSpec(BaseModel):
+    """What ``start`` returns for a SageMaker job stage: the Create*Job request and how long to wait for it."""
+
+    request: dict[str, Any]
+    timeout_s: int = Field(ge=60)
+    attempt: int = Field(default=0, ge=0)
+    instance_type: str
+    has_fallback: bool = False
+
+
+class StageOutcome(BaseModel):
+    """What ``finish`` returns: the stage's key numbers and artifacts (and, for evaluate, the gate's verdict)."""
+
+    stage: Stage
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    passed: bool | None = None
+    message: str | None = None
+    notes: list[str] = Field(default_factory=list)
