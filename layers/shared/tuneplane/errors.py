@@ -39,3 +39,16 @@ class RunAlreadyStarted(TuneplaneError):
 
 class OrchestrationError(TuneplaneError):
     """Step Functions refused or failed a call (throttling, permissions, a missing state machine)."""
+
+
+class SlackDeliveryFailed(TuneplaneError):
+    """Slack did not accept a notification after the retries allowed (or refused it outright).
+
+    Raised out of the Notify Lambda so that the asynchronous invocation fails and the event lands in its
+    dead-letter queue. The message never contains the webhook URL: it is a secret.
+    """
+
+    def __init__(self, message: str, *, attempts: int, status: int | None = None) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.status = status

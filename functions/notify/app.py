@@ -1,0 +1,24 @@
+"""Notify Lambda: a pipeline event from the stack's bus (source ``tuneplane``) -> one Slack message."""
+
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from tuneplane.config import notify_settings
+from tuneplane.logic.notify import PipelineEventBridgeModel, notify
+from tuneplane.observability import logger, metrics, tracer
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_parser(model=PipelineEventBridgeModel)
+def handler(event: PipelineEventBridgeModel, context: LambdaContext) -> dict[str, Any]:
+    detail = event.detail
+    logger.append_keys(event_id=event.id, run_id=detail.run_id, stage=detail.stage.value, status=detail.status.value)
+    result = notify(detail, event.detail_type, notify_settings())
+    metrics.add_metric(name="SlackMessagesSent", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="SlackDeliveryAttempts", unit=MetricUnit.Count, value=result.attempts)
+    return result.model_dump(mode="json")

@@ -1,0 +1,114 @@
+"""Notify: one pipeline event -> one Slack message (render it, link the chart, post it).
+
+The Notify Lambda is invoked asynchronously by the stack's EventBridge rule for ``source: tuneplane``. Rendering is
+pure; the webhook URL comes from Secrets Manager (cached by Powertools); an evaluation chart in ``runs/<run-id>/``
+of the run's bucket is linked through a presigned URL (signed locally with the function's credentials: no AWS
+call); a message Slack does not accept after the retries allowed raises ``SlackDeliveryFailed``, which sends the
+event to the function's dead-letter queue.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+import boto3
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, ConfigDict
+
+from tuneplane.adapters import s3, secrets, slack
+from tuneplane.config import NotifySettings
+from tuneplane.errors import InvalidConfiguration
+from tuneplane.logic.notify.render import chart_uri, render
+from tuneplane.models.events import PipelineEvent, Stage, Status
+from tuneplane.observability import logger
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+class PipelineEventBridgeModel(EventBridgeModel):
+    """An EventBridge event whose ``detail`` is a ``PipelineEvent`` (what the Notify Lambda receives)."""
+
+    detail: PipelineEvent
+
+
+class NotifyResult(BaseModel):
+    """What the Notify Lambda returns (and logs): which event went out, and how hard it was."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    stage: Stage
+    status: Status
+    detail_type: str
+    attempts: int
+    chart_linked: bool
+
+
+@cache
+def presign_client() -> S3Client:
+    """An S3 client that signs with SigV4, which objects encrypted with KMS require (botocore's default presigned
+    URL is SigV2). Presigning is local: no call to AWS. Created lazily; tests call presign_client.cache_clear()."""
+    return boto3.client("s3", config=Config(signature_version="s3v4"))
+
+
+def chart_link(event: PipelineEvent, expires_s: int) -> str | None:
+    """A presigned https URL of the evaluation chart, when the event has one under ``runs/<run-id>/`` of its bucket.
+
+    Anything else (another bucket or prefix, a malformed URI, no credentials to sign with) gives no link: the message
+    then shows the s3:// URI, and still goes out.
+    """
+    uri = chart_uri(event)
+    if uri is None:
+        return None
+    try:
+        bucket, key = s3.parse_s3_uri(uri)
+    except InvalidConfiguration:
+        logger.warning("chart artifact is not an S3 URI", run_id=event.run_id, chart=uri)
+        return None
+    if bucket != event.bucket or not key.startswith(f"runs/{event.run_id}/"):
+        logger.warning("chart artifact outside the run's folder, not linked", run_id=event.run_id, chart=uri)
+        return None
+    try:
+        return str(
+            presign_client().generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s
+            )
+        )
+    except (BotoCoreError, ClientError) as exc:
+        logger.warning("cannot presign the chart", run_id=event.run_id, chart=uri, problem=type(exc).__name__)
+        return None
+
+
+def _implied_detail_type(event: PipelineEvent) -> str | None:
+    try:
+        return event.detail_type
+    except ValueError:  # e.g. a run that "started": there is no such detail type
+        return None
+
+
+def notify(event: PipelineEvent, detail_type: str, settings: NotifySettings) -> NotifyResult:
+    """Render the event, link its chart, post it to the Slack webhook of ``settings``."""
+    if detail_type != _implied_detail_type(event):
+        logger.warning("detail-type does not match the event's stage and status", detail_type=detail_type)
+    chart_url = chart_link(event, settings.chart_url_expiry_s)
+    message = render(event, detail_type, console_region=settings.console_region, chart_url=chart_url)
+    webhook_url = secrets.slack_webhook_url(settings.slack_webhook_secret_arn, settings.secret_max_age_s)
+    policy = slack.RetryPolicy(
+        max_attempts=settings.slack_max_attempts,
+        max_wait_s=settings.slack_max_wait_s,
+        backoff_s=settings.slack_backoff_s,
+        timeout_s=settings.slack_timeout_s,
+    )
+    delivery = slack.post_message(webhook_url, message, policy)
+    return NotifyResult(
+        run_id=event.run_id,
+        stage=event.stage,
+        status=event.status,
+        detail_type=detail_type,
+        attempts=delivery.attempts,
+        chart_linked=chart_url is not None,
+    )
