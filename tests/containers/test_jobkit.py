@@ -20,7 +20,7 @@ from containers.common import jobkit
 from containers.common.jobkit import ConfigError, UnsafeArchiveError
 
 CONTAINERS = Path(jobkit.__file__).resolve().parents[1]
-STAGES = ("train", "merge", "evaluate")
+STAGES = ("train", "merge", "evaluate", "quantize")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
