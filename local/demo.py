@@ -1,13 +1,17 @@
-"""`make demo`: the pipeline as far as it exists, on this machine, with no AWS account and no Docker.
+"""`make demo`: the whole pipeline on this machine, with no AWS account and no Docker.
 
-The real template.yaml is deployed into the local cloud (moto, local/cloud), a tiny base model (tokenizer + chat
-template, built from the data) is put where the stack's BaseModelS3Uri points, and the dataset is uploaded to
-incoming/. From there everything is the product's own path: the S3 event starts the StartRun Lambda, which starts
-the real state machine, which runs the real Validate Lambda. Today the pipeline ends after validation; the
-training, evaluation and deploy stages join as they are built.
+The real template.yaml is deployed into the local cloud (moto, local/cloud); a tiny base model (random weights, a
+tokenizer trained on the data, a ChatML template) is put where the stack's BaseModelS3Uri points; a local Slack
+webhook receives the notifier's messages. Then the dataset is uploaded to incoming/ and everything else is the
+product's own path: the S3 event starts the StartRun Lambda, which starts the real state machine: the Validate
+Lambda, the training, merge and evaluation containers as local SageMaker jobs, the gate, the Model Registry, and a
+Slack message for every stage. At the end the merged model answers a held-out question.
 
-    python -m local.demo                      # the bundled demo dataset (local/data/demo.jsonl)
+    python -m local.demo                      # the bundled ticket-routing dataset (local/data/demo.jsonl)
     python -m local.demo --data my.jsonl      # your own file: exit 1, with the report, when it is rejected
+
+A sidecar file next to the data (``my.tuneplane.json``) is uploaded with it; without one, the demo's sidecar
+(few steps, short sequences: a tiny model on 2 CPU cores) is used.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +32,26 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "local" / "data" / "demo.jsonl"
 MODEL_BUCKET = "tuneplane-local-models"
 MODEL_PREFIX = "tiny-base/"
-TIMEOUT_S = 300.0
+TIMEOUT_S = 900.0
+# A tiny random model on 2 CPU cores: short rows, few steps, a high learning rate.
+DEMO_SIDECAR: dict[str, Any] = {
+    "training": {
+        "max_steps": 60,
+        "learning_rate": 0.003,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "per_device_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "max_seq_length": 128,
+        "warmup_ratio": 0.05,
+        "save_steps": 30,
+        "logging_steps": 10,
+    },
+    "evaluation": {"max_new_tokens": 16, "min_improvement_over_base": 0.2},
+}
+STACK_PARAMETERS = {"UseSpotTraining": "false", "ProcessingInstanceType": "ml.m5.2xlarge"}
+_STEP = re.compile(r"\bstep=(\d+);.*\btrain_loss=([-+0-9.eainf]+);")
 
 
 def _environment(work: Path) -> None:
@@ -43,119 +68,199 @@ def _environment(work: Path) -> None:
     )
 
 
-def _capture_bus(bus_name: str) -> str:
-    """Every event on the pipeline's bus is copied to a queue: they are what Slack will be sent."""
-    import boto3
+class Progress:
+    """Training progress from the job's metric lines: a bar on a terminal, a line per metric line otherwise."""
 
-    sqs, events = boto3.client("sqs"), boto3.client("events")
-    url = sqs.create_queue(QueueName="demo-bus-events")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="demo-copy", EventBusName=bus_name, EventPattern=json.dumps({"source": ["tuneplane"]}))
-    events.put_targets(Rule="demo-copy", EventBusName=bus_name, Targets=[{"Id": "queue", "Arn": arn}])
-    return str(url)
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps = max_steps
+        self.lock = threading.Lock()
+        self.tty = sys.stdout.isatty()
 
-
-def _drain(queue_url: str) -> list[dict[str, Any]]:
-    import boto3
-
-    sqs = boto3.client("sqs")
-    received: list[dict[str, Any]] = []
-    while messages := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", []):
-        for message in messages:
-            received.append(json.loads(message["Body"]))
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-    return received
+    def __call__(self, job: Any, line: str) -> None:
+        match = _STEP.search(line)
+        if not match or job.kind != "training":
+            return
+        step, loss = int(match[1]), match[2]
+        with self.lock:
+            done = min(1.0, step / max(1, self.max_steps))
+            bar = "#" * int(done * 30)
+            text = f"      train [{bar:<30}] step {step}/{self.max_steps}  loss {loss}"
+            print(("\r" + text) if self.tty else text, end="" if self.tty and done < 1 else "\n", flush=True)
 
 
 def _wait_for_execution(state_machine_arn: str) -> dict[str, Any]:
+    """The run's execution once it ended, printing each state as it finishes."""
     import boto3
 
     sfn = boto3.client("stepfunctions")
     deadline = time.monotonic() + TIMEOUT_S
+    seen = 0
     while True:
         listed = sfn.list_executions(stateMachineArn=state_machine_arn)["executions"]
-        if listed and (execution := sfn.describe_execution(executionArn=listed[0]["executionArn"]))["status"] != (
-            "RUNNING"
-        ):
-            return dict(execution)
+        if listed:
+            arn = listed[0]["executionArn"]
+            history = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+            for row in _stage_rows(history)[seen:]:
+                print(row, flush=True)
+                seen += 1
+            execution = sfn.describe_execution(executionArn=arn)
+            if execution["status"] != "RUNNING":
+                return dict(execution)
         if time.monotonic() > deadline:
             raise TimeoutError(f"no finished execution after {TIMEOUT_S:.0f} s")
-        time.sleep(0.1)
+        time.sleep(0.25)
 
 
-def _stage_table(execution_arn: str) -> list[str]:
-    """One row per state the execution went through, with its duration."""
-    import boto3
-
-    history = boto3.client("stepfunctions").get_execution_history(executionArn=execution_arn, maxResults=1000)
+def _stage_rows(history: list[dict[str, Any]]) -> list[str]:
+    """One row per finished state, with its duration."""
     rows, entered = [], {}
-    for event in history["events"]:
+    for event in history:
         when: datetime = event["timestamp"]
         if "stateEnteredEventDetails" in event:
             entered[event["stateEnteredEventDetails"]["name"]] = when
         elif "stateExitedEventDetails" in event:
             name = event["stateExitedEventDetails"]["name"]
             seconds = (when - entered.pop(name, when)).total_seconds()
-            rows.append(f"    {name:<28} done     {seconds:6.2f} s")
-    rows += [f"    {name:<28} FAILED" for name in entered]
+            rows.append(f"    {name:<24} done   {seconds:7.2f} s")
+        elif event["type"] in ("ExecutionFailed", "FailStateEntered"):
+            rows += [f"    {name:<24} FAILED" for name in entered]
+            entered.clear()
     return rows
+
+
+def _ledger_table(table_name: str, run_id: str) -> list[str]:
+    import boto3
+
+    items = (
+        boto3.resource("dynamodb")
+        .Table(table_name)
+        .query(KeyConditionExpression="run_id = :r", ExpressionAttributeValues={":r": run_id})["Items"]
+    )
+    order = ["validate", "train", "merge", "quantize", "evaluate", "register", "deploy", "run"]
+    rows = [f"    {'stage':<10} {'status':<10} {'seconds':>8}  key numbers"]
+    for item in sorted(items, key=lambda i: order.index(str(i["stage"])) if i["stage"] in order else 99):
+        metrics = item.get("metrics") or {}
+        numbers = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if _is_number(v))
+        seconds = f"{float(item['duration_s']):8.1f}" if item.get("duration_s") is not None else "       -"
+        rows.append(f"    {item['stage']:<10} {item['status']:<10} {seconds}  {numbers or item.get('message', '')}")
+    return rows
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool)
+
+
+def _upload_base_model(data: Path, work: Path) -> None:
+    import boto3
+
+    from local.tiny_model import texts_of, write_base_model, write_tiny_weights
+
+    try:
+        texts = texts_of(data)
+    except ValueError:  # not JSON at all: any tokenizer will do to show the report
+        texts = [data.read_bytes()[:100_000].decode("utf-8", "replace")]
+    model_dir = write_tiny_weights(write_base_model(work / "base-model", texts))
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=MODEL_BUCKET)
+    for file in model_dir.iterdir():
+        s3.upload_file(str(file), MODEL_BUCKET, MODEL_PREFIX + file.name)
+
+
+def _sidecar_of(data: Path) -> tuple[bytes, str]:
+    stem = data.name.removesuffix(".gz").removesuffix(".jsonl")
+    own = data.with_name(stem + ".tuneplane.json")
+    if own.is_file():
+        return own.read_bytes(), str(own)
+    return json.dumps(DEMO_SIDECAR, indent=2).encode(), "the demo's settings for a tiny model"
+
+
+def ask_model(merged_dir: Path, eval_file: Path) -> tuple[str, str, str]:
+    """The first held-out conversation's question, the expected answer and what the merged model says."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    conversation = json.loads(eval_file.read_text().splitlines()[0])["messages"]
+    prompt, expected = conversation[:-1], conversation[-1]["content"]
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    model = AutoModelForCausalLM.from_pretrained(merged_dir)
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=16, do_sample=False)
+    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    return str(prompt[-1]["content"]), str(expected), answer
+
+
+def _download_prefix(bucket: str, prefix: str, destination: Path) -> None:
+    from local.cloud.sagemaker_jobs import download_prefix
+
+    download_prefix(f"s3://{bucket}/{prefix}", destination)
 
 
 def run(data: Path) -> int:
     import boto3
 
-    from local.cloud import deploy, local_cloud
-    from local.tiny_model import texts_of, write_base_model
+    from local.cloud import ContainerExecutor, deploy, local_cloud
+    from local.slack import local_slack_webhook
 
+    sidecar, sidecar_source = _sidecar_of(data)
+    max_steps = int(json.loads(sidecar).get("training", {}).get("max_steps", 0) or 0)
     with tempfile.TemporaryDirectory(prefix="tuneplane-demo-") as scratch:
         work = Path(scratch)
         _environment(work)
-        with local_cloud():
-            print(f"1/5 building a tiny base model (byte-level BPE tokenizer + ChatML template) from {data.name}")
-            try:
-                texts = texts_of(data)
-            except ValueError:  # not JSON at all: any tokenizer will do to show the report
-                texts = [data.read_bytes()[:100_000].decode("utf-8", "replace")]
-            model_dir = write_base_model(work / "base-model", texts)
+        executor = ContainerExecutor(on_line=Progress(max_steps))
+        with local_slack_webhook(echo=True) as slack, local_cloud(executor=executor, work_root=work / "jobs"):
+            print(f"1/6 building a tiny base model (random weights, tokenizer + ChatML template from {data.name})")
+            _upload_base_model(data, work)
+            secret_arn = boto3.client("secretsmanager").create_secret(Name="tuneplane/slack", SecretString=slack.url)[
+                "ARN"
+            ]
+            print("2/6 deploying template.yaml into the local cloud (moto), Slack webhook -> a local receiver")
+            parameters = {
+                "BaseModelS3Uri": f"s3://{MODEL_BUCKET}/{MODEL_PREFIX}",
+                "SlackWebhookSecretArn": secret_arn,
+                **STACK_PARAMETERS,
+            }
+            deployment = deploy(parameters, stack_name="tuneplane-demo")
             s3 = boto3.client("s3")
-            s3.create_bucket(Bucket=MODEL_BUCKET)
-            for file in model_dir.iterdir():
-                s3.upload_file(str(file), MODEL_BUCKET, MODEL_PREFIX + file.name)
-            print("2/5 deploying template.yaml into the local cloud (moto)")
-            deployment = deploy({"BaseModelS3Uri": f"s3://{MODEL_BUCKET}/{MODEL_PREFIX}"}, stack_name="tuneplane-demo")
-            bus_queue = _capture_bus(deployment.bus_name)
+            stem = data.name.removesuffix(".gz").removesuffix(".jsonl")
+            s3.put_object(Bucket=deployment.bucket_name, Key=f"incoming/{stem}.tuneplane.json", Body=sidecar)
             key = f"incoming/{data.name}"
-            print(f"3/5 uploading s3://{deployment.bucket_name}/{key}: the S3 event starts the run")
+            print(
+                f"3/6 uploading s3://{deployment.bucket_name}/{key} (sidecar: {sidecar_source}): "
+                "the upload starts the run"
+            )
             body = data.read_bytes()
             version = s3.put_object(Bucket=deployment.bucket_name, Key=key, Body=body)["VersionId"]
+            print("4/6 the pipeline (each state as it ends; Slack messages as they arrive):")
             execution = _wait_for_execution(deployment.state_machine_arn)
             run_id = execution["name"]
-            print(f"4/5 run {run_id}: {execution['status']}")
-            print("\n".join(_stage_table(execution["executionArn"])))
-            print("\n5/5 stage events on the bus (each becomes a Slack message):")
-            for event in _drain(bus_queue):
-                detail = event["detail"]
-                print(
-                    f"    {event['detail-type']:<16} stage={detail.get('stage')} outcome={detail.get('outcome', '-')}"
-                )
+            print(f"\n5/6 run {run_id}: {execution['status']}")
+            print("\n".join(_ledger_table(deployment.outputs["RunLedgerTableName"], run_id)))
             summary_key = f"runs/{run_id}/validation/summary.txt"
             summary = s3.get_object(Bucket=deployment.bucket_name, Key=summary_key)["Body"].read().decode()
             print("\nvalidation report:\n    " + summary.replace("\n", "\n    "))
-            print("\nrun artifacts:")
-            for item in s3.list_objects_v2(Bucket=deployment.bucket_name, Prefix=f"runs/{run_id}/").get(
-                "Contents", []
-            ):
-                print(f"    s3://{deployment.bucket_name}/{item['Key']}  ({item['Size']:,} bytes)")
             stored = s3.get_object(Bucket=deployment.bucket_name, Key=key, VersionId=version)["Body"].read()
             untouched = stored == body
-            print(f"\nuploaded object untouched: {'yes' if untouched else 'NO'}")
+            print(f"uploaded object untouched: {'yes' if untouched else 'NO'}")
+            print(f"Slack messages received: {len(slack.messages)}")
             succeeded = execution["status"] == "SUCCEEDED"
-            print(
-                "\nPASSED: the data is ready for training (the training stages arrive with the next issues)"
-                if succeeded
-                else "\nREJECTED: fix the problems above and upload again"
-            )
-            return 0 if succeeded and untouched else 1
+            if not succeeded:
+                print(f"\n{execution.get('error', 'FAILED')}: {execution.get('cause', '')}")
+                print("\nNOT DEPLOYED: see the report and the Slack messages above")
+                return 1
+            merged = work / "merged"
+            _download_prefix(deployment.bucket_name, f"runs/{run_id}/merged/", merged)
+            evaluation = work / "eval.jsonl"
+            s3.download_file(deployment.bucket_name, f"runs/{run_id}/data/eval.jsonl", str(evaluation))
+            question, expected, answer = ask_model(merged, evaluation)
+            print("\n6/6 the fine-tuned model (merged, from the run's artifacts) answers a held-out question:")
+            print(f"    question: {question}\n    expected: {expected}\n    answer:   {answer}")
+            print("\nPASSED: trained, merged, evaluated (beats the base), registered; deploy is not built yet")
+            return 0 if untouched else 1
 
 
 def main(argv: list[str] | None = None) -> int:
