@@ -124,6 +124,8 @@ def _repair(stack_name: str, transformed: TransformedTemplate, account_id: str, 
         kind = resource["Type"]
         if kind not in ("AWS::S3::Bucket", "AWS::Lambda::Function", "AWS::StepFunctions::StateMachine"):
             continue
+        if not physical.get(logical_id):  # its Condition is false: not created
+            continue
         properties = moto_fixes.resolved_properties(stack, transformed.template, logical_id)
         if kind == "AWS::S3::Bucket":
             moto_fixes.fix_bucket(physical[logical_id], properties, region)
@@ -174,7 +176,7 @@ def deploy(
         function_names={
             logical_id: physical[logical_id]
             for logical_id, resource in transformed.template["Resources"].items()
-            if resource["Type"] == "AWS::Lambda::Function"
+            if resource["Type"] == "AWS::Lambda::Function" and physical.get(logical_id)
         },
         outputs=outputs,
         resources=physical,

@@ -9,8 +9,13 @@ import pytest
 from tests.statemachine.harness import Cloud, deployed_cloud
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "stack_parameters(**values): template parameters for the test's stack")
+
+
 @pytest.fixture
-def cloud(base_model_dir: Path) -> Iterator[Cloud]:
-    """The real stack, deployed into a fresh local cloud."""
-    with deployed_cloud(base_model_dir) as deployed:
+def cloud(base_model_dir: Path, request: pytest.FixtureRequest) -> Iterator[Cloud]:
+    """The real stack, deployed into a fresh local cloud (parameters from a ``stack_parameters`` marker)."""
+    marker = request.node.get_closest_marker("stack_parameters")
+    with deployed_cloud(base_model_dir, dict(marker.kwargs) if marker else None) as deployed:
         yield deployed

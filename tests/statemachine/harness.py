@@ -12,12 +12,12 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
-from local.cloud import LocalDeployment, deploy, local_cloud
+from local.cloud import JobOutcome, LocalDeployment, LocalJob, deploy, local_cloud
 from local.cloud.s3_events import deliver_to_default_bus
 
 MODEL_BUCKET = "tuneplane-test-models"
@@ -25,6 +25,68 @@ MODEL_PREFIX = "tiny/"
 EXECUTION_TIMEOUT_S = 60.0
 S3_OBJECT_CREATED = {"source": ["aws.s3"], "detail-type": ["Object Created"]}
 TRIGGER_RULE = "StartRunFunctionDatasetUploaded"  # logical id SAM gives the StartRun function's EventBridge rule
+
+
+@dataclass
+class ScriptedJobs:
+    """Fake SageMaker job outcomes (these tests exercise the state machine, not the containers).
+
+    A job completes and writes what its stage's container would leave in S3 (an adapter archive, a merge report,
+    an evaluation report), unless the test scripted otherwise: ``fail[stage] = reason`` fails it with that
+    FailureReason; ``no_capacity`` lists training instance types that fail with a CapacityError; ``hang`` lists
+    stages whose job runs until it is stopped; ``scores`` sets the evaluation (``passed`` follows from them).
+    """
+
+    fail: dict[str, str] = field(default_factory=dict)
+    no_capacity: set[str] = field(default_factory=set)
+    hang: set[str] = field(default_factory=set)
+    scores: dict[str, float] = field(default_factory=lambda: {"candidate": 0.9, "base": 0.1})
+    started: list[tuple[str, str]] = field(default_factory=list)  # (job name, instance type)
+
+    def __call__(self, job: LocalJob) -> JobOutcome:
+        stage = _stage_of(job.name)
+        self.started.append((job.name, job.instance_type))
+        if stage in self.hang:
+            job.stop.wait(EXECUTION_TIMEOUT_S)
+            return JobOutcome("Stopped", "Stopped by StopJob")
+        if job.kind == "training" and job.instance_type in self.no_capacity:
+            return JobOutcome(
+                "Failed", f"CapacityError: Unable to provision requested ML compute capacity ({job.instance_type})"
+            )
+        if stage in self.fail:
+            return JobOutcome("Failed", f"AlgorithmError: {self.fail[stage]}", self.fail[stage])
+        s3 = boto3.client("s3")
+        if job.kind == "training":
+            bucket, key = _split(job.model.model_artifacts["S3ModelArtifacts"])
+            s3.put_object(Bucket=bucket, Key=key, Body=b"adapter archive")
+            return JobOutcome("Completed", metrics={"train_loss": 0.25, "eval_loss": 0.3, "tokens_per_second": 1234.0})
+        output = job.model.processing_output_config["Outputs"][0]["S3Output"]["S3Uri"]
+        bucket, prefix = _split(output)
+        if stage == "merge":
+            report = {"verification": {"merged_vs_base_plus_adapter": {"max_abs": 1e-5}}, "wall_time_s": 1.0}
+            s3.put_object(Bucket=bucket, Key=prefix + "merge_report.json", Body=json.dumps(report).encode())
+        if stage == "evaluate":
+            passed = self.scores["candidate"] > self.scores["base"]
+            report = {
+                "passed": passed,
+                "reasons": [] if passed else ["candidate exact_match 0.1000 - base 0.1000 < 0.0100"],
+                "primary_metric": "exact_match",
+                "examples": 4,
+                "metrics": {name: {"exact_match": score, "stop_rate": 1.0} for name, score in self.scores.items()},
+                "chart": "evaluation.png",
+            }
+            s3.put_object(Bucket=bucket, Key=prefix + "evaluation.json", Body=json.dumps(report).encode())
+            s3.put_object(Bucket=bucket, Key=prefix + "evaluation.png", Body=b"png")
+        return JobOutcome("Completed")
+
+
+def _stage_of(job_name: str) -> str:
+    return job_name.rsplit("-", 1)[1].rstrip("0123456789")
+
+
+def _split(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
 
 
 @dataclass
@@ -37,6 +99,7 @@ class Cloud:
     sqs: Any
     events_queue_url: str
     s3_events_queue_url: str
+    jobs: ScriptedJobs = field(default_factory=ScriptedJobs)
 
     def upload(self, key: str, lines: list[str]) -> str:
         """Put ``lines`` as a JSONL object in the data bucket; returns the new version id."""
@@ -85,6 +148,20 @@ class Cloud:
         url = self.deployment.outputs["StartRunDeadLetterQueueUrl"]
         return list(self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []))
 
+    def ledger(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """The run's ledger items by stage."""
+        table = boto3.resource("dynamodb").Table(self.deployment.outputs["RunLedgerTableName"])
+        items = table.query(KeyConditionExpression="run_id = :r", ExpressionAttributeValues={":r": run_id})["Items"]
+        return {str(item["stage"]): item for item in items}
+
+    def stage_function_environment(self, **variables: str) -> None:
+        """Change the Stage function's environment (e.g. shorter job runtimes for a timeout test)."""
+        client = boto3.client("lambda")
+        name = self.deployment.outputs["StageFunctionName"]
+        current = client.get_function_configuration(FunctionName=name)["Environment"]["Variables"]
+        merged = {key: str(value) for key, value in {**current, **variables}.items()}
+        client.update_function_configuration(FunctionName=name, Environment={"Variables": merged})
+
     def states_entered(self, execution_arn: str) -> list[str]:
         history = self.sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
         return [event["stateEnteredEventDetails"]["name"] for event in history if "stateEnteredEventDetails" in event]
@@ -119,14 +196,18 @@ def _capture(bus_name: str, queue_name: str, pattern: dict[str, Any]) -> str:
 
 
 @contextmanager
-def deployed_cloud(base_model_dir: Path) -> Iterator[Cloud]:
-    """A fresh local cloud with the stack deployed and the base model in place."""
-    with local_cloud():  # resets the shared package's cached settings and clients on entry and exit
+def deployed_cloud(base_model_dir: Path, parameters: dict[str, str] | None = None) -> Iterator[Cloud]:
+    """A fresh local cloud with the stack deployed, the base model in place and scripted SageMaker jobs."""
+    jobs = ScriptedJobs()
+    with local_cloud(time_scale=0.01, executor=jobs):  # resets the shared package's cached settings and clients
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=MODEL_BUCKET)
         for file in base_model_dir.iterdir():
             s3.upload_file(str(file), MODEL_BUCKET, MODEL_PREFIX + file.name)
-        deployment = deploy({"BaseModelS3Uri": f"s3://{MODEL_BUCKET}/{MODEL_PREFIX}"}, stack_name="tuneplane-test")
+        deployment = deploy(
+            {"BaseModelS3Uri": f"s3://{MODEL_BUCKET}/{MODEL_PREFIX}", **(parameters or {})},
+            stack_name="tuneplane-test",
+        )
         yield Cloud(
             deployment=deployment,
             s3=s3,
@@ -134,4 +215,5 @@ def deployed_cloud(base_model_dir: Path) -> Iterator[Cloud]:
             sqs=boto3.client("sqs"),
             events_queue_url=_capture(deployment.bus_name, "bus-events", {"account": [deployment.account_id]}),
             s3_events_queue_url=_capture("default", "s3-events", S3_OBJECT_CREATED),
+            jobs=jobs,
         )

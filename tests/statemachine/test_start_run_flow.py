@@ -37,6 +37,8 @@ def test_upload_starts_a_run_that_succeeds(cloud: Cloud, reversal_lines: list[st
         "version_id": version,
         "eval_key": None,
         "overrides": {},
+        "training": {},
+        "evaluation": {},
         "sidecar_key": None,
         "sidecar_version_id": None,
         "sidecar_error": None,
@@ -81,10 +83,11 @@ def test_an_invalid_sidecar_rejects_the_run_naming_the_file(cloud: Cloud, revers
     execution = _single_execution(cloud)
     assert execution["status"] == "FAILED" and execution["error"] == "InvalidTrainingData"
     assert cloud.states_entered(str(execution["executionArn"])) == [
-        "PublishValidateStarted",
+        "Init",
+        "StartValidate",
         "Validate",
-        "PublishRejected",
-        "Rejected",
+        "RejectValidate",
+        "DataRejected",
     ]
     # AND the message names the sidecar file and the problem
     message = json.loads(str(execution["cause"]))["errorMessage"]
@@ -92,10 +95,11 @@ def test_an_invalid_sidecar_rejects_the_run_naming_the_file(cloud: Cloud, revers
     assert f"invalid dataset settings file {sidecar}" in message
     assert "unknown setting 'validaton'" in message
     # AND the Stage Failed event on the bus says "rejected" with that message
-    [started, failed] = cloud.bus_events()
+    [started, failed, run] = cloud.bus_events()
     assert started["detail-type"] == "Stage Started"
-    assert failed["detail-type"] == "Stage Failed" and failed["detail"]["outcome"] == "rejected"
-    assert "unknown setting 'validaton'" in failed["detail"]["cause"]
+    assert failed["detail-type"] == "Stage Failed" and failed["detail"]["status"] == "rejected"
+    assert "unknown setting 'validaton'" in failed["detail"]["message"]
+    assert run["detail-type"] == "Run Rejected"
 
 
 def test_sidecar_settings_reach_the_validate_stage(cloud: Cloud, reversal_lines: list[str]) -> None:

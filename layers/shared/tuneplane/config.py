@@ -65,8 +65,11 @@ class PipelineSettings(BaseSettings):
     )
     processing_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
     use_spot: bool = True
-    max_training_runtime_s: int = Field(default=24 * 3600, ge=60, le=28 * 24 * 3600)
-    max_processing_runtime_s: int = Field(default=4 * 3600, ge=60, le=5 * 24 * 3600)
+    max_training_runtime_s: int = Field(default=24 * 3600, ge=1, le=28 * 24 * 3600)
+    max_processing_runtime_s: int = Field(default=4 * 3600, ge=1, le=5 * 24 * 3600)
+    job_wait_margin_s: int = Field(
+        default=15 * 60, ge=0, description="The state machine waits this much longer than a job may run."
+    )
     volume_size_gb: int = Field(default=100, ge=1, le=16384)
     max_seq_length: int = Field(default=2048, ge=16)
     quantize: bool = False

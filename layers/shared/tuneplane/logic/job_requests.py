@@ -27,7 +27,6 @@ METRIC_DEFINITIONS: list[dict[str, str]] = [
     {"Name": name, "Regex": rf"\b{name}={_NUMBER};"}
     for name in ("train_loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "gpu_memory_gb")
 ]
-SAFETY_MARGIN_S = 15 * 60  # the state machine waits this much longer than the job may run before it gives up
 
 
 def job_prefix(run_id: str) -> str:
@@ -119,7 +118,7 @@ def training_job(
     wait = stopping.get("MaxWaitTimeInSeconds", settings.max_training_runtime_s)
     return JobSpec(
         request=request,
-        timeout_s=wait + SAFETY_MARGIN_S,
+        timeout_s=wait + settings.job_wait_margin_s,
         attempt=attempt,
         instance_type=instance_type,
         has_fallback=attempt + 1 < len(instance_types),
@@ -181,7 +180,7 @@ def _processing_job(
     }
     return JobSpec(
         request=request,
-        timeout_s=settings.max_processing_runtime_s + SAFETY_MARGIN_S,
+        timeout_s=settings.max_processing_runtime_s + settings.job_wait_margin_s,
         instance_type=settings.processing_instance_type,
     )
 

@@ -78,7 +78,7 @@ class JobSpec(BaseModel):
     """What ``start`` returns for a SageMaker job stage: the Create*Job request and how long to wait for it."""
 
     request: dict[str, Any]
-    timeout_s: int = Field(ge=60)
+    timeout_s: int = Field(ge=1)
     attempt: int = Field(default=0, ge=0)
     instance_type: str
     has_fallback: bool = False

@@ -1,0 +1,216 @@
+"""Every path of the real state machine: template.yaml deployed into moto, pipeline.asl.json executed by moto's
+interpreter, the real Validate and Stage handlers in process, SageMaker jobs with scripted outcomes (harness.py).
+
+Each test asserts on the execution history, the run ledger and the sequence of events on the bus. The tests start
+executions themselves, with chosen run ids, so the upload trigger is off (test_start_run_flow.py covers it)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+import pytest
+from tests.statemachine.harness import Cloud
+
+HAPPY_STATES = [
+    "Init",
+    "StartValidate",
+    "Validate",
+    "FinishValidate",
+    "StartTrain",
+    "Train",
+    "FinishTrain",
+    "StartMerge",
+    "Merge",
+    "FinishMerge",
+    "QuantizeWanted",
+    "SkipQuantize",
+    "StartEvaluate",
+    "Evaluate",
+    "FinishEvaluate",
+    "Gate",
+    "StartRegister",
+    "Register",
+    "FinishRegister",
+    "DeployTarget",
+    "SkipDeploy",
+    "CompleteRun",
+    "Succeeded",
+]
+
+
+@pytest.fixture(autouse=True)
+def _manual_runs_only(cloud: Cloud) -> None:
+    cloud.disable_trigger()
+
+
+def _start(cloud: Cloud, run_id: str, lines: list[str], key: str = "incoming/reverse.jsonl") -> dict[str, Any]:
+    version = cloud.upload(key, lines)
+    request = {"run_id": run_id, "bucket": cloud.deployment.bucket_name, "key": key, "version_id": version}
+    return cloud.run(run_id, request)
+
+
+def _events(cloud: Cloud) -> list[tuple[str, str, str]]:
+    return [(e["detail-type"], e["detail"]["stage"], e["detail"]["status"]) for e in cloud.bus_events()]
+
+
+def _misspelled_role(lines: list[str]) -> list[str]:
+    bad = list(lines)
+    bad[4] = bad[4].replace('"assistant"', '"assitant"')
+    return bad
+
+
+def test_happy_path_runs_every_stage_and_records_it(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a valid dataset and jobs that succeed WHEN the pipeline runs
+    execution = _start(cloud, "run-ok", reversal_lines)
+    # THEN it went through every stage in order and succeeded
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    assert cloud.states_entered(execution["executionArn"]) == HAPPY_STATES
+    # AND every stage published Started then Succeeded (Skipped for quantize and deploy), then Run Succeeded
+    bus = cloud.bus_events()
+    seen = [(e["detail-type"], e["detail"]["stage"]) for e in bus]
+    assert seen == [
+        ("Stage Started", "validate"),
+        ("Stage Succeeded", "validate"),
+        ("Stage Started", "train"),
+        ("Stage Succeeded", "train"),
+        ("Stage Started", "merge"),
+        ("Stage Succeeded", "merge"),
+        ("Stage Skipped", "quantize"),
+        ("Stage Started", "evaluate"),
+        ("Stage Succeeded", "evaluate"),
+        ("Stage Started", "register"),
+        ("Stage Succeeded", "register"),
+        ("Stage Skipped", "deploy"),
+        ("Run Succeeded", "run"),
+    ]
+    by_stage = {(e["detail-type"], e["detail"]["stage"]): e["detail"] for e in bus}
+    assert by_stage[("Stage Succeeded", "train")]["metrics"]["final_train_loss"] == 0.25
+    assert by_stage[("Stage Succeeded", "evaluate")]["metrics"]["candidate.exact_match"] == 0.9
+    assert by_stage[("Stage Skipped", "deploy")]["message"] == "deploy not configured (DeployTarget=none)"
+    # AND the ledger holds every stage with its status, timings and artifact URIs
+    ledger = cloud.ledger("run-ok")
+    bucket = cloud.deployment.bucket_name
+    assert {stage: item["status"] for stage, item in ledger.items()} == {
+        "validate": "succeeded",
+        "train": "succeeded",
+        "merge": "succeeded",
+        "quantize": "skipped",
+        "evaluate": "succeeded",
+        "register": "succeeded",
+        "deploy": "skipped",
+        "run": "succeeded",
+    }
+    assert ledger["train"]["artifacts"]["adapter"].startswith(f"s3://{bucket}/runs/run-ok/train/")
+    assert ledger["merge"]["artifacts"]["merged"] == f"s3://{bucket}/runs/run-ok/merged/"
+    assert ledger["evaluate"]["artifacts"]["evaluation"] == f"s3://{bucket}/runs/run-ok/evaluation/evaluation.json"
+    assert ledger["register"]["artifacts"]["model_package"].startswith("arn:aws:sagemaker:")
+    assert float(ledger["run"]["duration_s"]) > 0
+    # AND the training job was created from the validated split with the stack's tag
+    [(train_job, instance)] = [(name, kind) for name, kind in cloud.jobs.started if name.endswith("-train0")]
+    assert instance == "ml.g5.2xlarge"
+
+
+def test_invalid_data_is_rejected_before_any_job(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a dataset whose 5th line has a misspelled role WHEN the pipeline runs
+    execution = _start(cloud, "run-bad", _misspelled_role(reversal_lines))
+    # THEN it ends as InvalidTrainingData through the rejection path, and no job was created
+    assert execution["status"] == "FAILED" and execution["error"] == "InvalidTrainingData"
+    states = cloud.states_entered(execution["executionArn"])
+    assert states == ["Init", "StartValidate", "Validate", "RejectValidate", "DataRejected"]
+    assert cloud.jobs.started == []
+    assert "unrecognized_role" in json.loads(execution["cause"])["errorMessage"]
+    # AND the events say rejected, naming the problem, and the ledger agrees
+    assert _events(cloud) == [
+        ("Stage Started", "validate", "started"),
+        ("Stage Failed", "validate", "rejected"),
+        ("Run Rejected", "run", "rejected"),
+    ]
+    assert cloud.ledger("run-bad")["run"]["status"] == "rejected"
+    assert "unrecognized_role" in cloud.ledger("run-bad")["validate"]["message"]
+    assert cloud.keys("runs/run-bad/data/") == []
+
+
+def test_a_failed_training_job_fails_the_run_with_the_containers_reason(
+    cloud: Cloud, reversal_lines: list[str]
+) -> None:
+    # GIVEN a training job that fails with the container's own reason
+    cloud.jobs.fail["train"] = "CUDA out of memory at seq len 4096, batch 8: lower per_device_batch_size"
+    # WHEN the pipeline runs
+    execution = _start(cloud, "run-oom", reversal_lines)
+    # THEN the run failed at train through RecordFailure, and merge never started
+    assert execution["status"] == "FAILED" and execution["error"] == "RunFailed"
+    states = cloud.states_entered(execution["executionArn"])
+    assert states[-4:] == ["TrainCapacityFallback", "TrainFailed", "RecordFailure", "Failed"]
+    assert "StartMerge" not in states
+    assert "CUDA out of memory at seq len 4096" in execution["cause"]
+    # AND Stage Failed / Run Failed carry the one-line cause, as does the ledger
+    bus = cloud.bus_events()
+    assert [(e["detail-type"], e["detail"]["stage"]) for e in bus][-2:] == [
+        ("Stage Failed", "train"),
+        ("Run Failed", "run"),
+    ]
+    assert bus[-1]["detail"]["message"].startswith("train: AlgorithmError: CUDA out of memory")
+    assert cloud.ledger("run-oom")["train"]["status"] == "failed"
+
+
+@pytest.mark.stack_parameters(FallbackTrainingInstanceTypes="ml.g6e.2xlarge")
+def test_no_capacity_falls_back_to_the_next_instance_type(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a stack with a fallback instance type, and no capacity for the first one
+    cloud.jobs.no_capacity.add("ml.g5.2xlarge")
+    # WHEN the pipeline runs
+    execution = _start(cloud, "run-fallback", reversal_lines)
+    # THEN the first attempt failed for capacity, the second ran on the fallback, and the run succeeded
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    trains = [(name, kind) for name, kind in cloud.jobs.started if "-train" in name]
+    assert [kind for _, kind in trains] == ["ml.g5.2xlarge", "ml.g6e.2xlarge"]
+    assert trains[0][0].endswith("-train0") and trains[1][0].endswith("-train1")
+    states = cloud.states_entered(execution["executionArn"])
+    assert states.count("StartTrain") == 2 and "NextTrainInstance" in states
+    # AND the events say so
+    starts = [e["detail"] for e in cloud.bus_events() if e["detail"]["stage"] == "train"]
+    assert "CapacityError" in starts[1]["notes"][0] and "ml.g6e.2xlarge" in starts[1]["notes"][0]
+    assert "after 1 capacity fallback" in starts[-1]["notes"][0]
+
+
+def test_capacity_errors_with_no_fallback_left_fail_the_run(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN no capacity for the only instance type WHEN the pipeline runs
+    cloud.jobs.no_capacity.add("ml.g5.2xlarge")
+    execution = _start(cloud, "run-nocap", reversal_lines)
+    # THEN one attempt, then the failure path with the capacity error as the cause
+    assert execution["status"] == "FAILED"
+    assert "CapacityError" in execution["cause"]
+    assert len([name for name, _ in cloud.jobs.started if "-train" in name]) == 1
+
+
+def test_a_model_below_the_gate_is_rejected_and_not_registered(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN an evaluation where the candidate does not beat the base WHEN the pipeline runs
+    cloud.jobs.scores = {"candidate": 0.1, "base": 0.1}
+    execution = _start(cloud, "run-gate", reversal_lines)
+    # THEN it ends as GateFailed after the Gate, without registering
+    assert execution["status"] == "FAILED" and execution["error"] == "GateFailed"
+    states = cloud.states_entered(execution["executionArn"])
+    assert states[-3:] == ["Gate", "RejectEvaluate", "GateRejected"]
+    assert "StartRegister" not in states
+    assert "did not pass the gate" in execution["cause"]
+    # AND the events end with the evaluation rejected and Run Rejected
+    assert _events(cloud)[-2:] == [("Stage Failed", "evaluate", "rejected"), ("Run Rejected", "run", "rejected")]
+    assert cloud.ledger("run-gate")["run"]["status"] == "rejected"
+
+
+def test_a_stage_that_times_out_fails_the_run_and_its_job_is_stopped(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN training jobs that may run 2 s (and the state machine waits no longer), and a job that hangs
+    cloud.stage_function_environment(MAX_TRAINING_RUNTIME_S="2", JOB_WAIT_MARGIN_S="0", USE_SPOT="false")
+    cloud.jobs.hang.add("train")
+    # WHEN the pipeline runs
+    execution = _start(cloud, "run-timeout", reversal_lines)
+    # THEN the Train task timed out and the run failed with States.Timeout
+    assert execution["status"] == "FAILED"
+    assert "States.Timeout" in execution["cause"]
+    # AND the failure path stopped the job that was still running
+    failed = cloud.bus_events()[-2]["detail"]
+    assert failed["stage"] == "train" and any(note.startswith("stopped ") for note in failed["notes"])
+    job = cloud.jobs.started[0][0]
+    status = boto3.client("sagemaker").describe_training_job(TrainingJobName=job)
+    assert status["TrainingJobStatus"] in ("Stopping", "Stopped")
