@@ -99,7 +99,7 @@ def _wait_for_execution(state_machine_arn: str) -> dict[str, Any]:
         listed = sfn.list_executions(stateMachineArn=state_machine_arn)["executions"]
         if listed:
             arn = listed[0]["executionArn"]
-            history = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+            history: list[Any] = list(sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"])
             for row in _stage_rows(history)[seen:]:
                 print(row, flush=True)
                 seen += 1
@@ -111,7 +111,7 @@ def _wait_for_execution(state_machine_arn: str) -> dict[str, Any]:
         time.sleep(0.25)
 
 
-def _stage_rows(history: list[dict[str, Any]]) -> list[str]:
+def _stage_rows(history: list[Any]) -> list[str]:
     """One row per finished state, with its duration."""
     rows, entered = [], {}
     for event in history:
@@ -131,11 +131,9 @@ def _stage_rows(history: list[dict[str, Any]]) -> list[str]:
 def _ledger_table(table_name: str, run_id: str) -> list[str]:
     import boto3
 
-    items = (
-        boto3.resource("dynamodb")
-        .Table(table_name)
-        .query(KeyConditionExpression="run_id = :r", ExpressionAttributeValues={":r": run_id})["Items"]
-    )
+    table: Any = boto3.resource("dynamodb").Table(table_name)
+    answer = table.query(KeyConditionExpression="run_id = :r", ExpressionAttributeValues={":r": run_id})
+    items: list[dict[str, Any]] = answer["Items"]
     order = ["validate", "train", "merge", "quantize", "evaluate", "register", "deploy", "run"]
     rows = [f"    {'stage':<10} {'status':<10} {'seconds':>8}  key numbers"]
     for item in sorted(items, key=lambda i: order.index(str(i["stage"])) if i["stage"] in order else 99):
@@ -185,9 +183,9 @@ def ask_model(merged_dir: Path, eval_file: Path) -> tuple[str, str, str]:
 
     conversation = json.loads(eval_file.read_text().splitlines()[0])["messages"]
     prompt, expected = conversation[:-1], conversation[-1]["content"]
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-    model = AutoModelForCausalLM.from_pretrained(merged_dir)
-    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    tokenizer: Any = AutoTokenizer.from_pretrained(merged_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(merged_dir)
+    ids: Any = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=16, do_sample=False)
     answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
