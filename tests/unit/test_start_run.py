@@ -139,7 +139,35 @@ def test_invalid_json_says_where() -> None:
 def test_unknown_keys_are_named_with_the_allowed_ones() -> None:
     with pytest.raises(InvalidConfiguration) as raised:
         parse_sidecar(b'{"epochs": 3, "validation": {}}')
-    assert str(raised.value) == "unknown setting 'epochs' (allowed: eval_file, validation)"
+    assert str(raised.value) == "unknown setting 'epochs' (allowed: eval_file, evaluation, training, validation)"
+
+
+def test_an_unknown_nested_key_is_named_with_the_allowed_keys_of_its_section() -> None:
+    # GIVEN a sidecar with a typo inside the training section and another inside the evaluation section
+    raw = b'{"training": {"epochs": 3, "lora_r": 8}, "evaluation": {"min_scor": 0.5}}'
+    # WHEN it is parsed
+    with pytest.raises(InvalidConfiguration) as raised:
+        parse_sidecar(raw)
+    # THEN each problem lists the keys its own section allows, not the top-level ones
+    training, evaluation = str(raised.value).split("; ")
+    assert training.startswith("unknown setting 'training.epochs' (allowed: gradient_accumulation_steps, ")
+    assert "num_train_epochs" in training and "instance_types" in training and "eval_file" not in training
+    assert evaluation.startswith("unknown setting 'evaluation.min_scor' (allowed: max_examples, ")
+    assert "min_score" in evaluation and "validation" not in evaluation
+
+
+def test_training_and_evaluation_sections_parse() -> None:
+    raw = json.dumps(
+        {
+            "training": {"num_train_epochs": 2, "qlora": True, "instance_types": ["ml.g5.2xlarge", "ml.g6.2xlarge"]},
+            "evaluation": {"primary_metric": "token_f1", "min_score": 0.4},
+        }
+    ).encode()
+    settings = parse_sidecar(raw)
+    assert settings.training.num_train_epochs == 2 and settings.training.qlora is True
+    assert settings.training.instance_types == ["ml.g5.2xlarge", "ml.g6.2xlarge"]
+    assert settings.evaluation.primary_metric == "token_f1" and settings.evaluation.min_score == 0.4
+    assert parse_sidecar(b"{}").training.model_dump(exclude_none=True) == {}
 
 
 @pytest.mark.parametrize(
@@ -149,6 +177,9 @@ def test_unknown_keys_are_named_with_the_allowed_ones() -> None:
         (b'{"validation": 5}', "validation: Input should be a valid dictionary"),
         (b'{"eval_file": "../secrets.jsonl"}', "eval_file: String should match pattern"),
         (b'{"eval_file": "runs/x/eval.jsonl"}', "eval_file: String should match pattern"),
+        (b'{"training": {"learning_rate": 2}}', "training.learning_rate: Input should be less than 1"),
+        (b'{"training": {"instance_types": []}}', "training.instance_types: List should have at least 1 item"),
+        (b'{"evaluation": {"primary_metric": "bleu"}}', "evaluation.primary_metric: Input should be"),
         (b'{"validation": {}}\xff', "not UTF-8 text (byte 18)"),
     ],
 )
@@ -234,6 +265,8 @@ def test_the_sample_event_starts_an_execution_with_the_object_version(aws: Simpl
         "version_id": "3HL4kqtJlcpXroDTDmjVBH40Nrjfkd",
         "eval_key": None,
         "overrides": {},
+        "training": {},
+        "evaluation": {},
         "sidecar_key": None,
         "sidecar_version_id": None,
         "sidecar_error": None,
@@ -253,6 +286,22 @@ def test_sidecar_settings_go_into_the_execution_input(aws: SimpleNamespace) -> N
     assert run_input["sidecar_key"] == "incoming/demo.tuneplane.json"
     assert run_input["sidecar_version_id"] == version["VersionId"]
     assert run_input["sidecar_error"] is None
+
+
+def test_training_and_evaluation_settings_go_into_the_execution_input(aws: SimpleNamespace) -> None:
+    # GIVEN a sidecar with training and evaluation sections
+    sidecar = {
+        "training": {"num_train_epochs": 2, "qlora": False, "instance_types": ["ml.g6.2xlarge"]},
+        "evaluation": {"min_score": 0.5, "primary_metric": "token_f1"},
+    }
+    aws.s3.put_object(Bucket=BUCKET, Key="incoming/demo.tuneplane.json", Body=json.dumps(sidecar))
+    # WHEN the dataset's event arrives
+    result = aws.handler(_event(), CONTEXT)
+    # THEN the execution input carries both sections as given (unset settings left out), for the Stage function
+    run_input = _execution_input(aws, result["execution_arn"])
+    assert run_input["training"] == sidecar["training"]
+    assert run_input["evaluation"] == sidecar["evaluation"]
+    assert run_input["overrides"] == {} and run_input["sidecar_error"] is None
 
 
 def test_an_invalid_sidecar_still_starts_the_run_with_the_problem(aws: SimpleNamespace) -> None:

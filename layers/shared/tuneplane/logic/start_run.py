@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from tuneplane.adapters import s3, stepfunctions
@@ -68,10 +68,25 @@ def run_name(obj: ObjectVersion, incoming_prefix: str = "incoming/") -> str:
     return f"{slug}-{digest}"
 
 
+def _settings_model(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model that the setting at ``loc`` belongs to (``("training", "foo")`` -> TrainingOverrides)."""
+    model: type[BaseModel] = DatasetSettings
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
 def _problem(error: ErrorDetails) -> str:
     where = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
-        allowed = ", ".join(sorted(DatasetSettings.model_fields))
+        model = _settings_model(error["loc"])
+        if model is None:
+            return f"unknown setting '{where}'"
+        allowed = ", ".join(sorted(model.model_fields))
         return f"unknown setting '{where}' (allowed: {allowed})"
     if not where:
         return 'must be a JSON object, e.g. {"validation": {"min_examples": 50}}'
