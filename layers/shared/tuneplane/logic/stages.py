@@ -332,16 +332,27 @@ def one_line_cause(error: dict[str, Any] | None) -> tuple[str, str]:
     except ValueError:
         parsed = None
     if isinstance(parsed, dict):
-        cause = (
-            parsed.get("FailureReason")
-            or parsed.get("ExitMessage")
-            or parsed.get("errorMessage")
-            or parsed.get("Cause")
-            or cause
-        )
+        cause = _job_cause(parsed) or parsed.get("errorMessage") or parsed.get("Cause") or cause
         name = str(parsed.get("errorType") or name)
     line = " ".join(str(cause).split()) or name
     return name, line[:CAUSE_MAX]
+
+
+def _job_cause(description: dict[str, Any]) -> str | None:
+    """Why a job (a ``Describe*Job`` answer) ended. A failed processing job's FailureReason is generic on AWS
+    ("AlgorithmError: See job logs for more information"): the container's own reason is its ExitMessage. A stopped
+    job (e.g. at MaxRuntimeInSeconds) may have neither: then its status says what happened."""
+    reason, message = description.get("FailureReason"), description.get("ExitMessage")
+    if reason and message and str(message).strip() not in str(reason):
+        return f"{reason}: {message}"
+    if reason or message:
+        return str(reason or message)
+    status = description.get("TrainingJobStatus") or description.get("ProcessingJobStatus")
+    if not status:
+        return None
+    job = description.get("TrainingJobName") or description.get("ProcessingJobName") or "the job"
+    secondary = description.get("SecondaryStatus")
+    return f"{job} {str(status).lower()}" + (f" ({secondary})" if secondary and secondary != status else "")
 
 
 def _end_badly(stage: Stage, run: _RunView, settings: PipelineSettings, status: Status) -> dict[str, Any]:
@@ -364,8 +375,11 @@ def _end_badly(stage: Stage, run: _RunView, settings: PipelineSettings, status: 
 
 
 def _validation_report_uris(run: _RunView, settings: PipelineSettings) -> dict[str, str]:
+    """The validation report and summary, where written: a run rejected before its data was read (an unusable
+    sidecar file, a missing object) has none, and its event must not link to them."""
     base = job_requests.run_uri(settings, run.run_id, "validation", "")
-    return {"report": base + "report.json", "summary": base + "summary.txt"}
+    uris = {"report": base + "report.json", "summary": base + "summary.txt"}
+    return {name: uri for name, uri in uris.items() if _exists(uri)}
 
 
 def _finish_run(
