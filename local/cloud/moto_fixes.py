@@ -168,7 +168,7 @@ class LocalModelPackageGroup(CloudFormationModel):
         return attr in ("ModelPackageGroupArn", "CreationTime", "ModelPackageGroupStatus")
 
     @classmethod
-    def create_from_cloudformation_json(  # type: ignore[override]
+    def create_from_cloudformation_json(
         cls, resource_name: str, cloudformation_json: dict[str, Any], account_id: str, region_name: str, **kwargs: Any
     ) -> LocalModelPackageGroup:
         properties = cloudformation_json.get("Properties", {})

@@ -32,11 +32,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from unittest import mock
 
 import boto3
 from botocore.exceptions import ClientError
+from moto.core.responses import EmptyResult
 from moto.sagemaker import responses as sm_responses
 from moto.sagemaker.models import FakeProcessingJob, FakeTrainingJob, SageMakerModelBackend
 from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
@@ -51,6 +52,9 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task import state_
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import ResourceCondition
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
     StateTaskServiceCallback,
+)
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_factory import (
+    state_task_service_for as _original_service_for,
 )
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
@@ -372,7 +376,7 @@ def local_sagemaker_jobs(executor: JobExecutor, work_root: Path) -> Iterator[Job
         definitions = list(kwargs["algorithm_specification"].get("MetricDefinitions") or [])
         job: FakeTrainingJob = create_training(backend, **kwargs)
         job.algorithm_specification["MetricDefinitions"] = definitions  # moto puts an example of its own there
-        job.training_end_time = None
+        cast(Any, job).training_end_time = None  # moto types it as a datetime; a running job has none yet
         job.final_metric_data_list = []
         job.secondary_status_transitions = []
         local = LocalJob(
@@ -384,7 +388,7 @@ def local_sagemaker_jobs(executor: JobExecutor, work_root: Path) -> Iterator[Job
 
     def create_processing_job(backend: SageMakerModelBackend, **kwargs: Any) -> FakeProcessingJob:
         job: FakeProcessingJob = create_processing(backend, **kwargs)
-        job.processing_end_time = None
+        cast(Any, job).processing_end_time = None  # as above
         local = LocalJob("processing", job.processing_job_name, job, [], _work_dir(work_root, job.processing_job_name))
         _set_status(local, "InProgress")
         runner.start(local)
@@ -403,8 +407,8 @@ def local_sagemaker_jobs(executor: JobExecutor, work_root: Path) -> Iterator[Job
         stop_processing(backend, processing_job_name)
 
     def stop_training_job_response(response: sm_responses.SageMakerResponse) -> Any:
-        response.sagemaker_backend.stop_training_job(response._get_param("TrainingJobName"))
-        return sm_responses.EmptyResult()
+        stop_training_job(response.sagemaker_backend, response._get_param("TrainingJobName"))  # patched in below
+        return EmptyResult()
 
     with (
         mock.patch.object(SageMakerModelBackend, "create_training_job", create_training_job),
@@ -437,7 +441,6 @@ def _work_dir(root: Path, name: str) -> Path:
 # ---------------------------------------------------------------------------------------------------------------------
 # The .sync integration in moto's state-machine interpreter
 
-_original_service_for = state_task_factory.state_task_service_for
 _TERMINAL = {"Completed", "Failed", "Stopped"}
 
 
@@ -451,6 +454,12 @@ def _sagemaker_model() -> Any:
     import botocore.session
 
     return botocore.session.get_session().get_service_model("sagemaker")
+
+
+def _task_failed(details: TaskFailedEventDetails) -> EventDetails:
+    """moto's ``EventDetails`` TypedDict is total, though every event carries one kind of details (as moto's own
+    interpreter builds them)."""
+    return cast(EventDetails, {"taskFailedEventDetails": details})
 
 
 def _json_safe(value: Any) -> Any:
@@ -471,7 +480,9 @@ class StateTaskServiceSageMaker(StateTaskServiceCallback):
     def __init__(self) -> None:
         # WaitForTaskToken only because moto's callback base class assumes a callback endpoint exists (it calls
         # interrupt_all() on it unconditionally); the ASL never uses .waitForTaskToken with SageMaker.
-        super().__init__(supported_integration_patterns={ResourceCondition.Sync, ResourceCondition.WaitForTaskToken})
+        # moto types ResourceCondition's members as plain str (they are class attributes of a str subclass).
+        patterns = cast(set[ResourceCondition], {ResourceCondition.Sync, ResourceCondition.WaitForTaskToken})
+        super().__init__(supported_integration_patterns=patterns)
 
     _SYNC_ACTIONS = {"createtrainingjob": "CreateTrainingJob", "createprocessingjob": "CreateProcessingJob"}
 
@@ -495,8 +506,8 @@ class StateTaskServiceSageMaker(StateTaskServiceCallback):
                 env=env,
                 error_name=CustomErrorName(name),
                 event_type=HistoryEventType.TaskFailed,
-                event_details=EventDetails(
-                    taskFailedEventDetails=TaskFailedEventDetails(
+                event_details=_task_failed(
+                    TaskFailedEventDetails(
                         error=name,
                         cause=ex.response["Error"].get("Message", ""),
                         resource=self._get_sfn_resource(),
@@ -504,7 +515,7 @@ class StateTaskServiceSageMaker(StateTaskServiceCallback):
                     )
                 ),
             )
-        return super()._from_error(env=env, ex=ex)  # type: ignore[no-any-return]
+        return super()._from_error(env=env, ex=ex)
 
     def _eval_service_task(
         self, env: Any, resource_runtime_part: Any, normalised_parameters: dict[str, Any], state_credentials: Any
@@ -547,8 +558,8 @@ class StateTaskServiceSageMaker(StateTaskServiceCallback):
                     env=env,
                     error_name=StatesErrorName(typ=StatesErrorNameType.StatesTaskFailed),
                     event_type=HistoryEventType.TaskFailed,
-                    event_details=EventDetails(
-                        taskFailedEventDetails=TaskFailedEventDetails(
+                    event_details=_task_failed(
+                        TaskFailedEventDetails(
                             resource=self._get_sfn_resource(),
                             resourceType=self._get_sfn_resource_type(),
                             error=StatesErrorNameType.StatesTaskFailed.to_name(),
