@@ -1,9 +1,11 @@
-"""`tuneplane` command line: the same validator the pipeline runs, offline on a local file.
+"""`tuneplane` command line: the same validator the pipeline runs, offline on a local file; base model staging.
 
     tuneplane validate data.jsonl --base-model ./my-base-model --max-seq-length 4096
     tuneplane validate s3://bucket/incoming/data.jsonl.gz --eval-file eval.jsonl --json
+    tuneplane stage-model Qwen/Qwen2.5-7B-Instruct s3://my-models/qwen2.5-7b-instruct/ --kms-key-id alias/x
 
-Exit codes: 0 valid, 1 invalid, 2 usage error (bad arguments, missing file, unusable base model).
+Exit codes: 0 valid (or staged), 1 invalid, 2 usage error (bad arguments, missing file, unusable base model,
+a refused or failed staging).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,7 +52,43 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--epochs", type=float, help="training epochs for the cost estimate (default 3)")
     validate.add_argument("--out-dir", type=Path, help="write the normalised train.jsonl / eval.jsonl here")
     validate.add_argument("--json", action="store_true", help="print the full report as JSON instead of a summary")
+    _stage_model_parser(commands)
     return parser
+
+
+def _stage_model_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    stage = commands.add_parser(
+        "stage-model",
+        help="copy a base model to S3 for training (the BaseModelS3Uri prefix)",
+        description="Check a base model and copy what training needs (safetensors weights, config.json, "
+        "generation_config.json, tokenizer files, chat template) to an S3 prefix: the training jobs run with "
+        "network isolation and read it as their `model` channel. Nothing is uploaded unless every check passes. "
+        "The manifest tuneplane-model.json (files, sizes, sha256, source, model type) is written last: a prefix "
+        "without it holds an unfinished copy.",
+        epilog="A hub id needs the huggingface_hub package (not in the Lambda layer's requirements; .venv has it "
+        "as a dependency of transformers, requirements/ml.txt); gated models need `hf auth login` or HF_TOKEN. "
+        "Files are downloaded to the Hugging Face cache (HF_HOME). Exit codes: 0 staged (or dry run passed), "
+        "2 refused or failed.",
+    )
+    stage.add_argument("source", help="a local model directory, or a Hugging Face hub id (org/name)")
+    stage.add_argument("destination", help="s3://bucket/prefix/ to copy to: the stack's BaseModelS3Uri")
+    stage.add_argument("--revision", help="hub branch, tag or commit (default: main); hub ids only")
+    stage.add_argument(
+        "--kms-key-id",
+        help="encrypt with this KMS key (SSE-KMS), e.g. the stack's data key, which the SageMaker role may use; "
+        "default: the bucket's default encryption",
+    )
+    stage.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what the prefix holds (objects not part of this model are deleted); on a versioned bucket "
+        "the earlier objects stay recoverable as noncurrent versions",
+    )
+    stage.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run every check and list the files; upload nothing (a hub model is still downloaded)",
+    )
 
 
 def _options(args: argparse.Namespace) -> ValidationOptions:
@@ -101,10 +140,64 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_VALID if result.report.passed else EXIT_INVALID
 
 
+def _stage_model(args: argparse.Namespace) -> int:
+    from tuneplane.adapters import model_store
+    from tuneplane.logic import stage_model as stage
+
+    bucket, prefix = stage.destination(args.destination)  # before any download
+    uri = f"s3://{bucket}/{prefix}"
+    directory, commit = _model_directory(args.source, args.revision)
+    plan = stage.plan_stage(directory)
+    existing = model_store.list_keys(bucket, prefix)
+    versioning = model_store.bucket_versioning(bucket) if existing else None
+    stage.check_destination(existing, prefix, plan, overwrite=args.overwrite, uri=uri, versioning=versioning)
+    stale = stage.stale_keys(existing, prefix, plan)
+    if args.dry_run:
+        print(stage.render_plan(plan, uri, stale, prefix))
+        return EXIT_VALID
+    manifest_key = prefix + stage.MANIFEST_NAME
+    if manifest_key in existing:  # first: an interrupted overwrite must not look complete
+        model_store.delete_keys(bucket, [manifest_key])
+    hashes: dict[str, str] = {}
+    for number, file in enumerate(plan.files, 1):
+        print(f"[{number}/{len(plan.files)}] {file.name} ({stage.format_size(file.size)})", file=sys.stderr)
+        hashes[file.name] = stage.sha256_file(file.path)
+        model_store.upload(file.path, bucket, prefix + file.name, kms_key_id=args.kms_key_id)
+    model_store.delete_keys(bucket, stale)  # after the upload: SageMaker would copy them into the job
+    source = args.source if commit else str(directory.resolve())
+    manifest = stage.build_manifest(
+        plan, source=source, revision=args.revision, commit=commit, hashes=hashes, created_at=datetime.now(UTC)
+    )
+    model_store.put_json(bucket, manifest_key, manifest, kms_key_id=args.kms_key_id)  # last
+    print(stage.render_summary(plan, uri, f"{source}@{commit[:12]}" if commit else source, stale))
+    return EXIT_VALID
+
+
+def _model_directory(source: str, revision: str | None) -> tuple[Path, str | None]:
+    """The local directory to stage, and the hub commit it was downloaded at (None for a local directory)."""
+    from tuneplane.logic import stage_model as stage
+
+    if not stage.is_hub_id(source):
+        if revision:
+            raise InvalidConfiguration(f"--revision applies to hub ids only, and {source} is a local path")
+        path = Path(source).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{source}: no such directory (and not a hub id: org/name)")
+        return path, None
+    from tuneplane.adapters import model_hub
+
+    commit, names = model_hub.repo_files(source, revision)
+    stage.check_file_names(names, f"{source}@{commit[:12]}")  # before downloading anything
+    directory = model_hub.download(source, commit, stage.HUB_METADATA_PATTERNS)
+    stage.check_metadata(directory)  # before downloading the weights
+    weights = stage.weight_names(directory)
+    return model_hub.download(source, commit, [*stage.HUB_METADATA_PATTERNS, *weights]), commit
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _validate(args)
+        return _stage_model(args) if args.command == "stage-model" else _validate(args)
     except (TuneplaneError, FileNotFoundError, ValidationError, json.JSONDecodeError) as exc:
         print(f"tuneplane: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

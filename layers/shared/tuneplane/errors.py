@@ -52,3 +52,37 @@ class SlackDeliveryFailed(TuneplaneError):
         super().__init__(message)
         self.attempts = attempts
         self.status = status
+
+
+class UnservableModel(TuneplaneError):
+    """The model cannot be served by the configured target: refused before anything is deployed (e.g. a LoRA rank
+    above the server's limit, an architecture Bedrock Custom Model Import does not take)."""
+
+
+class EndpointDeployFailed(TuneplaneError):
+    """SageMaker could not bring the endpoint (or the update) into service, or it did not within the time allowed."""
+
+
+class SmokeTestFailed(TuneplaneError):
+    """The deployed model did not answer the smoke test's chat request with a usable answer."""
+
+
+class ModelImportFailed(TuneplaneError):
+    """A Bedrock Custom Model Import job failed, or did not finish within the time allowed."""
+
+
+class DeployServiceError(TuneplaneError):
+    """SageMaker, Bedrock, CloudWatch or Application Auto Scaling refused or failed a call; often transient."""
+
+
+class UnsupportedBaseModel(BaseModelUnavailable):
+    """A base model the training jobs cannot load as it is (``tuneplane stage-model`` refuses to copy it).
+
+    Pickle weights (.bin/.pt), remote code (``auto_map``, *.py), missing or truncated safetensors shards, a
+    config.json without ``model_type``: the jobs run with network isolation, ``trust_remote_code=False`` and
+    ``use_safetensors=True``.
+    """
+
+
+class DestinationNotEmpty(TuneplaneError):
+    """The S3 prefix a base model is staged to already holds objects, and replacing them was not asked for."""
