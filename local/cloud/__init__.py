@@ -12,6 +12,9 @@
   an upload reaches StartRun and starts the pipeline;
 - ``sagemaker_jobs.py``: training and processing jobs run the real containers (or a test's executor) and
   ``sagemaker:*.sync`` tasks wait for them;
+- ``endpoints.py``: real-time endpoints serve the model (``transformers serve`` on the CPU, or a test's scripted
+  server) with blue/green updates and rollback, and sagemaker-runtime ``InvokeEndpoint`` asks it; while the local cloud
+  runs, ``endpoint_url(name)`` is an endpoint's OpenAI-compatible base URL;
 - ``clock.py``: Wait states and Retry intervals compressed, so tests of slow paths stay fast.
 """
 
@@ -26,6 +29,16 @@ from moto import mock_aws
 
 from local.cloud.clock import compressed_time
 from local.cloud.deploy import DeployError, LocalDeployment, deploy
+from local.cloud.endpoints import (
+    EndpointBackend,
+    EndpointRegistry,
+    EndpointServer,
+    ScriptedEndpointBackend,
+    TransformersServeBackend,
+    active_endpoints,
+    endpoint_url,
+    local_endpoints,
+)
 from local.cloud.event_targets import eventbridge_targets
 from local.cloud.lambda_runtime import patched_lambda_runtime
 from local.cloud.s3_events import s3_events_on_default_bus
@@ -45,10 +58,18 @@ __all__ = [
     "JobRunner",
     "LocalJob",
     "DeployError",
+    "EndpointBackend",
+    "EndpointRegistry",
+    "EndpointServer",
     "LocalDeployment",
+    "ScriptedEndpointBackend",
+    "TransformersServeBackend",
+    "active_endpoints",
     "compressed_time",
     "deploy",
+    "endpoint_url",
     "eventbridge_targets",
+    "local_endpoints",
     "local_sagemaker_jobs",
     "local_cloud",
     "patched_lambda_runtime",
@@ -58,11 +79,16 @@ __all__ = [
 
 @contextmanager
 def local_cloud(
-    time_scale: float = 1.0, executor: JobExecutor | None = None, work_root: Path | None = None
+    time_scale: float = 1.0,
+    executor: JobExecutor | None = None,
+    work_root: Path | None = None,
+    endpoint_backend: EndpointBackend | None = None,
 ) -> Iterator[JobRunner]:
     """moto with executing state machines, in-process Lambda handlers, S3 events on the default bus only, EventBridge
     Lambda and Step Functions targets, SageMaker jobs run by ``executor`` (default: the real containers, with
-    their work directories under ``work_root``) and Wait/Retry times multiplied by ``time_scale``."""
+    their work directories under ``work_root``), SageMaker endpoints served by ``endpoint_backend`` (default:
+    ``transformers serve``; servers under ``work_root/endpoints``, all stopped on exit; ``endpoint_url(name)`` or
+    ``active_endpoints()`` while it runs) and Wait/Retry times multiplied by ``time_scale``."""
     with (
         tempfile.TemporaryDirectory(prefix="tuneplane-jobs-") as scratch,
         mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
@@ -70,6 +96,7 @@ def local_cloud(
         s3_events_on_default_bus(),
         eventbridge_targets(),
         local_sagemaker_jobs(executor or ContainerExecutor(), work_root or Path(scratch)) as runner,
+        local_endpoints(endpoint_backend or TransformersServeBackend(), work_root or Path(scratch)),
         compressed_time(time_scale),
     ):
         yield runner

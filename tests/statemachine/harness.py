@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from local.cloud import JobOutcome, LocalDeployment, LocalJob, deploy, local_cloud
+from local.cloud import JobOutcome, LocalDeployment, LocalJob, ScriptedEndpointBackend, deploy, local_cloud
+from local.cloud.bedrock import LocalModelImport, local_bedrock_imports
 from local.cloud.s3_events import deliver_to_default_bus
 
 MODEL_BUCKET = "tuneplane-test-models"
@@ -41,6 +42,8 @@ class ScriptedJobs:
     no_capacity: set[str] = field(default_factory=set)
     hang: set[str] = field(default_factory=set)
     scores: dict[str, float] = field(default_factory=lambda: {"candidate": 0.9, "base": 0.1})
+    adapter_rank: int = 8
+    bedrock_importable: bool = True
     started: list[tuple[str, str]] = field(default_factory=list)  # (job name, instance type)
 
     def __call__(self, job: LocalJob) -> JobOutcome:
@@ -63,8 +66,21 @@ class ScriptedJobs:
         output = job.model.processing_output_config["Outputs"][0]["S3Output"]["S3Uri"]
         bucket, prefix = _split(output)
         if stage == "merge":
-            report = {"verification": {"merged_vs_base_plus_adapter": {"max_abs": 1e-5}}, "wall_time_s": 1.0}
+            verdict = {
+                "compatible": self.bedrock_importable,
+                "reasons": ["architecture LlamaForCausalLM is supported"]
+                if self.bedrock_importable
+                else ["architecture GemmaForCausalLM is not in the supported list"],
+            }
+            report = {
+                "verification": {"merged_vs_base_plus_adapter": {"max_abs": 1e-5}},
+                "wall_time_s": 1.0,
+                "dtype": "bf16",
+                "adapter_rank": self.adapter_rank,
+                "bedrock_custom_model_import": verdict,
+            }
             s3.put_object(Bucket=bucket, Key=prefix + "merge_report.json", Body=json.dumps(report).encode())
+            s3.put_object(Bucket=bucket, Key=prefix + "config.json", Body=b'{"architectures": ["LlamaForCausalLM"]}')
         if stage == "evaluate":
             passed = self.scores["candidate"] > self.scores["base"]
             report = {
@@ -100,6 +116,8 @@ class Cloud:
     events_queue_url: str
     s3_events_queue_url: str
     jobs: ScriptedJobs = field(default_factory=ScriptedJobs)
+    endpoints: ScriptedEndpointBackend = field(default_factory=ScriptedEndpointBackend)
+    bedrock: LocalModelImport = field(default_factory=LocalModelImport)
 
     def upload(self, key: str, lines: list[str]) -> str:
         """Put ``lines`` as a JSONL object in the data bucket; returns the new version id."""
@@ -198,8 +216,11 @@ def _capture(bus_name: str, queue_name: str, pattern: dict[str, Any]) -> str:
 @contextmanager
 def deployed_cloud(base_model_dir: Path, parameters: dict[str, str] | None = None) -> Iterator[Cloud]:
     """A fresh local cloud with the stack deployed, the base model in place and scripted SageMaker jobs."""
-    jobs = ScriptedJobs()
-    with local_cloud(time_scale=0.01, executor=jobs):  # resets the shared package's cached settings and clients
+    jobs, endpoints, bedrock = ScriptedJobs(), ScriptedEndpointBackend(), LocalModelImport()
+    with (
+        local_cloud(time_scale=0.01, executor=jobs, endpoint_backend=endpoints),  # resets cached settings, clients
+        local_bedrock_imports(bedrock),
+    ):
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=MODEL_BUCKET)
         for file in base_model_dir.iterdir():
@@ -216,4 +237,6 @@ def deployed_cloud(base_model_dir: Path, parameters: dict[str, str] | None = Non
             events_queue_url=_capture(deployment.bus_name, "bus-events", {"account": [deployment.account_id]}),
             s3_events_queue_url=_capture("default", "s3-events", S3_OBJECT_CREATED),
             jobs=jobs,
+            endpoints=endpoints,
+            bedrock=bedrock,
         )

@@ -174,6 +174,18 @@ def test_no_capacity_falls_back_to_the_next_instance_type(cloud: Cloud, reversal
     assert "after 1 capacity fallback" in starts[-1]["notes"][0]
 
 
+@pytest.mark.stack_parameters(FallbackTrainingInstanceTypes="ml.g6e.2xlarge")
+def test_out_of_memory_is_not_mistaken_for_no_capacity(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a fallback instance type, and a training job that runs out of GPU memory (CUDA says "total capacity")
+    cloud.jobs.fail["train"] = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 22.20 GiB total capacity)"
+    # WHEN the pipeline runs
+    execution = _start(cloud, "run-oom-fallback", reversal_lines)
+    # THEN the run fails at once with the container's reason: another instance type would not fix the batch size
+    assert execution["status"] == "FAILED"
+    assert [kind for name, kind in cloud.jobs.started if "-train" in name] == ["ml.g5.2xlarge"]
+    assert "NextTrainInstance" not in cloud.states_entered(execution["executionArn"])
+
+
 def test_capacity_errors_with_no_fallback_left_fail_the_run(cloud: Cloud, reversal_lines: list[str]) -> None:
     # GIVEN no capacity for the only instance type WHEN the pipeline runs
     cloud.jobs.no_capacity.add("ml.g5.2xlarge")

@@ -188,6 +188,17 @@ def test_other_sidecar_problems_are_explained(raw: bytes, message: str) -> None:
         parse_sidecar(raw)
 
 
+def test_a_training_instance_type_without_the_ml_prefix_is_rejected_naming_the_field() -> None:
+    # GIVEN a sidecar whose training instance types list an EC2 name ("g5.2xlarge") instead of a SageMaker one
+    raw = json.dumps({"training": {"instance_types": ["g5.2xlarge"]}}).encode()
+    # WHEN it is parsed
+    with pytest.raises(InvalidConfiguration) as raised:
+        parse_sidecar(raw)
+    # THEN the problem names the item of the field and the pattern it must match, before any job is requested
+    assert str(raised.value).startswith("training.instance_types.0: String should match pattern")
+    assert "ml\\." in str(raised.value)
+
+
 def test_the_validate_stage_rejects_a_run_whose_sidecar_is_unusable() -> None:
     # GIVEN the execution input StartRun builds for a dataset with a broken sidecar (the sample event)
     request = ValidateRequest.model_validate(

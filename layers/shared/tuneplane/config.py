@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -86,6 +86,48 @@ class PipelineSettings(BaseSettings):
 @cache
 def pipeline_settings() -> PipelineSettings:
     return _from_environment(PipelineSettings, "Stage")
+
+
+class DeploySettings(BaseSettings):
+    """What the Deploy Lambda reads from its environment (see template.yaml DeployFunction): how a passing model is
+    served (vLLM on a SageMaker endpoint, or Bedrock Custom Model Import) and the guardrails of that deployment."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    stack_name: str = Field(min_length=1, description="Tags every resource: the stack's IAM policies key on it.")
+    data_bucket: str = Field(min_length=3)
+    runs_prefix: str = "runs/"
+    base_model_s3_uri: str = Field(pattern=r"^s3://[^/]+/.*$")
+    sagemaker_role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")
+    kms_key_arn: str | None = None
+    serve_image_uri: str | None = Field(default=None, description="The vLLM SageMaker image (containers/serve).")
+    serve_mode: Literal["merged", "lora"] = Field(
+        default="merged", description="merged: the merged (or quantized) model; lora: the base model + the adapter."
+    )
+    endpoint_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    endpoint_min_instances: int = Field(default=1, ge=1, le=100)
+    endpoint_max_instances: int = Field(default=2, ge=1, le=100)
+    invocations_per_instance_target: float = Field(
+        default=60.0, gt=0, description="Target tracking: SageMakerVariantInvocationsPerInstance (per minute)."
+    )
+    max_model_len: int = Field(default=2048, ge=16, description="The training sequence length, unless overridden.")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    max_lora_rank: int = Field(default=64, ge=1, le=512, description="The server's max_lora_rank (vLLM LoRA).")
+    canary_percent: int = Field(default=20, ge=1, le=50, description="Blue/green canary: share of capacity first.")
+    bake_time_s: int = Field(default=300, ge=0, le=3600, description="Blue/green: watch the alarms this long.")
+    latency_alarm_ms: int = Field(default=20_000, ge=1, description="Roll back when p90 model latency exceeds it.")
+    max_polls: int = Field(default=120, ge=1, description="Wait/Describe rounds before giving up (30 s apart).")
+    smoke_max_tokens: int = Field(default=64, ge=1, le=4096)
+    bedrock_role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")
+    bedrock_keep_models: int = Field(default=3, ge=1, le=100, description="Imported models kept per dataset.")
+    tensor_parallel_size: int | None = Field(
+        default=None, ge=1, le=64, description="GPUs per replica; default: every GPU of the endpoint instance."
+    )
+
+
+@cache
+def deploy_settings() -> DeploySettings:
+    return _from_environment(DeploySettings, "Deploy")
 
 
 class StartRunSettings(BaseSettings):

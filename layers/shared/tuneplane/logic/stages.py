@@ -286,7 +286,40 @@ def outcome_of(stage: Stage, run: _RunView, settings: PipelineSettings) -> Stage
     if stage is Stage.REGISTER:
         arn = run.result("register").get("ModelPackageArn")
         return StageOutcome(stage=stage, artifacts=_present({"model_package": arn}))
+    if stage is Stage.DEPLOY:
+        return _deploy_outcome(run)
     return StageOutcome(stage=stage, metrics=_present(run.result(stage.value)))
+
+
+def _deploy_outcome(run: _RunView) -> StageOutcome:
+    """Where the model serves and what it answered to the smoke test's question."""
+    deployment = run.result("deploy").get("deployment") or {}
+    plan = deployment.get("plan") or {}
+    metrics = {
+        "target": deployment.get("target"),
+        "endpoint_name": deployment.get("endpoint_name"),
+        "mode": deployment.get("mode"),
+        "served": plan.get("served"),
+        "instance_type": plan.get("instance_type"),
+        "model_name": deployment.get("imported_model_name") or deployment.get("model_name"),
+        "smoke_test_prompt": deployment.get("question"),
+        "smoke_test_answer": deployment.get("answer"),
+        "smoke_test_expected": deployment.get("expected"),
+        "smoke_test_latency_ms": deployment.get("smoke_latency_ms"),
+    }
+    artifacts = {
+        "endpoint": deployment.get("endpoint_name"),
+        "endpoint_config": deployment.get("endpoint_config_name"),
+        "imported_model": deployment.get("imported_model_arn"),
+    }
+    where = deployment.get("endpoint_name") or deployment.get("imported_model_name")
+    return StageOutcome(
+        stage=Stage.DEPLOY,
+        metrics=_present(metrics),
+        artifacts=_present(artifacts),
+        message=f"{where} answered: {deployment.get('answer')}" if deployment.get("answer") else None,
+        notes=[str(note) for note in deployment.get("notes") or []],
+    )
 
 
 def _exists(uri: str) -> bool:

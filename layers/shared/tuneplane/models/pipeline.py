@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tuneplane.models.events import Stage
 
@@ -32,7 +32,7 @@ class TrainingOverrides(BaseModel):
     seed: int | None = Field(default=None, ge=0)
     save_steps: int | None = Field(default=None, ge=1)
     logging_steps: int | None = Field(default=None, ge=1)
-    instance_types: list[str] | None = Field(
+    instance_types: list[Annotated[str, StringConstraints(pattern=INSTANCE_TYPE_PATTERN)]] | None = Field(
         default=None,
         min_length=1,
         max_length=5,

@@ -1,0 +1,124 @@
+"""What a deployment needs from the run: its artifacts (from the execution state), the merge report and the
+smoke-test conversation (from S3), and the names of what it creates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tuneplane.adapters import s3
+from tuneplane.config import DeploySettings
+from tuneplane.errors import InvalidConfiguration, StorageError
+from tuneplane.logic.job_requests import job_prefix
+
+NAME_MAX = 63  # SageMaker endpoint/model/config names and Bedrock model names: [a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
+_NOT_NAME = re.compile(r"[^a-zA-Z0-9]+")
+_SMOKE_LINE_MAX = 1 << 20
+
+
+@dataclass(frozen=True)
+class RunArtifacts:
+    run_id: str
+    dataset_key: str
+    merged_uri: str
+    quantized_uri: str | None
+    adapter_uri: str | None
+    eval_uri: str | None
+    max_seq_length: int | None
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RunArtifacts:
+        def outcome(stage: str) -> dict[str, Any]:
+            recorded = (state.get("recorded") or {}).get(stage) or {}
+            return recorded.get("outcome") or {}
+
+        merged = (outcome("merge").get("artifacts") or {}).get("merged")
+        if not merged:
+            raise InvalidConfiguration("deploy: the run has no merged model (recorded.merge.outcome.artifacts.merged)")
+        try:
+            run_id, key = str(state["run_id"]), str(state["key"])
+        except KeyError as exc:
+            raise InvalidConfiguration(f"deploy: the state has no {exc.args[0]!r}") from exc
+        summary = (state.get("validation") or {}).get("summary") or {}
+        training = state.get("training") or {}
+        return cls(
+            run_id=run_id,
+            dataset_key=key,
+            merged_uri=str(merged),
+            quantized_uri=(outcome("quantize").get("artifacts") or {}).get("quantized"),
+            adapter_uri=(state.get("train") or {}).get("model_artifacts"),
+            eval_uri=summary.get("eval_uri"),
+            max_seq_length=training.get("max_seq_length"),
+        )
+
+
+def _slug(text: str, length: int) -> str:
+    return _NOT_NAME.sub("-", text).strip("-")[:length].strip("-") or "model"
+
+
+def _dataset_name(settings: DeploySettings, dataset_key: str, length: int) -> str:
+    """The dataset's file name (readable) plus a hash of stack and key (unique), ``length`` characters at most."""
+    stem = dataset_key.rsplit("/", 1)[-1].split(".", 1)[0]
+    digest = hashlib.sha256(f"{settings.stack_name}|{dataset_key}".encode()).hexdigest()[:8]
+    return f"{_slug(stem, length - 9)}-{digest}"
+
+
+def endpoint_name(settings: DeploySettings, dataset_key: str) -> str:
+    """One endpoint per dataset and stack: a new run of the same dataset updates it (blue/green)."""
+    return _dataset_name(settings, dataset_key, NAME_MAX)
+
+
+def run_resource_name(run_id: str, suffix: str) -> str:
+    """The model / endpoint config / import job of one run: the run's job prefix plus what it is."""
+    return f"{job_prefix(run_id)}-{suffix}"
+
+
+def imported_model_prefix(settings: DeploySettings, dataset_key: str) -> str:
+    """Every imported model of one dataset starts with this (and a run hash follows): how older ones are found."""
+    return _dataset_name(settings, dataset_key, NAME_MAX - 11)
+
+
+def tags(settings: DeploySettings, run_id: str) -> list[dict[str, str]]:
+    """``tuneplane:stack`` is what the Deploy function's IAM policy allows it to update and delete by."""
+    return [
+        {"Key": "tuneplane:stack", "Value": settings.stack_name},
+        {"Key": "tuneplane:run-id", "Value": run_id},
+        {"Key": "tuneplane:stage", "Value": "deploy"},
+    ]
+
+
+def read_json(uri: str) -> dict[str, Any]:
+    bucket, key = s3.parse_s3_uri(uri)
+    found = s3.read_if_exists(bucket, key, _SMOKE_LINE_MAX)
+    if found is None:
+        raise StorageError(f"{uri} does not exist")
+    try:
+        document = json.loads(found[0])
+    except ValueError as exc:
+        raise StorageError(f"{uri} is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise StorageError(f"{uri}: expected a JSON object")
+    return document
+
+
+def smoke_conversation(eval_uri: str | None) -> tuple[list[dict[str, str]], str | None]:
+    """The first eval conversation without its final answer, and that answer: the smoke test's question."""
+    fallback = [{"role": "user", "content": "Reply with one short sentence."}]
+    if not eval_uri:
+        return fallback, None
+    bucket, key = s3.parse_s3_uri(eval_uri)
+    found = s3.read_if_exists(bucket, key, _SMOKE_LINE_MAX)
+    if found is None:
+        raise StorageError(f"{eval_uri} does not exist: no smoke-test question")
+    first = found[0].split(b"\n", 1)[0]
+    try:
+        messages = json.loads(first)["messages"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StorageError(f"{eval_uri}: the first line is not a chat conversation: {exc}") from exc
+    if not messages or messages[-1].get("role") != "assistant" or len(messages) < 2:
+        return [m for m in messages if m.get("role") != "assistant"] or fallback, None
+    prompt = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages[:-1]]
+    return prompt, str(messages[-1]["content"])

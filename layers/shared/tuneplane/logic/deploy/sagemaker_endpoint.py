@@ -1,0 +1,144 @@
+"""The vLLM deploy target: a SageMaker real-time endpoint per dataset, created on its first passing run and
+updated blue/green (with alarm-driven automatic rollback) on later ones, so a bad model never replaces a serving
+one. The state machine calls ``begin``, then ``poll`` until ready, then ``smoke``; ``rollback`` on any failure."""
+
+from __future__ import annotations
+
+import time
+
+from tuneplane.adapters import endpoints
+from tuneplane.config import DeploySettings
+from tuneplane.errors import EndpointDeployFailed, InvalidConfiguration, SmokeTestFailed
+from tuneplane.logic.deploy import serving
+from tuneplane.logic.deploy.context import (
+    RunArtifacts,
+    endpoint_name,
+    read_json,
+    run_resource_name,
+    smoke_conversation,
+    tags,
+)
+from tuneplane.models.deploy import Deployment
+
+_SETTLED = {"InService", "Failed"}
+
+
+def begin(settings: DeploySettings, run: RunArtifacts) -> Deployment:
+    if not settings.serve_image_uri:
+        raise InvalidConfiguration("DeployTarget=vllm needs the vLLM serving image: set ServeImageUri")
+    name = endpoint_name(settings, run.dataset_key)
+    resource = run_resource_name(run.run_id, "serve")
+    report = read_json(run.merged_uri + "merge_report.json")
+    plan = serving.plan(settings, run, report, lora_name=name)  # refuses what vLLM cannot serve, before anything
+    existing = endpoints.describe_endpoint(name)
+    if existing is not None and existing["EndpointStatus"] not in _SETTLED:
+        raise EndpointDeployFailed(
+            f"endpoint {name} is {existing['EndpointStatus']}: another deployment of this dataset is in progress; "
+            "upload again when it has finished"
+        )
+    if existing is not None and existing["EndpointStatus"] == "Failed":
+        raise EndpointDeployFailed(
+            f"endpoint {name} is Failed from an earlier deployment ({existing.get('FailureReason')}) and cannot be "
+            f"updated: delete it (aws sagemaker delete-endpoint --endpoint-name {name}) and upload again"
+        )
+    resource_tags = tags(settings, run.run_id)
+    endpoints.create_model(
+        resource,
+        settings.serve_image_uri,
+        settings.sagemaker_role_arn,
+        plan.model_data_uri,
+        plan.environment,
+        resource_tags,
+        adapter_uri=plan.adapter_uri,
+    )
+    endpoints.create_endpoint_config(
+        resource, resource, plan.instance_type, settings.endpoint_min_instances, settings.kms_key_arn, resource_tags
+    )
+    five_xx, latency = serving.alarm_names(name)
+    endpoints.put_alarm(five_xx, name, "Invocation5XXErrors", "Sum", 0, resource_tags)
+    endpoints.put_alarm(latency, name, "ModelLatency", "p90", settings.latency_alarm_ms * 1000, resource_tags)
+    deployment = Deployment(
+        target="vllm",
+        max_polls=settings.max_polls,
+        endpoint_name=name,
+        endpoint_config_name=resource,
+        model_name=resource,
+        plan=plan,
+    )
+    if existing is None:
+        endpoints.create_endpoint(name, resource, resource_tags)
+        return deployment.model_copy(update={"mode": "create", "notes": [f"creating endpoint {name}"]})
+    previous = str(existing["EndpointConfigName"])
+    endpoints.update_endpoint(name, resource, serving.deployment_config(settings, name))
+    note = f"updating endpoint {name} blue/green from {previous}; rolls back on {five_xx} or {latency}"
+    return deployment.model_copy(update={"mode": "update", "previous_endpoint_config_name": previous, "notes": [note]})
+
+
+def poll(settings: DeploySettings, deployment: Deployment) -> Deployment:
+    name = str(deployment.endpoint_name)
+    described = endpoints.describe_endpoint(name)
+    polls = deployment.polls + 1
+    if described is None:
+        raise EndpointDeployFailed(f"endpoint {name} disappeared during the deployment")
+    status, reason = str(described["EndpointStatus"]), described.get("FailureReason")
+    if status == "InService":
+        if described.get("EndpointConfigName") == deployment.endpoint_config_name:
+            return deployment.model_copy(update={"status": "ready", "polls": polls})
+        raise EndpointDeployFailed(
+            f"the update of endpoint {name} was rolled back ({reason or 'an alarm fired or the new fleet failed'}); "
+            f"{described.get('EndpointConfigName')} still serves"
+        )
+    if status in {"Failed", "UpdateRollbackFailed"}:
+        raise EndpointDeployFailed(f"endpoint {name} is {status}: {reason or 'no reason given'}")
+    if polls >= deployment.max_polls:
+        raise EndpointDeployFailed(
+            f"endpoint {name} still {status} after {polls} checks: gave up waiting (DeployMaxPolls)"
+        )
+    return deployment.model_copy(update={"polls": polls})
+
+
+def smoke(settings: DeploySettings, run: RunArtifacts, deployment: Deployment) -> Deployment:
+    """One chat request from the eval split through /invocations; on success the endpoint gets its autoscaling."""
+    name = str(deployment.endpoint_name)
+    messages, expected = smoke_conversation(run.eval_uri)
+    lora = deployment.plan is not None and deployment.plan.served == "lora"
+    asked = time.monotonic()
+    answer = endpoints.chat(name, messages, settings.smoke_max_tokens, model=name if lora else None)
+    latency_ms = round((time.monotonic() - asked) * 1000, 1)
+    if not answer.strip():
+        raise SmokeTestFailed(f"endpoint {name} answered the smoke test with an empty message")
+    endpoints.scale_between(
+        name,
+        settings.endpoint_min_instances,
+        settings.endpoint_max_instances,
+        settings.invocations_per_instance_target,
+        tags(settings, run.run_id),
+    )
+    return deployment.model_copy(
+        update={
+            "question": messages[-1]["content"],
+            "expected": expected,
+            "answer": answer.strip(),
+            "smoke_latency_ms": latency_ms,
+        }
+    )
+
+
+def rollback(deployment: Deployment) -> Deployment:
+    """Undo this run's change to the endpoint: delete an endpoint it created, or put the previous config back."""
+    name = str(deployment.endpoint_name)
+    described = endpoints.describe_endpoint(name)
+    if described is None:
+        note = f"endpoint {name} does not exist: nothing to roll back"
+    elif deployment.mode == "create":
+        endpoints.delete_endpoint(name)
+        note = f"deleted the new endpoint {name}"
+    elif described.get("EndpointConfigName") != deployment.endpoint_config_name:
+        note = f"endpoint {name} still serves {described.get('EndpointConfigName')}: nothing to roll back"
+    elif described["EndpointStatus"] != "InService":
+        note = f"endpoint {name} is {described['EndpointStatus']}: not rolled back, check it in the console"
+    else:
+        previous = str(deployment.previous_endpoint_config_name)
+        endpoints.update_endpoint(name, previous, None)
+        note = f"rolling endpoint {name} back to {previous}"
+    return deployment.model_copy(update={"notes": [*deployment.notes, note]})

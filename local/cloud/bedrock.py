@@ -1,0 +1,104 @@
+"""A stand-in for Bedrock Custom Model Import, which moto does not have: the Deploy function's
+``ModelImportService`` kept in memory. An import job reads the model's ``config.json`` from the (moto) S3 prefix,
+completes after ``polls_to_complete`` checks (or fails with ``fail_with``), and the imported model answers chats
+through ``answer``. What it cannot show about the real service is listed in the README ("Bedrock: not exercised").
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from unittest import mock
+
+import boto3
+from botocore.exceptions import ClientError
+
+from tuneplane.adapters import bedrock_import
+from tuneplane.adapters.bedrock_import import ImportedModel, ImportJob
+from tuneplane.errors import DeployServiceError, SmokeTestFailed
+
+_ACCOUNT_REGION = "us-east-1:123456789012"
+
+
+def _echo(messages: list[dict[str, str]]) -> str:
+    return f"(local imported model) you said: {messages[-1]['content']}"
+
+
+@dataclass
+class LocalModelImport:
+    """``ModelImportService`` in memory. ``calls`` records every call, for tests to assert on."""
+
+    answer: Callable[[list[dict[str, str]]], str] = _echo
+    polls_to_complete: int = 1
+    fail_with: str | None = None
+    jobs: dict[str, dict[str, object]] = field(default_factory=dict)
+    models: dict[str, ImportedModel] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    _clock: Iterator[int] = field(default_factory=itertools.count)
+
+    def start_import(
+        self, job_name: str, model_name: str, role_arn: str, s3_uri: str, kms_key_arn: str | None, tags: dict[str, str]
+    ) -> str:
+        self.calls.append(("start_import", model_name))
+        if any(model.name == model_name for model in self.models.values()):
+            raise DeployServiceError(f"start Bedrock import {job_name}: a model named {model_name} exists")
+        bucket, _, prefix = s3_uri.removeprefix("s3://").partition("/")
+        try:
+            config = json.loads(
+                boto3.client("s3").get_object(Bucket=bucket, Key=prefix + "config.json")["Body"].read()
+            )
+        except ClientError as exc:
+            raise DeployServiceError(
+                f"start Bedrock import {job_name}: cannot read {s3_uri}config.json: {exc}"
+            ) from exc
+        arn = f"arn:aws:bedrock:{_ACCOUNT_REGION}:model-import-job/{job_name}"
+        self.jobs[arn] = {"model_name": model_name, "polls": 0, "architectures": config.get("architectures")}
+        return arn
+
+    def import_job(self, job_arn: str) -> ImportJob:
+        self.calls.append(("import_job", job_arn))
+        job = self.jobs[job_arn]
+        job["polls"] = int(str(job["polls"])) + 1
+        if int(str(job["polls"])) < self.polls_to_complete:
+            return ImportJob(arn=job_arn, status="InProgress")
+        if self.fail_with:
+            return ImportJob(arn=job_arn, status="Failed", failure=self.fail_with)
+        name = str(job["model_name"])
+        arn = f"arn:aws:bedrock:{_ACCOUNT_REGION}:imported-model/{name}"
+        created = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=next(self._clock))
+        self.models.setdefault(arn, ImportedModel(name=name, arn=arn, created=created))
+        return ImportJob(arn=job_arn, status="Completed", imported_model_arn=arn)
+
+    def imported_models(self, name_contains: str) -> list[ImportedModel]:
+        self.calls.append(("imported_models", name_contains))
+        return [model for model in self.models.values() if name_contains in model.name]
+
+    def delete_imported_model(self, arn: str) -> None:
+        self.calls.append(("delete_imported_model", arn))
+        if self.models.pop(arn, None) is None:
+            raise DeployServiceError(f"delete imported model {arn}: no such model")
+
+    def chat(self, model_arn: str, messages: list[dict[str, str]], max_tokens: int) -> str:
+        self.calls.append(("chat", model_arn))
+        if model_arn not in self.models:
+            raise SmokeTestFailed(f"the imported model {model_arn} did not answer: no such model")
+        return self.answer(messages)
+
+    def add_model(self, name: str, created: datetime) -> ImportedModel:
+        """An import from an earlier run (for clean-up tests)."""
+        model = ImportedModel(
+            name=name, arn=f"arn:aws:bedrock:{_ACCOUNT_REGION}:imported-model/{name}", created=created
+        )
+        self.models[model.arn] = model
+        return model
+
+
+@contextmanager
+def local_bedrock_imports(service: LocalModelImport) -> Iterator[LocalModelImport]:
+    """The Deploy function talks to ``service`` instead of Bedrock while this is open."""
+    with mock.patch.object(bedrock_import, "model_import_service", return_value=service):
+        yield service

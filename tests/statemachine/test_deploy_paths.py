@@ -1,0 +1,221 @@
+"""The state machine's paths through both deploy targets: the real template and ASL on the local cloud, the real
+Deploy function in process; SageMaker endpoints served by scripted model servers (local/cloud/endpoints.py), Bedrock
+Custom Model Import by its in-memory stand-in (local/cloud/bedrock.py).
+
+Each test asserts on the execution history, the run ledger, the bus events and what was (or was not) deployed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+import pytest
+from tests.statemachine.harness import Cloud
+
+from tuneplane.logic.job_requests import job_prefix
+
+DEPLOY_STATES = ["StartDeploy", "DeployBegin", "DeployWait", "DeployPoll", "DeployReady"]
+KEY = "incoming/reverse.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _manual_runs_only(cloud: Cloud) -> None:
+    cloud.disable_trigger()
+
+
+def _start(cloud: Cloud, run_id: str, lines: list[str]) -> dict[str, Any]:
+    version = cloud.upload(KEY, lines)
+    request = {"run_id": run_id, "bucket": cloud.deployment.bucket_name, "key": KEY, "version_id": version}
+    return cloud.run(run_id, request)
+
+
+def _deploy_events(cloud: Cloud) -> list[tuple[str, dict[str, Any]]]:
+    return [(e["detail-type"], e["detail"]) for e in cloud.bus_events() if e["detail"]["stage"] in {"deploy", "run"}]
+
+
+def _endpoint(cloud: Cloud) -> dict[str, Any]:
+    [summary] = boto3.client("sagemaker").list_endpoints()["Endpoints"]
+    return dict(boto3.client("sagemaker").describe_endpoint(EndpointName=summary["EndpointName"]))
+
+
+def _failure_cause(cloud: Cloud) -> str:
+    """The deploy stage's error and one-line cause (reading drains the bus queue: call it once per test)."""
+    [(kind, detail)] = [(kind, detail) for kind, detail in _deploy_events(cloud) if kind == "Stage Failed"]
+    return f"{detail['error']}: {detail['message']}"
+
+
+@pytest.mark.stack_parameters(DeployTarget="vllm", EndpointMinInstances="1", EndpointMaxInstances="3")
+def test_vllm_first_run_creates_the_endpoint_smoke_tests_and_scales_it(
+    cloud: Cloud, reversal_lines: list[str]
+) -> None:
+    # GIVEN a stack deploying to vLLM endpoints and a model server that answers "olleh"
+    cloud.endpoints.reply = "olleh"
+
+    # WHEN a passing run completes
+    execution = _start(cloud, "run-one", reversal_lines)
+
+    # THEN the deploy states ran (waiting until InService), then the smoke test, and the run succeeded
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    states = cloud.states_entered(execution["executionArn"])
+    assert states[states.index("StartDeploy") : states.index("StartDeploy") + 5] == DEPLOY_STATES
+    assert states[-4:] == ["DeploySmokeTest", "FinishDeploy", "CompleteRun", "Succeeded"]
+    # AND the endpoint serves the merged model with vLLM's settings, on the run's config
+    endpoint = _endpoint(cloud)
+    assert endpoint["EndpointStatus"] == "InService"
+    assert endpoint["EndpointConfigName"] == f"{job_prefix('run-one')}-serve"
+    [server] = cloud.endpoints.servers
+    assert server.environment["SM_VLLM_MAX_MODEL_LEN"] == "2048"
+    assert server.environment["SM_VLLM_TENSOR_PARALLEL_SIZE"] == "1"
+    # AND the smoke test asked the eval split's first question, and its answer is in the success event and ledger
+    [request] = server.requests
+    assert request["messages"][-1]["role"] == "user"
+    succeeded = dict(_deploy_events(cloud))["Stage Succeeded"]
+    assert succeeded["metrics"]["smoke_test_answer"] == "olleh"
+    assert succeeded["metrics"]["smoke_test_prompt"] == request["messages"][-1]["content"]
+    assert succeeded["artifacts"]["endpoint"] == endpoint["EndpointName"]
+    assert cloud.ledger("run-one")["deploy"]["status"] == "succeeded"
+    # AND autoscaling tracks invocations per instance between the configured bounds
+    [target] = boto3.client("application-autoscaling").describe_scalable_targets(ServiceNamespace="sagemaker")[
+        "ScalableTargets"
+    ]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 3)
+    assert target["ResourceId"] == f"endpoint/{endpoint['EndpointName']}/variant/AllTraffic"
+    # AND the rollback alarms exist for the next update
+    alarms = {a["AlarmName"] for a in boto3.client("cloudwatch").describe_alarms()["MetricAlarms"]}
+    assert alarms == {f"{endpoint['EndpointName']}-5xx", f"{endpoint['EndpointName']}-latency"}
+
+
+@pytest.mark.stack_parameters(DeployTarget="vllm")
+def test_vllm_next_run_updates_the_endpoint_blue_green(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN an endpoint deployed by a first run of the dataset
+    assert _start(cloud, "run-one", reversal_lines)["status"] == "SUCCEEDED"
+    first_config = _endpoint(cloud)["EndpointConfigName"]
+
+    # WHEN a second run of the same dataset passes
+    execution = _start(cloud, "run-two", reversal_lines)
+
+    # THEN the same endpoint now serves the second run's config, and the first run's server was stopped
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    endpoint = _endpoint(cloud)
+    assert endpoint["EndpointConfigName"] == f"{job_prefix('run-two')}-serve" != first_config
+    first, second = cloud.endpoints.servers
+    assert not first.alive() and second.alive()
+    notes = [n for kind, d in _deploy_events(cloud) if kind == "Stage Succeeded" for n in d.get("notes") or []]
+    assert any(f"blue/green from {first_config}" in note for note in notes)
+
+
+@pytest.mark.stack_parameters(DeployTarget="vllm")
+def test_vllm_update_that_fails_keeps_the_old_model_serving(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN an endpoint serving the first run's model, and a second model whose server cannot start
+    assert _start(cloud, "run-one", reversal_lines)["status"] == "SUCCEEDED"
+    second_prefix = job_prefix("run-two")
+    cloud.endpoints.start_error = lambda model_dir, env: (
+        "CUDA out of memory while loading weights" if second_prefix in str(model_dir) else None
+    )
+
+    # WHEN the second run deploys
+    execution = _start(cloud, "run-two", reversal_lines)
+
+    # THEN SageMaker's blue/green update rolled back, the run failed at deploy saying so
+    assert execution["status"] == "FAILED"
+    states = cloud.states_entered(execution["executionArn"])
+    assert "DeployRollback" in states and "DeploySmokeTest" not in states
+    cause = _failure_cause(cloud)
+    assert cause.startswith("EndpointDeployFailed: the update of endpoint")
+    assert "rolled back" in cause and "CUDA out of memory" in cause
+    # AND the first run's model still serves and answers
+    endpoint = _endpoint(cloud)
+    assert endpoint["EndpointStatus"] == "InService"
+    assert endpoint["EndpointConfigName"] == f"{job_prefix('run-one')}-serve"
+    answer = boto3.client("sagemaker-runtime").invoke_endpoint(
+        EndpointName=endpoint["EndpointName"],
+        ContentType="application/json",
+        Body=b'{"messages": [{"role": "user", "content": "abc"}]}',
+    )
+    assert answer["Body"].read()
+
+
+@pytest.mark.stack_parameters(DeployTarget="vllm")
+def test_vllm_failed_smoke_test_deletes_the_new_endpoint(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a model server that answers every chat with HTTP 500
+    cloud.endpoints.error = (500, "model produced NaN logits")
+
+    # WHEN a passing run deploys
+    execution = _start(cloud, "run-one", reversal_lines)
+
+    # THEN the smoke test failed (after its retry), the new endpoint was deleted, and the run failed with the cause
+    assert execution["status"] == "FAILED"
+    states = cloud.states_entered(execution["executionArn"])
+    assert states.count("DeploySmokeTest") == 1 and "DeployRollback" in states
+    events = _deploy_events(cloud)  # the bus queue is drained when read
+    [failed] = [detail for kind, detail in events if kind == "Stage Failed"]
+    assert failed["error"] == "SmokeTestFailed" and "NaN logits" in failed["message"]
+    assert [kind for kind, _ in events][-1] == "Run Failed"
+    assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
+
+
+@pytest.mark.stack_parameters(DeployTarget="vllm", ServeMode="lora", MaxLoraRank="8")
+def test_a_lora_rank_the_server_cannot_take_is_refused_before_deploying(
+    cloud: Cloud, reversal_lines: list[str]
+) -> None:
+    # GIVEN LoRA serving with max_lora_rank 8 and a run whose adapter has rank 16
+    cloud.jobs.adapter_rank = 16
+
+    # WHEN the run reaches deploy
+    execution = _start(cloud, "run-one", reversal_lines)
+
+    # THEN it fails with the reason, and no model, config or endpoint was created
+    assert execution["status"] == "FAILED"
+    cause = _failure_cause(cloud)
+    assert cause.startswith("UnservableModel: LoRA rank 16 is above the server's max_lora_rank 8")
+    sagemaker = boto3.client("sagemaker")
+    assert sagemaker.list_endpoints()["Endpoints"] == []
+    assert sagemaker.list_models()["Models"] == []
+    assert cloud.ledger("run-one")["deploy"]["status"] == "failed"
+
+
+@pytest.mark.stack_parameters(DeployTarget="bedrock")
+def test_bedrock_imports_the_merged_model_and_asks_it(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a stack importing into Bedrock
+    cloud.bedrock.answer = lambda messages: "cba"
+
+    # WHEN a passing run completes
+    execution = _start(cloud, "run-one", reversal_lines)
+
+    # THEN the merged model was imported, answered the smoke test, and the event names the imported model
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    [model] = cloud.bedrock.models.values()
+    succeeded = dict(_deploy_events(cloud))["Stage Succeeded"]
+    assert succeeded["artifacts"]["imported_model"] == model.arn
+    assert succeeded["metrics"]["smoke_test_answer"] == "cba"
+    assert succeeded["metrics"]["target"] == "bedrock"
+    assert ("start_import", model.name) in cloud.bedrock.calls
+    assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
+
+
+@pytest.mark.stack_parameters(DeployTarget="bedrock")
+def test_bedrock_refuses_an_unimportable_architecture(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a merged model whose architecture Bedrock Custom Model Import does not take
+    cloud.jobs.bedrock_importable = False
+
+    # WHEN the run reaches deploy / THEN it fails naming the architecture, and nothing was imported
+    execution = _start(cloud, "run-one", reversal_lines)
+    assert execution["status"] == "FAILED"
+    assert "GemmaForCausalLM is not in the supported list" in _failure_cause(cloud)
+    assert cloud.bedrock.calls == []
+
+
+@pytest.mark.stack_parameters(DeployTarget="vllm", ModelApprovalStatus="PendingManualApproval")
+def test_models_awaiting_manual_approval_are_registered_but_not_deployed(
+    cloud: Cloud, reversal_lines: list[str]
+) -> None:
+    # GIVEN a stack whose registered models wait for a person's approval
+    # WHEN a passing run completes
+    execution = _start(cloud, "run-one", reversal_lines)
+
+    # THEN it succeeds with the deploy stage skipped, saying why, and no endpoint exists
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    assert "SkipDeployPendingApproval" in cloud.states_entered(execution["executionArn"])
+    skipped = dict(_deploy_events(cloud))["Stage Skipped"]
+    assert "PendingManualApproval" in skipped["message"]
+    assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
