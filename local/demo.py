@@ -5,10 +5,13 @@ tokenizer trained on the data, a ChatML template) is put where the stack's BaseM
 webhook receives the notifier's messages. Then the dataset is uploaded to incoming/ and everything else is the
 product's own path: the S3 event starts the StartRun Lambda, which starts the real state machine: the Validate
 Lambda, the training, merge and evaluation containers as local SageMaker jobs, the gate, the Model Registry, and a
-Slack message for every stage. At the end the merged model answers a held-out question.
+Slack message for every stage, and the Deploy stage: the local cloud's SageMaker endpoint serves the merged model
+with an OpenAI-compatible chat API on localhost (``transformers serve`` on the CPU stands in for vLLM). At the end
+the deployed endpoint answers a held-out question.
 
     python -m local.demo                      # the bundled ticket-routing dataset (local/data/demo.jsonl)
     python -m local.demo --data my.jsonl      # your own file: exit 1, with the report, when it is rejected
+    python -m local.demo --keep-serving       # then keep the endpoint up (Ctrl-C to stop) to chat with it
 
 A sidecar file next to the data (``my.tuneplane.json``) is uploaded with it; without one, the demo's sidecar
 (few steps, short sequences: a tiny model on 2 CPU cores) is used.
@@ -50,7 +53,12 @@ DEMO_SIDECAR: dict[str, Any] = {
     },
     "evaluation": {"max_new_tokens": 16, "min_improvement_over_base": 0.2},
 }
-STACK_PARAMETERS = {"UseSpotTraining": "false", "ProcessingInstanceType": "ml.m5.2xlarge"}
+STACK_PARAMETERS = {
+    "UseSpotTraining": "false",
+    "ProcessingInstanceType": "ml.m5.2xlarge",
+    "DeployTarget": "vllm",  # locally: a real endpoint on 127.0.0.1 (local/cloud/endpoints.py)
+    "EndpointMaxInstances": "1",
+}
 _STEP = re.compile(r"\bstep=(\d+);.*\btrain_loss=([-+0-9.eainf]+);")
 
 
@@ -144,6 +152,13 @@ def _ledger_table(table_name: str, run_id: str) -> list[str]:
     return rows
 
 
+def _ledger_item(table_name: str, run_id: str, stage: str) -> dict[str, Any]:
+    import boto3
+
+    table: Any = boto3.resource("dynamodb").Table(table_name)
+    return dict(table.get_item(Key={"run_id": run_id, "stage": stage}).get("Item") or {})
+
+
 def _is_number(value: Any) -> bool:
     try:
         float(value)
@@ -176,32 +191,34 @@ def _sidecar_of(data: Path) -> tuple[bytes, str]:
     return json.dumps(DEMO_SIDECAR, indent=2).encode(), "the demo's settings for a tiny model"
 
 
-def ask_model(merged_dir: Path, eval_file: Path) -> tuple[str, str, str]:
-    """The first held-out conversation's question, the expected answer and what the merged model says."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    conversation = json.loads(eval_file.read_text().splitlines()[0])["messages"]
-    prompt, expected = conversation[:-1], conversation[-1]["content"]
-    tokenizer: Any = AutoTokenizer.from_pretrained(merged_dir)
-    model: Any = AutoModelForCausalLM.from_pretrained(merged_dir)
-    ids: Any = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=16, do_sample=False)
-    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-    return str(prompt[-1]["content"]), str(expected), answer
-
-
-def _download_prefix(bucket: str, prefix: str, destination: Path) -> None:
-    from local.cloud.sagemaker_jobs import download_prefix
-
-    download_prefix(f"s3://{bucket}/{prefix}", destination)
-
-
-def run(data: Path) -> int:
+def ask_endpoint(endpoint: str, eval_lines: list[str]) -> tuple[str, str, str]:
+    """A held-out conversation's question (the second one: the smoke test asked the first), the expected answer and
+    what the deployed endpoint says, asked the way a client asks a SageMaker endpoint (InvokeEndpoint)."""
     import boto3
 
-    from local.cloud import ContainerExecutor, deploy, local_cloud
+    conversation = json.loads(eval_lines[1 if len(eval_lines) > 1 else 0])["messages"]
+    prompt, expected = conversation[:-1], conversation[-1]["content"]
+    body = {"messages": prompt, "max_tokens": 16, "temperature": 0}
+    response = boto3.client("sagemaker-runtime").invoke_endpoint(
+        EndpointName=endpoint, ContentType="application/json", Body=json.dumps(body)
+    )
+    answer = json.loads(response["Body"].read())["choices"][0]["message"]["content"]
+    return str(prompt[-1]["content"]), str(expected), str(answer).strip()
+
+
+def _serve_until_interrupted(url: str) -> None:
+    print(f"\nthe endpoint keeps serving at {url} (OpenAI chat completions); Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopped")
+
+
+def run(data: Path, keep_serving: bool = False) -> int:
+    import boto3
+
+    from local.cloud import ContainerExecutor, deploy, endpoint_url, local_cloud
     from local.slack import local_slack_webhook
 
     sidecar, sidecar_source = _sidecar_of(data)
@@ -210,7 +227,11 @@ def run(data: Path) -> int:
         work = Path(scratch)
         _environment(work)
         executor = ContainerExecutor(on_line=Progress(max_steps))
-        with local_slack_webhook(echo=True) as slack, local_cloud(executor=executor, work_root=work / "jobs"):
+        # Wait states 10x shorter than on AWS: the endpoint is checked every 3 s instead of 30 s.
+        with (
+            local_slack_webhook(echo=True) as slack,
+            local_cloud(time_scale=0.1, executor=executor, work_root=work / "jobs"),
+        ):
             print(f"1/6 building a tiny base model (random weights, tokenizer + ChatML template from {data.name})")
             _upload_base_model(data, work)
             secret_arn = boto3.client("secretsmanager").create_secret(Name="tuneplane/slack", SecretString=slack.url)[
@@ -250,25 +271,32 @@ def run(data: Path) -> int:
                 print(f"\n{execution.get('error', 'FAILED')}: {execution.get('cause', '')}")
                 print("\nNOT DEPLOYED: see the report and the Slack messages above")
                 return 1
-            merged = work / "merged"
-            _download_prefix(deployment.bucket_name, f"runs/{run_id}/merged/", merged)
-            evaluation = work / "eval.jsonl"
-            s3.download_file(deployment.bucket_name, f"runs/{run_id}/data/eval.jsonl", str(evaluation))
-            question, expected, answer = ask_model(merged, evaluation)
-            print("\n6/6 the fine-tuned model (merged, from the run's artifacts) answers a held-out question:")
+            deployed = _ledger_item(deployment.outputs["RunLedgerTableName"], run_id, "deploy")
+            endpoint = str(deployed["artifacts"]["endpoint"])
+            url = endpoint_url(endpoint)
+            eval_key = f"runs/{run_id}/data/eval.jsonl"
+            eval_lines = (
+                s3.get_object(Bucket=deployment.bucket_name, Key=eval_key)["Body"].read().decode().splitlines()
+            )
+            question, expected, answer = ask_endpoint(endpoint, eval_lines)
+            print(f"\n6/6 the deployed endpoint {endpoint} ({url}) answers a held-out question:")
             print(f"    question: {question}\n    expected: {expected}\n    answer:   {answer}")
-            print("\nPASSED: trained, merged, evaluated (beats the base), registered; deploy is not built yet")
+            print(f"    (any OpenAI client works too: curl {url}/chat/completions -d '{{\"messages\": [...]}}')")
+            print("\nPASSED: trained, merged, evaluated (beats the base), registered, deployed, answered")
+            if keep_serving:
+                _serve_until_interrupted(url)
             return 0 if untouched else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEMO_DATA, help="a .jsonl or .jsonl.gz dataset")
+    parser.add_argument("--keep-serving", action="store_true", help="keep the endpoint up at the end, until Ctrl-C")
     args = parser.parse_args(argv)
     if not args.data.is_file():
         print(f"demo: error: {args.data}: no such file", file=sys.stderr)
         return 2
-    return run(args.data)
+    return run(args.data, keep_serving=args.keep_serving)
 
 
 if __name__ == "__main__":

@@ -628,3 +628,44 @@ def test_one_line_cause(error: dict[str, Any] | None, expected: tuple[str, str])
 def test_a_long_cause_is_cut() -> None:
     name, cause = one_line_cause({"Error": "X", "Cause": "word " * 500})
     assert name == "X" and len(cause) == CAUSE_MAX and "\n" not in cause
+
+
+def test_a_deployed_run_says_where_it_serves_and_a_skipped_deploy_says_why(aws: SimpleNamespace) -> None:
+    # GIVEN a run whose deploy stage recorded an endpoint that answered the smoke test
+    _call(aws, "start", Stage.VALIDATE, _state())
+    deployment = {
+        "target": "vllm",
+        "status": "ready",
+        "max_polls": 10,
+        "endpoint_name": "support-1a2b3c4d",
+        "endpoint_config_name": f"{RUN_ID}-serve",
+        "model_name": f"{RUN_ID}-serve",
+        "mode": "update",
+        "question": "Ticket: refund please",
+        "answer": "billing",
+    }
+    state = _state(deploy={"deployment": deployment})
+    _call(aws, "finish", Stage.DEPLOY, state)
+    _published(aws)
+
+    # WHEN the run completes
+    _call(aws, "complete", Stage.RUN, state)
+
+    # THEN Run Succeeded names the endpoint and carries the deploy stage's headline numbers
+    [(_, event)] = _published(aws)
+    assert event.message == "deployed to endpoint support-1a2b3c4d (updated)"
+    assert event.metrics["deploy.endpoint_name"] == "support-1a2b3c4d"
+    assert event.metrics["deploy.smoke_test_answer"] == "billing"
+    assert event.artifacts["deploy.endpoint"] == "support-1a2b3c4d"
+
+
+def test_a_run_not_deployed_says_why_in_its_success_message(aws: SimpleNamespace) -> None:
+    # GIVEN a run whose deploy stage was skipped
+    _call(aws, "start", Stage.VALIDATE, _state())
+    _call(aws, "skip", Stage.DEPLOY, _state(), reason="deploy not configured (DeployTarget=none)")
+    _published(aws)
+
+    # WHEN the run completes / THEN its message says the model was registered and why it was not deployed
+    _call(aws, "complete", Stage.RUN, _state())
+    [(_, event)] = _published(aws)
+    assert event.message == "model evaluated and registered; deploy not configured (DeployTarget=none)"

@@ -24,7 +24,17 @@ from tuneplane.observability import logger
 CAUSE_MAX = 500
 _Overrides = TypeVar("_Overrides", TrainingOverrides, EvaluationOverrides)
 _JOB_STAGES = {Stage.TRAIN, Stage.MERGE, Stage.QUANTIZE, Stage.EVALUATE}
-_HEADLINE_METRICS = ("evaluate.candidate.", "train.final_train_loss", "train.tokens_per_second", "validate.examples")
+_HEADLINE_METRICS = (
+    "evaluate.candidate.",
+    "train.final_train_loss",
+    "train.tokens_per_second",
+    "validate.examples",
+    "deploy.endpoint_name",
+    "deploy.target",
+    "deploy.model_name",
+    "deploy.smoke_test_answer",
+    "deploy.smoke_test_prompt",
+)
 
 
 def handle(request: StageRequest, settings: PipelineSettings) -> dict[str, Any]:
@@ -454,6 +464,18 @@ def _finish_run(
     return event
 
 
+def _run_outcome_line(run: _RunView, settings: PipelineSettings) -> str:
+    """Where the model went: the endpoint or imported model that answered, or why it was not deployed."""
+    deployment = run.result("deploy").get("deployment") or {}
+    if deployment.get("status") == "ready" and deployment.get("endpoint_name"):
+        return f"deployed to endpoint {deployment['endpoint_name']} ({deployment.get('mode') or 'create'}d)"
+    if deployment.get("status") == "ready" and deployment.get("imported_model_name"):
+        return f"imported into Bedrock as {deployment['imported_model_name']}"
+    skipped = ledger.get_stage(settings.ledger_table, run.run_id, Stage.DEPLOY.value) or {}
+    reason = skipped.get("message")
+    return f"model evaluated and registered; {reason}" if reason else "model evaluated and registered"
+
+
 def _complete(run: _RunView, settings: PipelineSettings) -> dict[str, Any]:
     """Run Succeeded, with the headline numbers of every stage and every artifact, from the ledger."""
     metrics: dict[str, Any] = {}
@@ -467,7 +489,6 @@ def _complete(run: _RunView, settings: PipelineSettings) -> dict[str, Any]:
             if isinstance(value, int | float | str | bool) and key.startswith(_HEADLINE_METRICS):
                 metrics[key] = value
         artifacts |= {f"{stage}.{name}": uri for name, uri in (item.get("artifacts") or {}).items()}
-    deploy = run.result("deploy")
-    message = str(deploy.get("reason") or "model evaluated and registered")
+    message = _run_outcome_line(run, settings)
     event = _finish_run(settings, run, Status.SUCCEEDED, message, None, metrics, artifacts)
     return {"status": event.status.value, "metrics": metrics, "artifacts": artifacts}
