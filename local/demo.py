@@ -152,6 +152,19 @@ def _ledger_table(table_name: str, run_id: str) -> list[str]:
     return rows
 
 
+def _ledger_artifacts(table_name: str, run_id: str) -> list[str]:
+    import boto3
+
+    table: Any = boto3.resource("dynamodb").Table(table_name)
+    answer = table.query(KeyConditionExpression="run_id = :r", ExpressionAttributeValues={":r": run_id})
+    return [
+        f"    {item['stage']}.{name}: {uri}"
+        for item in answer["Items"]
+        if item["stage"] != "run"
+        for name, uri in sorted((item.get("artifacts") or {}).items())
+    ]
+
+
 def _ledger_item(table_name: str, run_id: str, stage: str) -> dict[str, Any]:
     import boto3
 
@@ -259,6 +272,8 @@ def run(data: Path, keep_serving: bool = False) -> int:
             run_id = execution["name"]
             print(f"\n5/6 run {run_id}: {execution['status']}")
             print("\n".join(_ledger_table(deployment.outputs["RunLedgerTableName"], run_id)))
+            print("artifacts (run ledger):")
+            print("\n".join(_ledger_artifacts(deployment.outputs["RunLedgerTableName"], run_id)))
             summary_key = f"runs/{run_id}/validation/summary.txt"
             summary = s3.get_object(Bucket=deployment.bucket_name, Key=summary_key)["Body"].read().decode()
             print("\nvalidation report:\n    " + summary.replace("\n", "\n    "))

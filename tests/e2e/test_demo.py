@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,28 @@ def test_demo_dataset_trains_evaluates_and_answers(capsys: pytest.CaptureFixture
     assert "    quantize   skipped" in out
     # AND the fine-tuned model beat the base (the gate needs +0.2 exact match), was deployed, passed its smoke test
     assert "Evaluate succeeded" in out and "Gate: ✅ passed" in out
+    # AND the stage events reached Slack in pipeline order
+    titles = re.findall(r"━━ \S+ (\w+ \w+) · ", out)
+    assert titles == [
+        f"{stage} {status}"
+        for stage, statuses in [
+            ("Validate", ("started", "succeeded")),
+            ("Train", ("started", "succeeded")),
+            ("Merge", ("started", "succeeded")),
+            ("Quantize", ("skipped",)),
+            ("Evaluate", ("started", "succeeded")),
+            ("Register", ("started", "succeeded")),
+            ("Deploy", ("started", "succeeded")),
+            ("Run", ("succeeded",)),
+        ]
+        for status in statuses
+    ]
+    # AND the ledger holds every stage's artifacts: splits, adapter, merged model, evaluation, package, endpoint
+    artifacts = out.split("artifacts (run ledger):", 1)[1].split("validation report:", 1)[0]
+    for name in ("validate.train", "validate.eval", "train.adapter", "merge.merged", "evaluate.evaluation"):
+        assert f"    {name}: s3://" in artifacts, name
+    assert "    register.model_package: arn:aws:sagemaker:" in artifacts
+    assert "    deploy.endpoint: " in artifacts
     assert "Deploy succeeded" in out and "*Smoke test answer*" in out
     # AND the deployed endpoint (a real server on localhost, asked through InvokeEndpoint) answers a held-out question
     answer = out.split("6/6 the deployed endpoint", 1)[1]
