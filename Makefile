@@ -42,7 +42,7 @@ PY312_BIN = $(shell \
 
 ASL_OUT := build/asl
 
-.PHONY: help venv venv-sam venv-checkov constraints build test format demo bench clean distclean
+.PHONY: help venv venv-sam venv-checkov constraints build images test format demo bench clean distclean
 .PHONY: lint lint-requirements lint-ruff lint-format lint-mypy lint-cfn lint-sam lint-asl lint-checkov
 
 help: ## list the targets
@@ -164,6 +164,37 @@ build: venv-sam ## sam build (no Docker): functions and the shared layer (arm64,
 	@test -n "$(PY312_BIN)" || { echo "make build: sam build needs a python3.12: none on PATH nor in pyenv" \
 	  "(install one, e.g. 'pyenv install 3.12')" >&2; exit 1; }
 	PATH="$(PY312_BIN):$$PATH" $(SAM_ENV) $(SAM) build --template template.yaml
+
+# Build the container images and push them to the stack's ECR repositories (${AWS::StackName}/<stage> in
+# template.yaml), tagged TAG: the template points every job and the endpoint at <repository>:ImageTag, so TAG must be
+# the stack's ImageTag. The repositories exist once the stack is deployed (`sam deploy` first). Their tags are
+# IMMUTABLE: pushing a tag that is already there fails, so a new build needs a new TAG (and ImageTag, through
+# `sam deploy --parameter-overrides ImageTag=<TAG>`); existing tags are checked before anything is built.
+# STAGES="train merge quantize evaluate" skips the serve image when ServeImageUri names another one (the AWS vLLM DLC).
+STACK ?= $(shell awk -F'"' '/^stack_name/ {print $$2; exit}' samconfig.toml)
+REGION ?= $(shell awk -F'"' '/^region/ {print $$2; exit}' samconfig.toml)
+TAG ?= $(shell awk '/^  ImageTag:/ {found = 1} found && /^    Default:/ {gsub(/"/, "", $$2); print $$2; exit}' template.yaml)
+STAGES ?= train merge quantize evaluate serve
+
+images: ## build and push the container images to the stack's ECR repositories (STACK=, REGION=, TAG=, STAGES=)
+	@for tool in docker aws; do command -v $$tool >/dev/null || { echo "make images: '$$tool' not found on PATH" \
+	  "(needs Docker and the AWS CLI v2, with credentials for the stack's account)" >&2; exit 1; }; done
+	@test -n "$(STACK)" -a -n "$(REGION)" -a -n "$(TAG)" || { echo "make images: set STACK, REGION and TAG" >&2; exit 1; }
+	aws sts get-caller-identity >/dev/null || { echo "make images: no usable AWS credentials" >&2; exit 1; }
+	aws ecr describe-repositories --region $(REGION) --repository-names $(addprefix $(STACK)/,$(STAGES)) >/dev/null \
+	  || { echo "make images: no ECR repositories $(STACK)/{$(STAGES)} in $(REGION): deploy the stack first" >&2; exit 1; }
+	for stage in $(STAGES); do \
+	  if aws ecr describe-images --region $(REGION) --repository-name $(STACK)/$$stage --image-ids imageTag=$(TAG) \
+	    >/dev/null 2>&1; then echo "make images: $(STACK)/$$stage:$(TAG) exists and tags are immutable: choose a new" \
+	    "TAG and deploy it as ImageTag" >&2; exit 1; fi; \
+	done
+	registry=$$(aws sts get-caller-identity --query Account --output text).dkr.ecr.$(REGION).amazonaws.com; \
+	aws ecr get-login-password --region $(REGION) | docker login --username AWS --password-stdin $$registry; \
+	for stage in $(STAGES); do \
+	  image=$$registry/$(STACK)/$$stage:$(TAG); \
+	  docker build --platform linux/amd64 -f containers/$$stage/Dockerfile -t $$image containers; \
+	  docker push $$image; \
+	done
 
 clean: ## remove build outputs and caches (keeps the venvs)
 	rm -rf build dist .aws-sam bench/out .mypy_cache .ruff_cache .pytest_cache .hypothesis
