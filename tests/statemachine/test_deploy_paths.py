@@ -219,3 +219,41 @@ def test_models_awaiting_manual_approval_are_registered_but_not_deployed(
     skipped = dict(_deploy_events(cloud))["Stage Skipped"]
     assert "PendingManualApproval" in skipped["message"]
     assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
+
+
+def _start_with_deploy_target(cloud: Cloud, run_id: str, lines: list[str], target: str) -> dict[str, Any]:
+    version = cloud.upload(KEY, lines)
+    request = {
+        "run_id": run_id,
+        "bucket": cloud.deployment.bucket_name,
+        "key": KEY,
+        "version_id": version,
+        "deploy_target": target,
+    }
+    return cloud.run(run_id, request)
+
+
+@pytest.mark.stack_parameters(DeployTarget="vllm")
+def test_a_dataset_can_turn_deploying_off(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a stack deploying to vLLM, and a dataset whose sidecar says deploy.target=none
+    # WHEN its run passes the gate
+    execution = _start_with_deploy_target(cloud, "run-one", reversal_lines, "none")
+
+    # THEN the model is registered, the deploy stage is skipped saying the dataset asked, and no endpoint exists
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    assert "SkipDeployForDataset" in cloud.states_entered(execution["executionArn"])
+    assert "sidecar" in dict(_deploy_events(cloud))["Stage Skipped"]["message"]
+    assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
+
+
+@pytest.mark.stack_parameters(DeployTarget="vllm")
+def test_a_dataset_can_choose_another_deploy_target(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a stack deploying to vLLM, and a dataset whose sidecar says deploy.target=bedrock
+    # WHEN its run passes the gate
+    execution = _start_with_deploy_target(cloud, "run-one", reversal_lines, "bedrock")
+
+    # THEN it went to the Deploy function as a Bedrock deployment: this stack has no import role, which it names
+    assert execution["status"] == "FAILED"
+    assert "UseDatasetDeployTarget" in cloud.states_entered(execution["executionArn"])
+    assert "BedrockImportRole" in _failure_cause(cloud)
+    assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []

@@ -39,6 +39,7 @@ def test_upload_starts_a_run_that_succeeds(cloud: Cloud, reversal_lines: list[st
         "overrides": {},
         "training": {},
         "evaluation": {},
+        "deploy_target": None,
         "sidecar_key": None,
         "sidecar_version_id": None,
         "sidecar_error": None,

@@ -139,7 +139,9 @@ def test_invalid_json_says_where() -> None:
 def test_unknown_keys_are_named_with_the_allowed_ones() -> None:
     with pytest.raises(InvalidConfiguration) as raised:
         parse_sidecar(b'{"epochs": 3, "validation": {}}')
-    assert str(raised.value) == "unknown setting 'epochs' (allowed: eval_file, evaluation, training, validation)"
+    assert (
+        str(raised.value) == "unknown setting 'epochs' (allowed: deploy, eval_file, evaluation, training, validation)"
+    )
 
 
 def test_an_unknown_nested_key_is_named_with_the_allowed_keys_of_its_section() -> None:
@@ -278,6 +280,7 @@ def test_the_sample_event_starts_an_execution_with_the_object_version(aws: Simpl
         "overrides": {},
         "training": {},
         "evaluation": {},
+        "deploy_target": None,
         "sidecar_key": None,
         "sidecar_version_id": None,
         "sidecar_error": None,
@@ -297,6 +300,22 @@ def test_sidecar_settings_go_into_the_execution_input(aws: SimpleNamespace) -> N
     assert run_input["sidecar_key"] == "incoming/demo.tuneplane.json"
     assert run_input["sidecar_version_id"] == version["VersionId"]
     assert run_input["sidecar_error"] is None
+
+
+def test_the_sidecars_deploy_target_goes_into_the_execution_input(aws: SimpleNamespace) -> None:
+    # GIVEN a sidecar turning deploying off for this dataset
+    sidecar = {"deploy": {"target": "none"}}
+    aws.s3.put_object(Bucket=BUCKET, Key="incoming/demo.tuneplane.json", Body=json.dumps(sidecar))
+    # WHEN the dataset's event arrives / THEN the execution input says so, for the state machine's choice
+    result = aws.handler(_event(), CONTEXT)
+    assert _execution_input(aws, result["execution_arn"])["deploy_target"] == "none"
+
+
+def test_an_unknown_deploy_target_in_the_sidecar_is_named() -> None:
+    # GIVEN a sidecar with a deploy target that does not exist / WHEN parsed / THEN the error names the field
+    with pytest.raises(InvalidConfiguration) as raised:
+        parse_sidecar(b'{"deploy": {"target": "lambda"}}')
+    assert "deploy.target" in str(raised.value)
 
 
 def test_training_and_evaluation_settings_go_into_the_execution_input(aws: SimpleNamespace) -> None:

@@ -143,6 +143,7 @@ def build_run_input(run_id: str, obj: ObjectVersion, sidecar: Sidecar | None) ->
         overrides=dict(settings.validation) if settings else {},
         training=settings.training.model_dump(exclude_none=True) if settings else {},
         evaluation=settings.evaluation.model_dump(exclude_none=True) if settings else {},
+        deploy_target=settings.deploy.target if settings else None,
         sidecar_key=sidecar.key if sidecar else None,
         sidecar_version_id=sidecar.version_id if sidecar else None,
         sidecar_error=sidecar.error if sidecar else None,

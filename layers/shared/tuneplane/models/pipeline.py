@@ -62,6 +62,16 @@ class EvaluationOverrides(BaseModel):
         return {name: str(value) for name, value in self.model_dump(exclude_none=True).items()}
 
 
+class DeployOverrides(BaseModel):
+    """The sidecar's ``deploy`` section: where this dataset's model goes, instead of the stack's DeployTarget."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: Literal["none", "vllm", "bedrock"] | None = Field(
+        default=None, description="none: register only; vllm: a SageMaker endpoint; bedrock: Custom Model Import."
+    )
+
+
 class StageRequest(BaseModel):
     """One call of the Stage function from the state machine: record a stage's start, end, skip or failure."""
 

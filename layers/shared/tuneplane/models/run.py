@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuneplane.models.pipeline import EvaluationOverrides, TrainingOverrides
+from tuneplane.models.pipeline import DeployOverrides, EvaluationOverrides, TrainingOverrides
 from tuneplane.models.stage import RUN_ID_PATTERN
 
 SIDECAR_SUFFIX = ".tuneplane.json"
@@ -33,6 +33,9 @@ class DatasetSettings(BaseModel):
     )
     evaluation: EvaluationOverrides = Field(
         default_factory=EvaluationOverrides, description="The promotion gate's thresholds for this dataset."
+    )
+    deploy: DeployOverrides = Field(
+        default_factory=DeployOverrides, description="Where this dataset's model is deployed (the stack's default)."
     )
 
 
@@ -64,6 +67,9 @@ class RunInput(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="The sidecar's validation settings.")
     training: dict[str, Any] = Field(default_factory=dict, description="The sidecar's training settings.")
     evaluation: dict[str, Any] = Field(default_factory=dict, description="The sidecar's evaluation settings.")
+    deploy_target: Literal["none", "vllm", "bedrock"] | None = Field(
+        default=None, description="The sidecar's deploy.target; null: the stack's DeployTarget."
+    )
     sidecar_key: str | None = Field(default=None, description="The sidecar file that applied, if any.")
     sidecar_version_id: str | None = None
     sidecar_error: str | None = Field(
