@@ -1,4 +1,5 @@
-"""Notify Lambda: a pipeline event from the stack's bus (source ``tuneplane``) -> one Slack message."""
+"""Notify Lambda: a pipeline event from the stack's bus (source ``tuneplane``) -> one Slack message, once per event id
+(a redelivered or retried event is answered from the idempotency table without posting again)."""
 
 from typing import Any
 
@@ -7,7 +8,7 @@ from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tuneplane.config import notify_settings
-from tuneplane.logic.notify import PipelineEventBridgeModel, notify
+from tuneplane.logic.notify import PipelineEventBridgeModel, notify_once
 from tuneplane.observability import logger, metrics, tracer
 
 
@@ -18,7 +19,10 @@ from tuneplane.observability import logger, metrics, tracer
 def handler(event: PipelineEventBridgeModel, context: LambdaContext) -> dict[str, Any]:
     detail = event.detail
     logger.append_keys(event_id=event.id, run_id=detail.run_id, stage=detail.stage.value, status=detail.status.value)
-    result = notify(detail, event.detail_type, notify_settings())
-    metrics.add_metric(name="SlackMessagesSent", unit=MetricUnit.Count, value=1)
-    metrics.add_metric(name="SlackDeliveryAttempts", unit=MetricUnit.Count, value=result.attempts)
+    result = notify_once(event, notify_settings(), context)
+    if result.duplicate:
+        metrics.add_metric(name="SlackDuplicatesSkipped", unit=MetricUnit.Count, value=1)
+    else:
+        metrics.add_metric(name="SlackMessagesSent", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="SlackDeliveryAttempts", unit=MetricUnit.Count, value=result.attempts)
     return result.model_dump(mode="json")

@@ -1,4 +1,5 @@
-"""The Notify Lambda end to end: EventBridge event -> secret (moto) -> chart link (moto S3) -> local Slack receiver."""
+"""The Notify Lambda end to end: EventBridge event -> secret (moto) -> chart link (moto S3) -> local Slack receiver,
+once per event id (idempotency records in moto DynamoDB)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib.util
 import json
 import logging
 import socket
+import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
 from local.slack import LocalSlack, local_slack_webhook
 from moto import mock_aws
 from pytest_socket import disable_socket, enable_socket, socket_allow_hosts
@@ -27,7 +30,7 @@ from tuneplane.adapters import slack as slack_adapter
 from tuneplane.config import notify_settings
 from tuneplane.errors import InvalidConfiguration, SlackDeliveryFailed
 from tuneplane.logic.notify import PipelineEventBridgeModel, render
-from tuneplane.logic.notify.notify import presign_client
+from tuneplane.logic.notify.notify import idempotency_store, presign_client
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = {path.stem: json.loads(path.read_text()) for path in sorted((ROOT / "events").glob("pipeline_event_*.json"))}
@@ -36,11 +39,13 @@ BUCKET = EVALUATE["detail"]["bucket"]
 RUN_ID = EVALUATE["detail"]["run_id"]
 CHART_KEY = f"runs/{RUN_ID}/evaluation/evaluation.png"
 CHARTED = {"pipeline_event_stage_succeeded_evaluate", "pipeline_event_run_succeeded"}
+IDEMPOTENCY_TABLE = "tuneplane-test-notify-idempotency"
 CONTEXT = SimpleNamespace(
     function_name="notify",
     memory_limit_in_mb=256,
     invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:notify",
     aws_request_id="req-1",
+    get_remaining_time_in_millis=lambda: 90_000,
 )
 
 
@@ -56,6 +61,7 @@ def _clear_caches() -> None:
     s3_adapter.s3_client.cache_clear()
     presign_client.cache_clear()
     notify_settings.cache_clear()
+    idempotency_store.cache_clear()
     parameters.clear_caches()
 
 
@@ -79,19 +85,39 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
-    """moto with the data bucket (holding the evaluation chart) and Secrets Manager; the handler loaded."""
+    """moto with the data bucket (holding the evaluation chart), Secrets Manager and the idempotency table (as
+    template.yaml's NotifyIdempotencyTable); the handler loaded."""
     with mock_aws():
         _clear_caches()
-        s3, secretsmanager = boto3.client("s3"), boto3.client("secretsmanager")
+        s3, secretsmanager, dynamodb = boto3.client("s3"), boto3.client("secretsmanager"), boto3.client("dynamodb")
         s3.create_bucket(Bucket=BUCKET)
         s3.put_object(Bucket=BUCKET, Key=CHART_KEY, Body=b"\x89PNG...", ContentType="image/png")
+        dynamodb.create_table(
+            TableName=IDEMPOTENCY_TABLE,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        )
+        dynamodb.update_time_to_live(
+            TableName=IDEMPOTENCY_TABLE, TimeToLiveSpecification={"AttributeName": "expiration", "Enabled": True}
+        )
+        monkeypatch.setenv("IDEMPOTENCY_TABLE", IDEMPOTENCY_TABLE)
 
         def secret(value: str, name: str = "tuneplane/slack-webhook") -> str:
             arn = secretsmanager.create_secret(Name=name, SecretString=value)["ARN"]
             monkeypatch.setenv("SLACK_WEBHOOK_SECRET_ARN", arn)
             return str(arn)
 
-        yield SimpleNamespace(s3=s3, secretsmanager=secretsmanager, secret=secret, handler=_load_handler().handler)
+        def records() -> list[dict[str, Any]]:
+            return list(dynamodb.scan(TableName=IDEMPOTENCY_TABLE)["Items"])
+
+        yield SimpleNamespace(
+            s3=s3,
+            secretsmanager=secretsmanager,
+            secret=secret,
+            records=records,
+            handler=_load_handler().handler,
+        )
     _clear_caches()
 
 
@@ -128,6 +154,7 @@ def test_an_evaluation_event_becomes_one_message_with_a_presigned_chart_link(
         "detail_type": "Stage Succeeded",
         "attempts": 1,
         "chart_linked": True,
+        "duplicate": False,
     }
     # AND Slack got exactly one message, with the scores and a presigned link to the chart
     [message] = receiver.messages
@@ -223,6 +250,79 @@ def test_slack_down_fails_the_invocation_without_showing_the_url(
     path = slack.url.split("/", 3)[3]
     for text in texts:
         assert token not in text and path not in text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Once per event: EventBridge delivers at least once, Lambda retries failed async invocations
+
+
+def test_the_same_event_delivered_twice_posts_one_message(aws: SimpleNamespace, receiver: LocalSlack) -> None:
+    # GIVEN an event handled once: one message posted, one completed record of its id
+    first = aws.handler(copy.deepcopy(EVALUATE), CONTEXT)
+    assert len(receiver.messages) == 1 and first["duplicate"] is False
+    [record] = aws.records()
+    assert record["status"] == {"S": "COMPLETED"} and record["id"]["S"].startswith("notify#")
+    # WHEN EventBridge delivers the same event (same id) again
+    again = aws.handler(copy.deepcopy(EVALUATE), CONTEXT)
+    # THEN nothing more is posted, and the handler answers with the first result, marked as a duplicate
+    assert len(receiver.messages) == 1 and receiver.attempts == 1
+    assert again == {**first, "duplicate": True}
+    # AND the record expires a day after the post (DynamoDB TTL on "expiration")
+    [record] = aws.records()
+    expires_in = int(record["expiration"]["N"]) - time.time()
+    assert 24 * 3600 - 60 < expires_in <= 24 * 3600
+
+
+def test_another_event_id_posts_again(aws: SimpleNamespace, receiver: LocalSlack) -> None:
+    # GIVEN an event handled once
+    aws.handler(copy.deepcopy(EVALUATE), CONTEXT)
+    # WHEN an event with the same detail but another id arrives (e.g. a stage re-published by a new execution)
+    other = copy.deepcopy(EVALUATE)
+    other["id"] = "0d5c1b4e-7f1a-4f7e-9b38-2a9e1c0f4d21"
+    assert other["id"] != EVALUATE["id"]
+    result = aws.handler(other, CONTEXT)
+    # THEN it is posted too: two messages, two records
+    assert result["duplicate"] is False
+    assert len(receiver.messages) == 2 and receiver.messages[0] == receiver.messages[1]
+    assert len(aws.records()) == 2
+
+
+def test_a_failed_delivery_leaves_no_record_and_its_retry_posts(
+    loopback: None, aws: SimpleNamespace, waits: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN Slack down for the first invocation's two attempts, then back
+    monkeypatch.setenv("SLACK_MAX_ATTEMPTS", "2")
+    event = EVENTS["pipeline_event_run_failed"]
+    with local_slack_webhook(fail_first=2, fail_status=503, retry_after=None, echo=False) as slack:
+        aws.secret(slack.url)
+        # WHEN the first invocation fails with SlackDeliveryFailed
+        with pytest.raises(SlackDeliveryFailed):
+            aws.handler(copy.deepcopy(event), CONTEXT)
+        # THEN no idempotency record is left (Powertools deletes the in-progress record when the function raises)
+        assert aws.records() == [] and slack.messages == []
+        # WHEN Lambda retries the same event
+        result = aws.handler(copy.deepcopy(event), CONTEXT)
+        # THEN the retry posts the message, and a redelivery after that does not
+        assert result["duplicate"] is False and len(slack.messages) == 1
+        assert aws.handler(copy.deepcopy(event), CONTEXT)["duplicate"] is True
+    assert [r.status for r in slack.requests] == [503, 503, 200]
+    assert [record["status"]["S"] for record in aws.records()] == ["COMPLETED"]
+
+
+def test_an_event_being_posted_by_another_invocation_is_not_posted_again(
+    aws: SimpleNamespace, receiver: LocalSlack
+) -> None:
+    # GIVEN another invocation posting the same event right now (its in-progress record, valid for a minute)
+    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+
+    envelope = PipelineEventBridgeModel.model_validate(EVALUATE)
+    store = idempotency_store(IDEMPOTENCY_TABLE)
+    store.configure(IdempotencyConfig(event_key_jmespath="id"), key_prefix="notify")
+    store.save_inprogress(envelope.model_dump(mode="json"), remaining_time_in_millis=60_000)
+    # WHEN the duplicate arrives THEN it fails (Lambda retries it later, when the first one has finished) unposted
+    with pytest.raises(IdempotencyAlreadyInProgressError):
+        aws.handler(copy.deepcopy(EVALUATE), CONTEXT)
+    assert receiver.requests == []
 
 
 # ---------------------------------------------------------------------------------------------------------------------

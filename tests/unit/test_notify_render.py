@@ -22,6 +22,19 @@ CONSOLE = (
     f"https://us-east-1.console.aws.amazon.com/states/home?region=us-east-1#/v2/executions/details/{EXECUTION_ARN}"
 )
 REPORT = f"s3://{BUCKET}/runs/{RUN_ID}/validation/report.json"
+DATASET_URI = f"s3://{BUCKET}/incoming/support-v2.jsonl"
+# Names as the pipeline makes them (job_requests.job_name, deploy.context.endpoint_name / run_resource_name)
+TRAIN_JOB = f"{RUN_ID}-474c2f5a3e-train1"
+ENDPOINT = "support-v2-1722ed32"
+SERVE_MODEL = f"{RUN_ID}-474c2f5a3e-serve"
+OOM = (
+    "AlgorithmError: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB "
+    "(GPU 0; 22.06 GiB total capacity), exit code: 1"
+)
+REJECTION = (
+    f"REJECTED: {DATASET_URI} (chat, 2,000 lines, 1 errors, 3 warnings); unrecognized_role x1 (first: 'assitant' "
+    f"(expected system, user or assistant; did you mean 'assistant'?)); full report: {REPORT}"
+)
 CHART = f"s3://{BUCKET}/runs/{RUN_ID}/evaluation/evaluation.png"
 CHART_URL = "https://bucket.s3.amazonaws.com/runs/x/evaluation.png?X-Amz-Signature=abc&X-Amz-Expires=43200"
 
@@ -142,24 +155,26 @@ def test_stage_succeeded_validate_shows_examples_tokens_and_cost() -> None:
     assert fields["Tokens"] == "1,843,211"
     assert fields["Cost estimate"] == "≈ $2.42 (1.6 h of training)"
     assert fields["Warnings"] == "3"
-    assert "PASSED: 2000 valid examples, 3 warnings (pii_detected x3)" in _texts(message)
-    assert "*Notes*\n• 3 examples contain what looks like an e-mail address (pii_detected, a warning)" in _texts(
-        message
-    )
+    # THEN the validator's headline is the message, and a stage without notes has no Notes section
+    assert _texts(message) == [
+        f"PASSED: {DATASET_URI} (chat, 2,000 lines, 0 errors, 3 warnings, 1,800 train / 200 eval)"
+    ]
 
 
 def test_stage_succeeded_train_shows_loss_throughput_and_instance() -> None:
     message = render(*_sample("pipeline_event_stage_succeeded_train"))
     assert _header(message) == ":white_check_mark: Train succeeded · support-v2.jsonl"
     fields = _fields(message)
-    assert fields["Duration"] == "1 h 41 min"
+    assert fields["Duration"] == "1 h 37 min"
     assert fields["Train loss"] == "0.4123"
     assert fields["Eval loss"] == "0.5871"
     assert fields["Tokens/s"] == "3,120"
     assert fields["Instance"] == "`ml.g5.2xlarge`"
     assert fields["Billable time"] == "1 h 35 min"
+    assert fields["GPU memory"] == "19.7 GB"
     assert fields["Attempt"] == "2"
-    assert "*Notes*\n• attempt 2: no capacity for ml.g6.2xlarge before, now trying ml.g5.2xlarge" in _texts(message)
+    # THEN the message names the training job (the second attempt's), and the note says why it is the second
+    assert _texts(message) == [TRAIN_JOB, "*Notes*\n• trained on ml.g5.2xlarge after 1 capacity fallback(s)"]
 
 
 def test_stage_succeeded_evaluate_compares_candidate_base_and_production_with_the_chart() -> None:
@@ -189,46 +204,57 @@ def test_without_a_presigned_url_the_chart_is_shown_as_its_s3_uri() -> None:
 def test_stage_succeeded_deploy_shows_the_endpoint_and_the_smoke_test_answer() -> None:
     message = render(*_sample("pipeline_event_stage_succeeded_deploy"))
     assert _header(message) == ":white_check_mark: Deploy succeeded · support-v2.jsonl"
-    assert _fields(message)["Endpoint"] == "`tuneplane-dev-support-v2`"
-    assert _fields(message)["Target"] == "vllm"
-    assert _fields(message)["Smoke test latency"] == "412 ms"
-    # THEN the answer is quoted, with Slack's control characters escaped ("Settings > Security")
-    assert (
+    assert _fields(message) == {
+        "Dataset": "`incoming/support-v2.jsonl`",
+        "Run": f"`{RUN_ID}`",
+        "Duration": "18 min 58 s",
+        "Endpoint": f"`{ENDPOINT}`",
+        "Target": "vllm",
+        "Model": f"`{SERVE_MODEL}`",
+        "Smoke test latency": "412 ms",
+    }
+    # THEN the answer is quoted, with Slack's control characters escaped ("Settings > Security"), then the
+    # stage's message and the blue/green note
+    assert _texts(message) == [
         "*Smoke test answer* to `How do I reset my password?`\n"
-        '> Go to Settings &gt; Security and choose "Reset password"; we e-mail you a link.'
-    ) in _texts(message)
+        '> Go to Settings &gt; Security and choose "Reset password"; we e-mail you a link.',
+        f'{ENDPOINT} answered: Go to Settings &gt; Security and choose "Reset password"; we e-mail you a link.',
+        f"*Notes*\n• updating endpoint {ENDPOINT} blue/green from support-v2-8d2e61c0a7b94f13-d4dbcaf11f-serve; "
+        f"rolls back on {ENDPOINT}-5xx or {ENDPOINT}-latency",
+    ]
 
 
 def test_stage_skipped() -> None:
     message = render(*_sample("pipeline_event_stage_skipped_quantize"))
     assert _header(message) == ":fast_forward: Quantize skipped · support-v2.jsonl"
-    assert "quantization is off for this deployment (Quantize=false)" in _texts(message)
+    # THEN the reason the state machine gives (SkipQuantize) is the message; a skipped stage has no duration
+    assert _texts(message) == ["quantization off (QuantizeEnabled=false)"]
+    assert set(_fields(message)) == {"Dataset", "Run"}
 
 
 def test_stage_failed_train_names_the_stage_the_cause_and_the_platform_team() -> None:
     message = render(*_sample("pipeline_event_stage_failed_train"))
     assert _header(message) == ":x: Train failed · support-v2.jsonl"
-    assert message["text"].startswith(":x: Train failed: incoming/support-v2.jsonl (run support-v2-3f9c0a1b2d4e5f60)")
-    assert "CUDA out of memory" in message["text"]
+    assert message["text"] == f":x: Train failed: incoming/support-v2.jsonl (run {RUN_ID}): {OOM}"
     texts = _texts(message)
-    assert texts[0] == (
-        "*Stage:* train\n"
-        "*Cause:* AlgorithmError: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB "
-        "(GPU 0; 22.06 GiB total capacity)\n"
-        "*Error:* `SageMaker.AmazonSageMakerException`"
-    )
+    # THEN the cause is the job's FailureReason, under the error name of a failed .sync task
+    assert texts[0] == f"*Stage:* train\n*Cause:* {OOM}\n*Error:* `States.TaskFailed`"
     assert texts[1].startswith("*What to do:* nothing to fix in your data")
     assert "platform team" in texts[1] and "Step Functions console (button below)" in texts[1]
-    assert _fields(message)["Instance"] == "`ml.g5.2xlarge`"
-    assert "*Notes*\n• stopped tuneplane-support-v2-3f9c0a1b-train-1" in texts
+    assert len(texts) == 2  # no notes: the failed job was the run's only one, nothing left to stop
+    assert _fields(message) == {
+        "Dataset": "`incoming/support-v2.jsonl`",
+        "Run": f"`{RUN_ID}`",
+        "Duration": "16 min 12 s",
+    }
 
 
 def test_stage_rejected_validate_says_fix_the_data_with_the_report() -> None:
     message = render(*_sample("pipeline_event_stage_rejected_validate"))
     assert _header(message) == ":no_entry: Validate rejected · support-v2.jsonl"
     texts = _texts(message)
-    assert texts[0].startswith("*Stage:* validate\n*Cause:* REJECTED: 1 error (unrecognized_role x1)")
-    assert texts[0].endswith("*Error:* `InvalidTrainingData`")
+    # THEN the cause is the validator's rejection (escaped for mrkdwn: nothing to escape here)
+    assert texts[0] == f"*Stage:* validate\n*Cause:* {REJECTION}\n*Error:* `InvalidTrainingData`"
     assert texts[1] == (
         "*What to do:* fix the data and upload it again to `incoming/` (every upload starts a new run). "
         f"The report lists every problem with its line: `{REPORT}`"
@@ -241,37 +267,47 @@ def test_run_rejected_names_the_stage_from_the_message() -> None:
     # THEN the header and the cause name the stage, and the cause is given without the prefix
     assert _header(message) == ":no_entry: Run rejected at validate · support-v2.jsonl"
     texts = _texts(message)
-    assert texts[0].startswith("*Stage:* validate\n*Cause:* REJECTED: 1 error")
+    assert texts[0] == f"*Stage:* validate\n*Cause:* {REJECTION}\n*Error:* `InvalidTrainingData`"
     assert "fix the data and upload it again" in texts[1] and REPORT in texts[1]
     assert _fields(message)["Duration"] == "12 s"
+    # AND the fallback text is cut to its 200 characters of cause
+    assert message["text"].startswith(
+        f":no_entry: Run rejected at validate: incoming/support-v2.jsonl (run {RUN_ID}): "
+    )
+    assert message["text"].endswith("…") and REJECTION.startswith(message["text"].split("): ", 1)[1][:-1])
 
 
 def test_run_failed_names_the_stage_and_the_platform_team() -> None:
     message = render(*_sample("pipeline_event_run_failed"))
     assert _header(message) == ":x: Run failed at train · support-v2.jsonl"
-    assert message["text"] == (
-        ":x: Run failed at train: incoming/support-v2.jsonl (run support-v2-3f9c0a1b2d4e5f60): "
-        "AlgorithmError: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
-    )
-    assert "*Stage:* train\n*Cause:* AlgorithmError" in _texts(message)[0]
+    assert message["text"] == f":x: Run failed at train: incoming/support-v2.jsonl (run {RUN_ID}): {OOM}"
+    assert _texts(message)[0] == f"*Stage:* train\n*Cause:* {OOM}\n*Error:* `States.TaskFailed`"
     assert "platform team" in _texts(message)[1]
+    assert _fields(message)["Duration"] == "20 min 30 s"
 
 
 def test_run_succeeded_shows_the_headline_numbers_of_every_stage() -> None:
     event, detail_type = _sample("pipeline_event_run_succeeded")
     message = render(event, detail_type, chart_url=CHART_URL)
     assert _header(message) == ":tada: Run succeeded · support-v2.jsonl"
-    assert _fields(message) | {} == {
+    assert _fields(message) == {
         "Dataset": "`incoming/support-v2.jsonl`",
         "Run": f"`{RUN_ID}`",
-        "Duration": "2 h 31 min",
+        "Duration": "2 h 23 min",
         "Examples": "2,000",
         "Train loss": "0.4123",
         "Tokens/s": "3,120",
-        "Endpoint": "`tuneplane-dev-support-v2`",
+        "Endpoint": f"`{ENDPOINT}`",
+        "Target": "vllm",
+        "Model": f"`{SERVE_MODEL}`",
     }
-    assert "`exact_match`: candidate *0.620*\n`token_f1`: candidate *0.810*" in _texts(message)
-    assert "deployed to tuneplane-dev-support-v2" in _texts(message)
+    # THEN the candidate's scores, the smoke test, and the run's outcome line (stages._run_outcome_line)
+    assert _texts(message) == [
+        "`exact_match`: candidate *0.620*\n`token_f1`: candidate *0.810*\n`stop_rate`: candidate *0.995*",
+        "*Smoke test answer* to `How do I reset my password?`\n"
+        '> Go to Settings &gt; Security and choose "Reset password"; we e-mail you a link.',
+        f"deployed to endpoint {ENDPOINT} (updated)",
+    ]
     assert _buttons(message)["Score chart"] == CHART_URL
 
 

@@ -19,10 +19,18 @@ from tuneplane.logic import job_requests
 from tuneplane.logic.deploy import serving
 from tuneplane.logic.deploy.context import RunArtifacts, endpoint_name, imported_model_prefix, run_resource_name
 from tuneplane.logic.notify import PipelineEventBridgeModel
-from tuneplane.logic.stages import _RunView, job_spec, one_line_cause
+from tuneplane.logic.stages import (
+    _HEADLINE_METRICS,
+    _deploy_outcome,
+    _run_outcome_line,
+    _RunView,
+    job_spec,
+    one_line_cause,
+    outcome_of,
+)
 from tuneplane.logic.start_run import dataset_stem
 from tuneplane.models.deploy import DeployRequest
-from tuneplane.models.events import EVENT_SOURCE, Stage
+from tuneplane.models.events import EVENT_SOURCE, PipelineEvent, Stage
 from tuneplane.models.pipeline import StageRequest
 from tuneplane.models.run import RunInput
 from tuneplane.models.stage import ValidateRequest
@@ -181,6 +189,100 @@ def test_pipeline_event_samples_are_bus_events_of_the_sample_run(name: str) -> N
     detail = event.detail
     assert (detail.run_id, detail.bucket, detail.dataset) == (RUN_ID, BUCKET, DATASET)
     assert detail.execution_arn == EXECUTION_ARN
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pipeline event samples are what the Stage logic publishes for the states of the Stage samples
+
+
+def _detail(name: str) -> PipelineEvent:
+    return PipelineEventBridgeModel.model_validate(_load(f"{name}.json")).detail
+
+
+def _completed_run() -> _RunView:
+    request = StageRequest.model_validate(_load("stage_complete_run.json"))
+    return _RunView(request.state, request.execution_arn)
+
+
+@pytest.mark.parametrize("stage", ["validate", "train", "evaluate", "deploy"])
+def test_stage_succeeded_samples_carry_the_outcome_the_state_machine_recorded(stage: str) -> None:
+    # GIVEN a Stage Succeeded sample and the outcome its Finish state recorded in the completed run's state
+    event = _detail(f"pipeline_event_stage_succeeded_{stage}")
+    recorded = _completed_run().state["recorded"][stage]["outcome"]
+    # WHEN they are compared THEN the event carries exactly that outcome (both are the Stage function's answer)
+    assert event.metrics == recorded["metrics"] and event.artifacts == recorded["artifacts"]
+    assert (event.message, event.notes) == (recorded["message"], recorded["notes"])
+
+
+def test_the_recorded_validate_and_deploy_outcomes_are_what_the_stage_logic_makes_now() -> None:
+    # GIVEN the completed run's state WHEN the Stage logic makes the validate and deploy outcomes again (no AWS)
+    run = _completed_run()
+    validate = outcome_of(Stage.VALIDATE, run, _pipeline_settings())
+    deploy = _deploy_outcome(run)
+    # THEN they are the recorded ones the samples carry: metrics, artifacts, message, notes
+    for outcome in (validate, deploy):
+        recorded = run.state["recorded"][outcome.stage.value]["outcome"]
+        assert outcome.model_dump(mode="json") == recorded
+
+
+def test_the_samples_name_jobs_endpoints_and_models_as_the_pipeline_does() -> None:
+    # GIVEN the train and deploy samples
+    train, deploy = _detail("pipeline_event_stage_succeeded_train"), _detail("pipeline_event_stage_succeeded_deploy")
+    # THEN the training job is the run's second attempt (after the capacity fallback), its adapter under its output
+    job = job_requests.job_name(RUN_ID, Stage.TRAIN, 1)
+    assert train.message == job and train.metrics["attempt"] == 2
+    assert train.artifacts["adapter"] == f"{RUNS}train/{job}/output/model.tar.gz"
+    # AND the endpoint is the dataset's, the model and endpoint config the run's
+    endpoint = endpoint_name(_deploy_settings(), DATASET)
+    assert deploy.metrics["endpoint_name"] == deploy.artifacts["endpoint"] == endpoint
+    assert deploy.metrics["model_name"] == deploy.artifacts["endpoint_config"] == run_resource_name(RUN_ID, "serve")
+
+
+def test_the_skip_sample_gives_the_reason_of_the_asl() -> None:
+    event = _detail("pipeline_event_stage_skipped_quantize")
+    assert event.message == ASL["States"]["SkipQuantize"]["Parameters"]["Payload"]["reason"]
+    assert event.started_at is None and event.duration_s is None  # a skipped stage never started
+
+
+def test_the_failure_samples_explain_the_failed_job_of_the_fail_train_sample() -> None:
+    # GIVEN the RecordFailure sample's $.error, one-lined as the Stage logic does
+    error, cause = one_line_cause(_load("stage_fail_train.json")["state"]["error"])
+    stage, run = _detail("pipeline_event_stage_failed_train"), _detail("pipeline_event_run_failed")
+    # THEN Stage Failed carries the cause, Run Failed the same with the stage in front, both the error name
+    assert (stage.error, stage.message) == (error, cause) == ("States.TaskFailed", cause)
+    assert (run.error, run.message) == (error, f"train: {cause}")
+    assert stage.finished_at is not None and run.started_at is not None and run.started_at < stage.finished_at
+
+
+def test_the_rejection_samples_carry_the_validators_rejection_and_its_report() -> None:
+    stage, run = _detail("pipeline_event_stage_rejected_validate"), _detail("pipeline_event_run_rejected")
+    report = {"report": RUNS + "validation/report.json", "summary": RUNS + "validation/summary.txt"}
+    assert stage.error == run.error == "InvalidTrainingData"
+    assert stage.message and stage.message.startswith(f"REJECTED: s3://{BUCKET}/{DATASET} (chat, 2,000 lines, ")
+    assert stage.message.endswith(f"; full report: {report['report']}") and "unrecognized_role x1" in stage.message
+    assert run.message == f"validate: {stage.message}"
+    assert stage.artifacts == run.artifacts == report
+
+
+def test_the_run_succeeded_sample_has_the_headline_numbers_and_every_artifact_of_the_recorded_stages() -> None:
+    # GIVEN the completed run's recorded outcomes (what the ledger holds) and the Run Succeeded sample
+    run = _completed_run()
+    recorded = {stage: item["outcome"] for stage, item in run.state["recorded"].items()}
+    event = _detail("pipeline_event_run_succeeded")
+    # WHEN the Run Succeeded event is made from them as CompleteRun does
+    metrics = {
+        f"{stage}.{name}": value
+        for stage, outcome in recorded.items()
+        for name, value in outcome["metrics"].items()
+        if f"{stage}.{name}".startswith(_HEADLINE_METRICS)
+    }
+    artifacts = {
+        f"{stage}.{name}": uri for stage, outcome in recorded.items() for name, uri in outcome["artifacts"].items()
+    }
+    # THEN the sample has exactly those, and the outcome line of a ready vLLM deployment
+    assert event.metrics == metrics and event.artifacts == artifacts
+    assert event.message == _run_outcome_line(run, _pipeline_settings())
+    assert event.message == f"deployed to endpoint {endpoint_name(_deploy_settings(), DATASET)} (updated)"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

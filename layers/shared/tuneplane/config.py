@@ -167,6 +167,18 @@ class NotifySettings(BaseSettings):
         le=7 * 24 * 3600,
         description="Lifetime of the presigned chart link (it also ends when the function's role session does).",
     )
+    idempotency_table: str = Field(
+        min_length=3,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="DynamoDB table of the idempotency records (Powertools): one per EventBridge event id.",
+    )
+    idempotency_expiry_s: int = Field(
+        default=24 * 3600,
+        ge=6 * 3600,
+        le=7 * 24 * 3600,
+        description="How long an event id stays posted; at least the 6 h EventBridge and Lambda may still retry for.",
+    )
 
 
 @cache

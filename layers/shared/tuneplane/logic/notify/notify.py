@@ -5,6 +5,13 @@ pure; the webhook URL comes from Secrets Manager (cached by Powertools); an eval
 of the run's bucket is linked through a presigned URL (signed locally with the function's credentials: no AWS
 call); a message Slack does not accept after the retries allowed raises ``SlackDeliveryFailed``, which sends the
 event to the function's dead-letter queue.
+
+``notify_once`` posts each EventBridge event at most once (Powertools idempotency, keyed on the event's ``id``, in a
+DynamoDB table): EventBridge delivers at least once, and Lambda retries a failed asynchronous invocation, so the same
+event can arrive more than once. A completed record answers a redelivery with the first result, marked
+``duplicate``, without posting. A delivery that fails (``SlackDeliveryFailed``, an unreadable secret) leaves no
+record (Powertools deletes the in-progress record when the function raises), so the retry posts. An invocation that
+dies mid-post (timeout) leaves an in-progress record that expires with the invocation's remaining time.
 """
 
 from __future__ import annotations
@@ -13,6 +20,12 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 import boto3
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -26,7 +39,14 @@ from tuneplane.models.events import PipelineEvent, Stage, Status
 from tuneplane.observability import logger
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+    from aws_lambda_powertools.utilities.typing import LambdaContext
     from mypy_boto3_s3 import S3Client
+
+# The idempotency key: the EventBridge event's id, the same on every redelivery and retry of one event (and
+# different for two events, even with the same detail). Records are stored as "notify#<md5 of the id>".
+IDEMPOTENCY_KEY_JMESPATH = "id"
+IDEMPOTENCY_KEY_PREFIX = "notify"
 
 
 class PipelineEventBridgeModel(EventBridgeModel):
@@ -46,6 +66,7 @@ class NotifyResult(BaseModel):
     detail_type: str
     attempts: int
     chart_linked: bool
+    duplicate: bool = False  # the event id had been posted already: this is the first result, nothing was posted
 
 
 @cache
@@ -112,3 +133,48 @@ def notify(event: PipelineEvent, detail_type: str, settings: NotifySettings) -> 
         attempts=delivery.attempts,
         chart_linked=chart_url is not None,
     )
+
+
+@cache
+def idempotency_store(table_name: str) -> DynamoDBPersistenceLayer:
+    """Powertools' DynamoDB persistence layer on ``table_name``. Created lazily (it creates a DynamoDB client), so
+    tests start moto first; tests call idempotency_store.cache_clear()."""
+    return DynamoDBPersistenceLayer(table_name=table_name)
+
+
+def _mark_duplicate(response: NotifyResult, idempotent_data: DataRecord) -> NotifyResult:
+    """Powertools' response hook: the stored result of an event id already posted, answered without posting."""
+    logger.info("event already posted to Slack, not posted again", idempotency_key=idempotent_data.idempotency_key)
+    return response.model_copy(update={"duplicate": True})
+
+
+def _notify_event(*, event: PipelineEventBridgeModel, settings: NotifySettings) -> NotifyResult:
+    return notify(event.detail, event.detail_type, settings)
+
+
+def notify_once(
+    event: PipelineEventBridgeModel, settings: NotifySettings, lambda_context: LambdaContext | None = None
+) -> NotifyResult:
+    """``notify`` for one EventBridge event, at most once per event ``id`` within ``settings.idempotency_expiry_s``.
+
+    ``lambda_context`` bounds an in-progress record by the invocation's remaining time (a timed-out invocation does
+    not block the retry). Raises what ``notify`` raises (no record is kept then), and Powertools'
+    ``IdempotencyAlreadyInProgressError`` while another invocation is posting the same event (Lambda retries later).
+    """
+    config = IdempotencyConfig(
+        event_key_jmespath=IDEMPOTENCY_KEY_JMESPATH,
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=settings.idempotency_expiry_s,
+        lambda_context=lambda_context,
+        response_hook=_mark_duplicate,
+    )
+    once = idempotent_function(
+        _notify_event,
+        data_keyword_argument="event",
+        persistence_store=idempotency_store(settings.idempotency_table),
+        config=config,
+        output_serializer=PydanticSerializer(NotifyResult),
+        key_prefix=IDEMPOTENCY_KEY_PREFIX,
+    )
+    result: NotifyResult = once(event=event, settings=settings)
+    return result
