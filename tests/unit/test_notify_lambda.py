@@ -283,7 +283,9 @@ def test_another_event_id_posts_again(aws: SimpleNamespace, receiver: LocalSlack
     result = aws.handler(other, CONTEXT)
     # THEN it is posted too: two messages, two records
     assert result["duplicate"] is False
-    assert len(receiver.messages) == 2 and receiver.messages[0] == receiver.messages[1]
+    assert len(receiver.messages) == 2
+    # (the same text; only the chart's presigned URL may differ, it is signed with the current time)
+    assert receiver.messages[0]["text"] == receiver.messages[1]["text"]
     assert len(aws.records()) == 2
 
 

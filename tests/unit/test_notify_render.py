@@ -32,7 +32,7 @@ OOM = (
     "(GPU 0; 22.06 GiB total capacity), exit code: 1"
 )
 REJECTION = (
-    f"REJECTED: {DATASET_URI} (chat, 2,000 lines, 1 errors, 3 warnings); unrecognized_role x1 (first: 'assitant' "
+    f"REJECTED: {DATASET_URI} (chat, 2,000 lines, 1 error, 3 warnings); unrecognized_role x1 (first: 'assitant' "
     f"(expected system, user or assistant; did you mean 'assistant'?)); full report: {REPORT}"
 )
 CHART = f"s3://{BUCKET}/runs/{RUN_ID}/evaluation/evaluation.png"

@@ -16,8 +16,12 @@ def headline(report: ValidationReport) -> str:
     kept = f", {split.train_examples:,} train / {split.eval_examples:,} eval" if split and report.passed else ""
     return (
         f"{verdict}: {report.dataset} ({report.format.value if report.format else 'unknown format'}, "
-        f"{report.lines_read:,} lines, {errors:,} errors, {warnings:,} warnings{kept})"
+        f"{_counted(report.lines_read, 'line')}, {_counted(errors, 'error')}, {_counted(warnings, 'warning')}{kept})"
     )
+
+
+def _counted(number: int, noun: str) -> str:
+    return f"{number:,} {noun}" + ("" if number == 1 else "s")
 
 
 def _group(count: CodeCount, report: ValidationReport) -> list[str]:
