@@ -5,16 +5,38 @@ full-precision safetensors + tokenizer, the Train stage's adapter directory, the
 uploads /opt/ml/processing/output/merged; a one-line cause of any failure goes to the failure file
 (/opt/ml/output/message by default: SageMaker Processing reports it as the job's ExitMessage; the job exits
 non-zero). The adapter input may be the training job's `model.tar.gz` as uploaded (it is unpacked safely first).
+Never onto 4-bit weights: a QLoRA adapter is merged onto the original full-precision base it was trained against,
+and the report records that.
 
-What it does: loads the base (in fp32 by default, `merge_precision`, so that the check is sharp; the output is cast
-to `dtype`, bf16 by default) from its full-precision weights (never 4-bit weights: a QLoRA adapter is merged onto
-the original full-precision base it was trained against, and the report records that), applies the adapter with PEFT,
-computes
-the base+adapter logits on up to `verify_prompts` eval conversations, `merge_and_unload()`, checks the merged
-model's logits against them (max abs diff <= `tolerance`, else the job fails with the numbers), writes sharded
-safetensors + tokenizer + chat template + a generation_config.json whose eos ids include the chat template's
-end-of-turn token, reloads the output with plain transformers (no PEFT) and checks it again, and writes
-`merge_report.json` (logit diffs, time, peak memory, size, Bedrock Custom Model Import verdict with reasons).
+Two methods (`method`; `auto`, the default, streams when the base is sharded safetensors and the adapter is plain
+LoRA, else merges in memory; the report's `method` and `method_reason` say which ran and why):
+
+- `streaming` (containers/merge/streaming.py): the base's safetensors files are read one tensor at a time; each
+  weight a LoRA module targets becomes W + scaling * (B @ A) in fp32 (PEFT's own mapping and scaling: rslora,
+  rank_pattern / alpha_pattern, fan_in_fan_out; modules_to_save replace base tensors), is cast to `dtype` and written
+  into an output file of the same name (same shard layout, a new model.safetensors.index.json; `max_shard_size` is
+  not used). The merge itself holds one tensor (in fp32 while merging) plus the adapter: the report's
+  `phases.merge.peak_host_rss_gb` (0.59 GiB, torch included, for a 1B model on a CPU; bench/merge.py measures 7B).
+  DoRA and other features whose merge is not W + s * B @ A are refused with the reason (auto merges those in memory).
+  Then the verification, one model at a time: (1) base+adapter (PEFT) loaded in the verification precision gives
+  the reference logits, and every tensor the adapter changes is compared with PEFT's own merge of it
+  (base_layer.weight + get_delta_weight(): within one rounding of the output dtype; this is the sharp check); (2) the
+  written model, loaded in plain transformers in that precision, gives logits that must match the reference within
+  `tolerance` (0: by `dtype`, as the shipped weights are rounded to it). The verification precision is
+  `verify_precision`: `auto`/`dtype` (default: the output dtype, about 2 bytes per parameter, 14.5 GB for 7B in bf16;
+  slow on CPUs without native bf16 matmuls) or `fp32` (about 4 bytes per parameter, 29 GB for 7B: less rounding
+  noise in the logits). So the job's peak is the verification's, not the merge's: about one model in `dtype`.
+  `verify_prompts=0` skips the verification (the report says so): only for a base too large for that.
+- `in_memory`: loads the base (in fp32 by default, `merge_precision`, so that the check is sharp; the output is cast
+  to `dtype`, bf16 by default), applies the adapter with PEFT, computes the base+adapter logits on up to
+  `verify_prompts` eval conversations, `merge_and_unload()`, checks the merged model's logits against them (max abs
+  diff <= `tolerance`, else the job fails with the numbers), writes sharded safetensors (`max_shard_size`), reloads
+  the output with plain transformers (no PEFT) and checks it again. Peak memory: the whole base in `merge_precision`
+  and more.
+
+Both write the tokenizer, chat template, a generation_config.json whose eos ids include the chat template's
+end-of-turn token, and `merge_report.json` (method, logit diffs, time, peak memory per phase, size, Bedrock Custom
+Model Import verdict with reasons).
 
 Outside SageMaker give the paths explicitly (any field of `MergeConfig` is a `--name value` argument):
 
@@ -23,6 +45,8 @@ python containers/merge/merge.py \
     --model_dir /tmp/tiny-base --adapter_dir /tmp/tiny-adapter --eval_dir runs/demo/data/eval.jsonl \
     --output_dir /tmp/tiny-merged --failure_file /tmp/tiny-merge-failure --dtype fp32 --max_shard_size 200KB
 ```
+
+(add `--method streaming` to stream: the base must then be safetensors whose names are the model's.)
 
 (`containers/train/train.py`'s docstring shows how to make /tmp/tiny-base and /tmp/tiny-adapter.) On a CPU, bf16
 works but is slow and its rounding is coarse; `--dtype fp32` is what the tests use.
@@ -36,9 +60,12 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +75,8 @@ if not __package__:  # run as a script: the directory holding containers/ (the r
 
 from containers.common import jobkit  # noqa: E402
 from containers.common.jobkit import END_OF_TURN_TOKENS, ConfigError, read_chat_jsonl  # noqa: E402
+from containers.merge import streaming  # noqa: E402
+from containers.merge.streaming import AdapterMismatchError, StreamingUnsupported  # noqa: E402
 
 SM_DEFAULTS = {
     "model_dir": "/opt/ml/processing/input/model",
@@ -58,6 +87,7 @@ SM_DEFAULTS = {
 }
 PATH_FIELDS = tuple(SM_DEFAULTS)
 DTYPES = ("bf16", "fp16", "fp32")
+METHODS = ("auto", "streaming", "in_memory")
 # Max |merged - (base+adapter)| over the verified logits when `tolerance` is 0 ("auto"). Merging folds B@A into W and
 # rounds the sum to the storage dtype once; the unmerged path rounds W@x and B@(A@x) separately, so the gap is of
 # the order of the dtype's epsilon times the logits' scale (DESIGN.md §4b: 3e-5 seen in fp32 on the tiny model).
@@ -84,10 +114,6 @@ BEDROCK_ARCHITECTURES = frozenset(
 BEDROCK_DTYPES = frozenset({"bfloat16", "float16"})
 
 
-class AdapterMismatchError(ValueError):
-    """The adapter does not fit the base model (wrong shapes, missing modules, other tokenizer, non-finite values)."""
-
-
 class MergeVerificationError(RuntimeError):
     """The merged model's logits differ from base+adapter by more than the tolerance."""
 
@@ -107,16 +133,38 @@ class MergeConfig:
     dtype: str = field(
         default="bf16", metadata={"help": "Weights of the merged model: bf16 (Bedrock, vLLM) | fp16 | fp32 (tests)."}
     )
+    method: str = field(
+        default="auto",
+        metadata={
+            "help": "streaming: tensor by tensor from the base's safetensors (memory: one tensor + the adapter); "
+            "in_memory: PEFT merge_and_unload on the loaded base; auto: streaming when the base is sharded "
+            "safetensors and the adapter plain LoRA, else in_memory."
+        },
+    )
     merge_precision: str = field(
         default="fp32",
         metadata={
             "help": "fp32: load the base in fp32, merge and check there (tolerance 1e-3), then cast to dtype (2x the "
-            "memory of bf16: 28 GB for 7B); same: merge in dtype (coarse tolerance: rounding, not bugs, dominates)."
+            "memory of bf16: 28 GB for 7B); same: merge in dtype (coarse tolerance: rounding, not bugs, dominates). "
+            "Streaming always merges in fp32 (see verify_precision)."
         },
     )
-    max_shard_size: str = field(default="5GB", metadata={"help": "Largest safetensors shard, e.g. 5GB or 200KB."})
+    verify_precision: str = field(
+        default="auto",
+        metadata={
+            "help": "Streaming: the precision its verification loads base+adapter and the written model in. auto | "
+            "dtype: the output dtype (half the memory of fp32); fp32. In memory: merge_precision."
+        },
+    )
+    max_shard_size: str = field(
+        default="5GB", metadata={"help": "Largest safetensors shard, e.g. 5GB or 200KB (streaming keeps the base's)."}
+    )
     verify_prompts: int = field(
-        default=8, metadata={"help": "Eval conversations whose logits are compared (>= 1; a built-in one if none)."}
+        default=8,
+        metadata={
+            "help": "Eval conversations whose logits are compared (a built-in one if none); 0 (streaming only): no "
+            "verification, for a base whose verification does not fit in memory."
+        },
     )
     verify_max_tokens: int = field(default=256, metadata={"help": "Tokens per verified conversation (>= 8)."})
     tolerance: float = field(
@@ -130,8 +178,10 @@ class MergeConfig:
             (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)} (never 4-bit: merge onto full weights)"),
             (re.fullmatch(r"\d+(\.\d+)?\s*[KMG]?i?B", self.max_shard_size.strip()) is not None, "max_shard_size",
              "a size like 5GB or 200KB"),
+            (self.method in METHODS, "method", ", ".join(METHODS)),
             (self.merge_precision in ("fp32", "same"), "merge_precision", "fp32 or same"),
-            (self.verify_prompts >= 1, "verify_prompts", ">= 1"),
+            (self.verify_precision in ("auto", "dtype", "fp32"), "verify_precision", "auto, dtype or fp32"),
+            (self.verify_prompts >= 0, "verify_prompts", ">= 0 (0: no verification, streaming only)"),
             (self.verify_max_tokens >= 8, "verify_max_tokens", ">= 8"),
             (self.tolerance >= 0 and math.isfinite(self.tolerance), "tolerance", ">= 0 (0: automatic)"),
             (self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda"),
@@ -140,6 +190,10 @@ class MergeConfig:
 
     def max_abs_tolerance(self) -> float:
         return self.tolerance or AUTO_TOLERANCE["fp32" if self.merge_precision == "fp32" else self.dtype]
+
+    def streamed_tolerance(self) -> float:
+        """Streaming checks the written (rounded) weights: the output dtype's tolerance."""
+        return self.tolerance or AUTO_TOLERANCE[self.dtype]
 
 
 def load_config(argv: list[str] | None = None) -> MergeConfig:
@@ -224,8 +278,9 @@ def _adapter_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _check_saved_module(base: Any, key: str, shape: tuple[int, ...]) -> None:
-    """A modules_to_save tensor (a full copy of e.g. lm_head) must match the base parameter's shape."""
-    name = key.removeprefix("base_model.model.")
+    """A modules_to_save tensor (a full copy of e.g. lm_head), or the base_layer copy that PEFT saves with an
+    embedding LoRA, must match the base parameter's shape."""
+    name = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
     try:
         param = base.get_parameter(name)
     except AttributeError:
@@ -255,6 +310,8 @@ def _check_lora_module(base: Any, name: str, parts: dict[str, tuple[int, ...]]) 
     if weight is None or weight.dim() != 2:
         raise AdapterMismatchError(f"adapter targets {name}, which is not a linear or embedding layer in the base")
     rows, cols = (int(n) for n in weight.shape)
+    if type(module).__name__ == "Conv1D":  # GPT-2's Conv1D stores [in, out] (PEFT: fan_in_fan_out)
+        rows, cols = cols, rows
     # Linear: weight [out, in], A [r, in], B [out, r]. Embedding: weight [num, dim], A [r, num], B [dim, r].
     want_a, want_b = ((a[0], rows), (cols, a[0])) if embedding else ((a[0], cols), (rows, a[0]))
     if len(a) != 2 or len(b) != 2 or a != want_a or b != want_b:
@@ -441,7 +498,125 @@ def bedrock_verdict(out: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Memory, phases, the choice of method
+
+
+def host_peak_rss_gb() -> float:
+    """This process's peak resident set size in GiB: Linux's VmHWM (reset by reset_host_peak; a child process does
+    not inherit its parent's as getrusage's ru_maxrss can after fork + exec), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return jobkit.peak_memory_gb(False)
+
+
+def reset_host_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: /proc/self/clear_refs); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class Phases:
+    """Seconds, peak host RSS and (on a GPU) peak CUDA memory allocated of each named phase of the job. The peaks are
+    reset at the start of each phase (`resettable` False: they could not be, and each is the peak so far)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.results: dict[str, dict[str, float]] = {}
+        self.resettable = True
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        import torch
+
+        self.resettable = reset_host_peak() and self.resettable
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            result = {
+                "seconds": round(time.monotonic() - started, 3),
+                "peak_host_rss_gb": round(host_peak_rss_gb(), 4),
+            }
+            if self.cuda:
+                result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 4)
+            self.results[name] = result
+
+    def peak(self, key: str) -> float:
+        return max((r.get(key, 0.0) for r in self.results.values()), default=0.0)
+
+
+def _free(cuda: bool) -> None:
+    gc.collect()
+    if cuda:
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def choose_method(
+    cfg: MergeConfig, adapter_dir: Path, adapter_config: dict[str, Any]
+) -> tuple[str, str, streaming.Plan | None]:
+    """(method, why, the streaming plan or None). method=streaming on an input it cannot stream raises
+    StreamingUnsupported with the reason; auto then merges in memory. An adapter that does not fit the base raises
+    AdapterMismatchError whatever the method."""
+    model_dir = Path(cfg.model_dir)
+    if cfg.method == "in_memory":
+        return "in_memory", "method=in_memory", None
+    if cfg.method == "auto" and not (model_dir / streaming.INDEX_FILE).is_file():
+        return "in_memory", f"auto: the base is not sharded safetensors (no {streaming.INDEX_FILE})", None
+    try:
+        problems = streaming.unsupported_features(adapter_config)
+        if problems:
+            raise StreamingUnsupported("the adapter uses " + "; ".join(problems))
+        skeleton = streaming.meta_skeleton(model_dir)
+        check_adapter_fits(skeleton, adapter_dir, adapter_config)
+        adapter_keys = streaming.tensor_names(adapter_dir / streaming.ADAPTER_FILE)
+        plan = streaming.plan_merge(model_dir, adapter_dir, skeleton, adapter_keys)
+    except StreamingUnsupported as exc:
+        if cfg.method == "streaming":
+            raise
+        return "in_memory", f"auto: cannot stream: {exc}", None
+    layout = f"{len(plan.files)} safetensors file(s)"
+    return "streaming", f"{'auto' if cfg.method == 'auto' else 'method=streaming'}: {layout}, plain LoRA", plan
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The merge
+
+
+@dataclass
+class Job:
+    """What both methods share: config, inputs, device, tokenizer, phases."""
+
+    cfg: MergeConfig
+    adapter_dir: Path
+    facts: dict[str, Any]
+    device: str
+    tokenizer: Any
+    adapter_config: dict[str, Any]
+    phases: Phases
+    started: float
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.cfg.model_dir)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
 
 
 def main(cfg: MergeConfig) -> dict[str, Any]:
@@ -457,25 +632,50 @@ def main(cfg: MergeConfig) -> dict[str, Any]:
 
 
 def _merge(cfg: MergeConfig, adapter_dir: Path, archive: Path | None, started: float) -> dict[str, Any]:
-    import peft
-    import torch
-    import transformers
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     facts = check_inputs(cfg, adapter_dir)
     facts["adapter_archive"] = str(archive) if archive else None
     device = jobkit.resolve_device(cfg.device)
-    cuda = device == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    dtype = jobkit.torch_dtype(cfg.dtype)
-    model_dir, out = Path(cfg.model_dir), Path(cfg.output_dir)
+    phases = Phases(device == "cuda")
+    model_dir = Path(cfg.model_dir)
+    with phases.phase("prepare"):
+        base_tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+        tokenizer = _check_tokenizers(base_tokenizer, adapter_dir)
+        if not tokenizer.chat_template:
+            raise ValueError(f"the tokenizer in {model_dir} has no chat template")
+        adapter_config = _read_json(adapter_dir / "adapter_config.json")
+        method, reason, plan = choose_method(cfg, adapter_dir, adapter_config)
+    print(f"merge method: {method} ({reason})", flush=True)
+    facts.update(method=method, method_reason=reason)
+    job = Job(cfg, adapter_dir, facts, device, tokenizer, adapter_config, phases, started)
+    if plan is not None:
+        return _merge_streaming(job, plan)
+    if cfg.verify_prompts == 0:
+        raise ConfigError(
+            f"verify_prompts=0 (no verification) is for the streaming method only; this merge runs in "
+            f"memory ({reason})"
+        )
+    return _merge_in_memory(job)
 
-    base_tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-    tokenizer = _check_tokenizers(base_tokenizer, adapter_dir)
-    if not tokenizer.chat_template:
-        raise ValueError(f"the tokenizer in {model_dir} has no chat template")
+
+def _merge_in_memory(job: Job) -> dict[str, Any]:
+    with job.phases.phase("in_memory"):
+        report = _in_memory(job)
+    report.update(_report_tail(job))
+    report["phases"] = job.phases.results
+    report["load_seconds"] = round(report.pop("loaded_at") - job.started, 3)
+    return _finish(job, report)
+
+
+def _in_memory(job: Job) -> dict[str, Any]:
+    """Load in fp32 (merge_precision), PEFT merge_and_unload, check, cast, save, reload and check again."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg, device, tokenizer, model_dir, out = job.cfg, job.device, job.tokenizer, job.model_dir, job.out
+    dtype = jobkit.torch_dtype(cfg.dtype)
     work_dtype = torch.float32 if cfg.merge_precision == "fp32" else dtype
     base: Any = AutoModelForCausalLM.from_pretrained(
         model_dir,
@@ -487,12 +687,11 @@ def _merge(cfg: MergeConfig, adapter_dir: Path, archive: Path | None, started: f
     )
     if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
         raise ConfigError("the base loaded quantized: merge needs the original full-precision weights")
-    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    lora_modules = check_adapter_fits(base, adapter_dir, adapter_config)
+    lora_modules = check_adapter_fits(base, job.adapter_dir, job.adapter_config)
     base.eval()
     loaded_at = time.monotonic()
     try:
-        model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+        model = PeftModel.from_pretrained(base, job.adapter_dir, is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise translate_error(exc) from exc
 
@@ -529,11 +728,10 @@ def _merge(cfg: MergeConfig, adapter_dir: Path, archive: Path | None, started: f
 
     eos_ids = save_output(shipped, tokenizer, model_dir, out, cfg.max_shard_size)
     del merged, base, shipped
-    gc.collect()
+    _free(job.cuda)
     reloaded_diff = check_reload(out, dtype, device, prompts, shipped_logits, tolerance)
-
-    report = {
-        **facts,
+    return {
+        **job.facts,
         "dtype": cfg.dtype,
         "device": device,
         "lora_modules": lora_modules,
@@ -550,28 +748,221 @@ def _merge(cfg: MergeConfig, adapter_dir: Path, archive: Path | None, started: f
         },
         "eos_token_id": eos_ids,
         "end_of_turn_token": tokenizer.eos_token,
+        "loaded_at": loaded_at,
+        "merge_seconds": round(merge_seconds, 3),
+    }
+
+
+def _merge_streaming(job: Job, plan: streaming.Plan) -> dict[str, Any]:
+    """Stream the weights, write the other files, verify; on any failure the written model files are removed."""
+    cfg, out = job.cfg, job.out
+    fresh = not (out.exists() and any(out.iterdir()))
+    load_seconds = round(time.monotonic() - job.started, 3)
+    try:
+        with job.phases.phase("merge"):
+            streamed = streaming.stream_merge(
+                job.model_dir, job.adapter_dir, out, plan, cfg.dtype, job.device, progress=_print_file
+            )
+            eos_ids = write_model_files(job.model_dir, out, job.tokenizer, _output_config(job.model_dir, cfg.dtype))
+        verification = verify_streamed(job, plan) if cfg.verify_prompts else _skipped_verification()
+    except BaseException:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for name in [*plan.files, streaming.INDEX_FILE]:
+                (out / name).unlink(missing_ok=True)
+        raise
+    report = {
+        **job.facts,
+        "merged_onto": "the original full-precision base weights, read tensor by tensor from its safetensors files "
+        "and merged in fp32",
+        "dtype": cfg.dtype,
+        "device": job.device,
+        "lora_modules": len(plan.lora),
+        "modules_to_save": plan.modules_to_save,
+        "replaced_tensors": len(plan.replace),
+        "verification": verification,
+        "streaming": {**streamed, "peak_host_rss_gb": job.phases.results["merge"]["peak_host_rss_gb"]},
+        "eos_token_id": eos_ids,
+        "end_of_turn_token": job.tokenizer.eos_token,
+        "load_seconds": load_seconds,
+        "phases": job.phases.results,
+    }
+    report.update(_report_tail(job), merge_seconds=job.phases.results["merge"]["seconds"])
+    return _finish(job, report)
+
+
+def _print_file(stats: dict[str, Any]) -> None:
+    print(
+        f"{stats['file']}: {stats['tensors']} tensors, {stats['lora_merged']} LoRA merged, {stats['replaced']} "
+        f"replaced, {stats['bytes_written'] / 2**30:.2f} GiB in {stats['seconds']:.1f}s",
+        flush=True,
+    )
+
+
+def _skipped_verification() -> dict[str, Any]:
+    return {
+        "skipped": True,
+        "passed": None,
+        "reason": "verify_prompts=0: the written weights were not checked against base+adapter",
+    }
+
+
+def verify_streamed(job: Job, plan: streaming.Plan) -> dict[str, Any]:
+    """Base+adapter (PEFT) gives the reference logits and PEFT's merge of every changed tensor, which the written
+    tensors must match within one rounding; then the written model's logits must match the reference within the
+    output dtype's tolerance. One model in memory at a time, in dtype (verify_precision auto | dtype) or fp32."""
+    import torch
+
+    cfg = job.cfg
+    verify_dtype = torch.float32 if cfg.verify_precision == "fp32" else jobkit.torch_dtype(cfg.dtype)
+    conversations = read_chat_jsonl(cfg.eval_dir, cfg.verify_prompts)
+    prompts = render_prompts(job.tokenizer, conversations, cfg.verify_max_tokens)
+    with job.phases.phase("verify_reference"):
+        reference, adapter_effect, weights = _streamed_reference(job, plan, prompts, verify_dtype)
+    if not weights["passed"]:
+        raise MergeVerificationError(
+            f"the written weights differ from PEFT's merge: up to {weights['max_error_in_eps']:.3g} x eps of the "
+            f"value (allowed 1), max abs diff {weights['max_abs']:.6g}, over {weights['tensors']} tensors"
+        )
+    tolerance = cfg.streamed_tolerance()
+    with job.phases.phase("verify_output"):
+        merged_diff = _written_model_diff(job, prompts, reference, verify_dtype)
+    if not merged_diff["max_abs"] <= tolerance:  # NaN fails too
+        raise MergeVerificationError(
+            f"the written model's logits differ from base+adapter: max abs diff {merged_diff['max_abs']:.6g} > "
+            f"tolerance {tolerance:.6g} (mean {merged_diff['mean_abs']:.3g}, argmax agreement "
+            f"{merged_diff['argmax_agreement']:.4f} over {merged_diff['positions']} positions)"
+        )
+    return {
+        "prompts": len(prompts),
+        "prompts_source": "eval split" if conversations else "built-in conversation (no eval rows found)",
+        "tolerance_max_abs": tolerance,
+        "merge_precision": "fp32",
+        "verify_precision": str(verify_dtype).removeprefix("torch."),
+        "merged_vs_base_plus_adapter": merged_diff,
+        "weights_vs_peft_merge": weights,
+        "adapter_effect_vs_base": adapter_effect,
+        "passed": True,
+        "what": "merged_vs_base_plus_adapter: the written model (weights rounded to dtype) vs base+adapter, both "
+        "loaded in verify_precision; weights_vs_peft_merge: each tensor the adapter changes vs PEFT's merge of it",
+    }
+
+
+def _streamed_reference(job: Job, plan: streaming.Plan, prompts: list[Any], dtype: Any) -> tuple[Any, Any, Any]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base: Any = AutoModelForCausalLM.from_pretrained(
+        job.model_dir,
+        dtype=dtype,
+        device_map=job.device,
+        use_safetensors=True,
+        trust_remote_code=False,
+        local_files_only=True,
+    )
+    base.eval()
+    try:
+        model = PeftModel.from_pretrained(base, job.adapter_dir, is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise translate_error(exc) from exc
+    reference = compute_logits(model, prompts, job.device)
+    with model.disable_adapter():
+        adapter_effect = logit_diff(compute_logits(model, prompts, job.device), reference)
+    weights = streaming.compare_with_peft(model, job.out, plan)
+    del model, base
+    _free(job.cuda)
+    return reference, adapter_effect, weights
+
+
+def _written_model_diff(job: Job, prompts: list[Any], reference: list[Any], dtype: Any) -> dict[str, float]:
+    """The written directory loads in plain transformers (no PEFT, no adapter files), says it is `dtype` in its
+    config.json, and gives logits close to the reference."""
+    from transformers import AutoModelForCausalLM
+
+    out = job.out
+    if (out / "adapter_config.json").exists():
+        raise RuntimeError("the output holds adapter_config.json: it would load as a PEFT adapter, not a model")
+    written = json.loads((out / "config.json").read_text())
+    want = str(jobkit.torch_dtype(job.cfg.dtype)).removeprefix("torch.")
+    if (written.get("dtype") or written.get("torch_dtype")) != want:
+        raise RuntimeError(f"the output's config.json says dtype {written.get('dtype')!r}, expected {want}")
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        out, dtype=dtype, device_map=job.device, local_files_only=True, trust_remote_code=False
+    )
+    model.eval()
+    diff = logit_diff(compute_logits(model, prompts, job.device), reference)
+    del model
+    _free(job.cuda)
+    return diff
+
+
+def _report_tail(job: Job) -> dict[str, Any]:
+    """Sizes, times, peak memory, the Bedrock verdict, config and versions: the same for both methods."""
+    import peft
+    import torch
+    import transformers
+
+    out = job.out
+    return {
         "shards": sorted(p.name for p in out.glob("*.safetensors")),
         "output_bytes": jobkit.directory_bytes(out),
-        "load_seconds": round(loaded_at - started, 3),
-        "merge_seconds": round(merge_seconds, 3),
-        "wall_time_s": round(time.monotonic() - started, 3),
-        "peak_memory_gb": round(jobkit.peak_memory_gb(cuda), 4),
-        "peak_memory_kind": "cuda_max_allocated" if cuda else "process_max_rss",
-        "peak_host_rss_gb": round(jobkit.peak_memory_gb(False), 4),
+        "wall_time_s": round(time.monotonic() - job.started, 3),
+        "peak_memory_gb": job.phases.peak("peak_gpu_gb" if job.cuda else "peak_host_rss_gb"),
+        "peak_memory_kind": "cuda_max_allocated" if job.cuda else "process_max_rss",
+        "peak_host_rss_gb": job.phases.peak("peak_host_rss_gb"),
+        "peak_memory_reset_per_phase": job.phases.resettable,
         "bedrock_custom_model_import": bedrock_verdict(out),
-        "config": dataclasses.asdict(cfg),
+        "config": dataclasses.asdict(job.cfg),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
     }
-    if adapter_effect["max_abs"] == 0.0:
-        report["warnings"] = ["the adapter does not change the logits (all lora_B zero?): the merge equals the base"]
-    (out / "merge_report.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+def _finish(job: Job, report: dict[str, Any]) -> dict[str, Any]:
+    """Warnings, merge_report.json, one line on stdout."""
+    verification = report["verification"]
+    warnings = []
+    if verification.get("skipped"):
+        warnings.append("verification skipped (verify_prompts=0): the merged weights were not checked")
+    elif verification["adapter_effect_vs_base"]["max_abs"] == 0.0:
+        warnings.append("the adapter does not change the logits (all lora_B zero?): the merge equals the base")
+    if warnings:
+        report["warnings"] = warnings
+    (job.out / "merge_report.json").write_text(json.dumps(report, indent=2, default=str))
+    diff = (verification.get("merged_vs_base_plus_adapter") or {}).get("max_abs")
     print(
-        f"merged {lora_modules} LoRA modules in {merge_seconds:.2f}s; max abs logit diff "
-        f"{merged_diff['max_abs']:.3g} (tolerance {tolerance:.3g}); Bedrock compatible: "
-        f"{report['bedrock_custom_model_import']['compatible']}",
+        f"merged {report['lora_modules']} LoRA modules ({report['method']}) in {report['merge_seconds']:.2f}s; max "
+        f"abs logit diff {diff if diff is None else f'{diff:.3g}'} (tolerance "
+        f"{verification.get('tolerance_max_abs')}); peak host RSS {report['peak_host_rss_gb']:.2f} GiB; Bedrock "
+        f"compatible: {report['bedrock_custom_model_import']['compatible']}",
         flush=True,
     )
     return report
+
+
+def _output_config(model_dir: Path, dtype_name: str) -> Any:
+    """The base's config as the merged model's: dtype set, use_cache on (as save_pretrained of the merge writes it)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    config.dtype = jobkit.torch_dtype(dtype_name)
+    config.use_cache = True
+    return config
+
+
+def write_model_files(model_dir: Path, out: Path, tokenizer: Any, config: Any) -> list[int]:
+    """config.json, tokenizer, chat template, generation_config.json next to the weights; returns the eos ids."""
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    return _write_tokenizer_files(model_dir, out, tokenizer, config)
+
+
+def _write_tokenizer_files(model_dir: Path, out: Path, tokenizer: Any, config: Any) -> list[int]:
+    tokenizer.save_pretrained(out)
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    if not (out / "chat_template.jinja").is_file() and not tokenizer_config.get("chat_template"):
+        (out / "chat_template.jinja").write_text(tokenizer.chat_template)
+    return write_generation_config(model_dir, out, tokenizer, config)
 
 
 def save_output(model: Any, tokenizer: Any, model_dir: Path, out: Path, max_shard_size: str) -> list[int]:
@@ -579,11 +970,7 @@ def save_output(model: Any, tokenizer: Any, model_dir: Path, out: Path, max_shar
     out.mkdir(parents=True, exist_ok=True)
     model.config.use_cache = True
     model.save_pretrained(out, max_shard_size=max_shard_size.replace(" ", ""))
-    tokenizer.save_pretrained(out)
-    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
-    if not (out / "chat_template.jinja").is_file() and not tokenizer_config.get("chat_template"):
-        (out / "chat_template.jinja").write_text(tokenizer.chat_template)
-    return write_generation_config(model_dir, out, tokenizer, model.config)
+    return _write_tokenizer_files(model_dir, out, tokenizer, model.config)
 
 
 def check_reload(
@@ -615,6 +1002,8 @@ def failure_reason(exc: BaseException, cfg: MergeConfig | None = None) -> str:
     """One line for SageMaker's ExitMessage: the cause and what to do."""
     if jobkit.is_out_of_memory(exc):
         reason = "CUDA out of memory while merging: use a larger GPU instance or device=cpu on a 64 GB+ instance"
+    elif isinstance(exc, StreamingUnsupported):
+        reason = f"cannot merge by streaming: {exc} (method=auto or in_memory merges it in memory with PEFT)"
     elif isinstance(exc, ConfigError):
         reason = f"invalid merge request: {exc}"
     elif isinstance(exc, AdapterMismatchError | MergeVerificationError | jobkit.UnsafeArchiveError):
