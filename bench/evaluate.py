@@ -1,0 +1,158 @@
+"""Evaluate stage throughput: batched greedy generation (the container's default batch) vs one prompt at a time.
+
+    python bench/evaluate.py --model-size 7b --examples 64 --batch-size 16     # an H100: examples/s, ratio
+    python bench/evaluate.py --model-size tiny --examples 8 --batch-size 4      # CPU smoke run
+
+Builds a random model of the given shape (Mistral-7B dimensions; the vocabulary of the tiny tokenizer of
+local/tiny_model.py, so every generated id decodes), writes synthetic chat conversations, and runs
+containers/evaluate/evaluate.py as a subprocess twice on the same data: `--batch_size 1` (the baseline) and the given
+batch size. A random model never emits its end-of-turn token, so every answer runs to `--max-new-tokens`: the figure
+is the worst case. Prints examples/s and generated tokens/s of each run and the ratio batched / one at a time.
+Needs torch, transformers and safetensors only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from local.tiny_model import write_base_model  # noqa: E402
+
+from train_gpu import SHAPES  # noqa: E402  (bench/ is the script's own directory)
+
+ENTRYPOINT = ROOT / "containers" / "evaluate" / "evaluate.py"
+
+
+def conversations(count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": "You route support tickets to a team."},
+                {"role": "user", "content": f"ticket {i}: my invoice {i * 7} was charged twice, please refund it"},
+                {"role": "assistant", "content": "billing"},
+            ]
+        }
+        for i in range(count)
+    ]
+
+
+def build(root: Path, size: str, examples: int) -> tuple[Path, Path]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_dir, eval_file = root / "model", root / "eval.jsonl"
+    rows = conversations(examples)
+    write_base_model(model_dir, [m["content"] for row in rows for m in row["messages"]])
+    config = json.loads((model_dir / "config.json").read_text())
+    shape = {key: value for key, value in SHAPES[size].items() if key != "vocab_size"}
+    config.update({"architectures": ["MistralForCausalLM"], "model_type": "mistral", **shape})
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch.bfloat16)
+    model.save_pretrained(model_dir)
+    del model
+    eval_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return model_dir, eval_file
+
+
+def evaluate(root: Path, model_dir: Path, eval_file: Path, batch: int, max_new_tokens: int) -> dict[str, Any]:
+    out = root / f"out-b{batch}"
+    command = [
+        sys.executable,
+        str(ENTRYPOINT),
+        "--candidate_dir", str(model_dir),
+        "--base_dir", str(model_dir),
+        "--production_dir", "",
+        "--eval_dir", str(eval_file),
+        "--output_dir", str(out),
+        "--failure_file", str(root / f"failure-b{batch}"),
+        "--max_new_tokens", str(max_new_tokens),
+        "--batch_size", str(batch),
+        "--min_stop_rate", "0",
+        "--worst_examples", "0",
+    ]  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        failure = root / f"failure-b{batch}"
+        reason = failure.read_text() if failure.is_file() else done.stderr[-2000:]
+        raise SystemExit(f"evaluate.py --batch_size {batch} failed: {reason}")
+    report = json.loads((out / "evaluation.json").read_text())
+    candidate = report["metrics"]["candidate"]
+    per_second = _find(report, "examples_per_second")
+    return {
+        "batch_size": batch,
+        "job_wall_s": round(wall, 2),
+        "examples_per_second": per_second,
+        "generated_tokens_per_second": per_second * candidate.get("mean_generated_tokens", max_new_tokens)
+        if per_second
+        else None,
+        "mean_generated_tokens": candidate.get("mean_generated_tokens"),
+        "stop_rate": candidate.get("stop_rate"),
+    }
+
+
+def _find(document: Any, key: str) -> float | None:
+    """The first value of ``key`` anywhere in the report (the candidate's generation timing)."""
+    if isinstance(document, dict):
+        if key in document and isinstance(document[key], int | float):
+            return float(document[key])
+        for value in document.values():
+            found = _find(value, key)
+            if found is not None:
+                return found
+    if isinstance(document, list):
+        for value in document:
+            found = _find(value, key)
+            if found is not None:
+                return found
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-size", choices=sorted(SHAPES), default="7b")
+    parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16, help="the batched run (the container's default: 16)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tuneplane-bench-eval-") as scratch:
+        root = Path(scratch)
+        started = time.monotonic()
+        model_dir, eval_file = build(root, args.model_size, args.examples)
+        print(f"built a random {args.model_size} model in {time.monotonic() - started:.1f}s", flush=True)
+        one = evaluate(root, model_dir, eval_file, 1, args.max_new_tokens)
+        batched = evaluate(root, model_dir, eval_file, args.batch_size, args.max_new_tokens)
+    results = {
+        "model_size": args.model_size,
+        "examples": args.examples,
+        "max_new_tokens": args.max_new_tokens,
+        "one_at_a_time": one,
+        "batched": batched,
+        "speedup": (batched["examples_per_second"] or 0) / one["examples_per_second"]
+        if one["examples_per_second"]
+        else None,
+    }
+    print(json.dumps(results, indent=2))
+    print(
+        f"batch {args.batch_size}: {batched['examples_per_second']:.2f} examples/s vs one at a time "
+        f"{one['examples_per_second']:.2f} examples/s: ratio {results['speedup']:.2f}x"
+    )
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
