@@ -19,6 +19,16 @@ python containers/train/train.py \
 `local.tiny_model.write_tiny_weights` adds random ones.) Train data is chat JSONL, one `{"messages": [...]}` per line,
 as the Validate stage writes it. The loss covers the assistant turns only (the chat template's `{% generation %}`
 blocks, end-of-turn token included).
+
+Several GPUs on one instance: with more than one GPU visible, `train.py` re-runs itself under torchrun
+(`python -m torch.distributed.run --standalone --nproc_per_node=N train.py <same arguments>`), N data-parallel ranks
+(NCCL) on the first N GPUs, N = `nproc_per_node` (auto: every visible GPU), waits, and exits non-zero if a rank
+failed. On a CPU an integer `nproc_per_node` > 1 runs that many gloo ranks. The Trainer shards the batches across the
+ranks and averages the loss over all ranks' tokens; rank 0 alone prints the metric lines and writes the adapter, the
+tokenizer and training_summary.json; the first rank to fail writes the failure file. Per-device batch B on N ranks is
+the optimizer step of one process with batch B and gradient_accumulation_steps x N (tests/containers/
+test_train_distributed.py: the same losses and adapter). SIGTERM reaches every rank: all checkpoint after the same
+step.
 """
 
 from __future__ import annotations
@@ -29,8 +39,10 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import time
+import traceback
 import types
 import typing
 from dataclasses import dataclass, field
@@ -71,10 +83,25 @@ PATH_ENV = {
 HYPERPARAMETERS_ENV = "TUNEPLANE_HYPERPARAMETERS"
 CHECKPOINT_COMPLETE = "tuneplane-checkpoint-complete"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# What torchrun waits for after forwarding SIGTERM (or after a rank failed) before it SIGKILLs the ranks: SageMaker
+# waits 120 s after its SIGTERM, and a rank must finish its step and write the checkpoint in that time.
+SHUTDOWN_TIMEOUT_S = 100
+# Set in the ranks' environment unless the user set it: NVLink SHARP (NVLS) buffers cost GPU memory and need the
+# fabric manager set up, which the lent and SageMaker hosts do not promise. (OMP_NUM_THREADS defaults to the CPU cores
+# divided between the ranks.)
+LAUNCH_ENV_DEFAULTS = {"NCCL_NVLS_ENABLE": "0"}
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class WorkerFailedError(RuntimeError):
+    """A rank of a multi-process run failed: the message is the first failing rank's reason."""
+
+
+class WorkerConfigError(WorkerFailedError, ConfigError):
+    """The first failing rank found a hyperparameter it cannot use (the launcher exits 2, as one process would)."""
 
 
 def _path_default(name: str) -> Any:
@@ -152,6 +179,15 @@ class TrainConfig:
     eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps; 0: at the end of each epoch."})
     logging_steps: int = field(default=10, metadata={"help": "Print a metrics line every N steps (> 0)."})
 
+    # --- devices ---
+    nproc_per_node: str = field(
+        default="auto",
+        metadata={
+            "help": "Data-parallel processes on this instance: auto (one per visible GPU) or an integer"
+            " (on a CPU: that many gloo processes)."
+        },
+    )
+
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str, str]] = [
             (self.lora_r > 0, "lora_r", "> 0"),
@@ -172,6 +208,11 @@ class TrainConfig:
             (self.save_total_limit >= 1, "save_total_limit", ">= 1"),
             (self.eval_steps >= 0, "eval_steps", ">= 0"),
             (self.logging_steps > 0, "logging_steps", "> 0"),
+            (
+                self.nproc_per_node == "auto" or (self.nproc_per_node.isdigit() and int(self.nproc_per_node) >= 1),
+                "nproc_per_node",
+                "auto or an integer >= 1",
+            ),
         ]
         jobkit.check_config(self, checks)
         if self.qlora:
@@ -180,6 +221,15 @@ class TrainConfig:
     def target_modules(self) -> str | list[str]:
         value = self.lora_target_modules.strip()
         return value if value == "all-linear" else [name.strip() for name in value.split(",") if name.strip()]
+
+    def processes(self, gpus: int) -> int:
+        """How many data-parallel processes to run on this instance with `gpus` GPUs (nproc_per_node resolved)."""
+        if self.nproc_per_node == "auto":
+            return max(gpus, 1)
+        count = int(self.nproc_per_node)
+        if gpus and count > gpus:
+            raise ConfigError(f"nproc_per_node must be at most the {gpus} visible GPU(s), got {count}")
+        return count
 
 
 def _check_qlora_possible() -> None:
@@ -294,6 +344,49 @@ def newest_complete_checkpoint(checkpoint_dir: str) -> Path | None:
     return max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-")), default=None)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Data-parallel ranks
+
+
+def is_distributed_worker() -> bool:
+    """Whether this process is already a rank of a torchrun launch (it must train, not launch)."""
+    return "WORLD_SIZE" in os.environ or "LOCAL_RANK" in os.environ
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """This process's (rank, world size) as torchrun sets them; (0, 1) in a single-process run."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _distributed() -> Any:
+    """torch.distributed when a process group of more than one rank is up, else None."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
+def _any_rank(flag: bool, group: Any) -> bool:
+    """True on every rank if it is True on any (a no-op in a single process)."""
+    dist = _distributed()
+    if dist is None:
+        return flag
+    import torch
+
+    value = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+    return bool(value.item())
+
+
+def _gather_floats(value: float) -> list[float]:
+    """`value` of every rank, by rank ([value] in a single process)."""
+    dist = _distributed()
+    if dist is None:
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return [float(v) for v in values]
+
+
 def _metric_fields(logs: dict[str, float], step: int) -> dict[str, float]:
     """The metrics of one Trainer log record under their MetricDefinitions names; a non-finite loss stops the run."""
     fields: dict[str, float] = {}
@@ -318,6 +411,10 @@ def _throughput(last: tuple[float, int] | None, now: float, tokens: int) -> dict
 
 
 def _make_callbacks(cfg: TrainConfig, summary: dict[str, Any], stop: dict[str, bool]) -> list[Any]:
+    return [_metrics_callback(summary), _checkpoint_callback(stop)]
+
+
+def _metrics_callback(summary: dict[str, Any]) -> Any:
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
@@ -327,6 +424,8 @@ def _make_callbacks(cfg: TrainConfig, summary: dict[str, Any], stop: dict[str, b
             self.last: tuple[float, int] | None = None
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **_: Any) -> None:
+            # The Trainer logs the same values on every rank: the loss averaged over all ranks' tokens, the tokens
+            # seen summed over the ranks. Every rank records them (and stops on NaN); rank 0 alone prints them.
             now, tokens = time.monotonic(), int(getattr(state, "num_input_tokens_seen", 0) or 0)
             fields = _metric_fields(logs or {}, state.global_step)
             if "train_loss" in fields:
@@ -335,28 +434,49 @@ def _make_callbacks(cfg: TrainConfig, summary: dict[str, Any], stop: dict[str, b
                 summary["loss_curve"].append({"step": state.global_step, "epoch": state.epoch, **fields})
             if "eval_loss" in fields:
                 summary["eval_curve"].append({"step": state.global_step, "eval_loss": fields["eval_loss"]})
-            if fields:
+            if fields and state.is_world_process_zero:
                 fields["gpu_memory_gb"] = jobkit.peak_memory_gb(True) if _cuda() else 0.0
                 print(f"step={state.global_step}; " + " ".join(f"{k}={v:.6g};" for k, v in fields.items()), flush=True)
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             self.last = (time.monotonic(), int(getattr(state, "num_input_tokens_seen", 0) or 0))
 
+    return MetricsCallback()
+
+
+def _checkpoint_callback(stop: dict[str, bool]) -> Any:
+    from transformers import TrainerCallback
+
     class CheckpointCallback(TrainerCallback):
-        """Marks each finished checkpoint as complete; on SIGTERM saves one and stops."""
+        """Marks each finished checkpoint as complete; on SIGTERM saves one and stops.
+
+        With several ranks, the SIGTERM flag is or-ed across them after every step (one int over gloo) so that all
+        stop after the same step and write one checkpoint together, and the marker waits for every rank's files."""
+
+        def __init__(self) -> None:
+            self.group: Any = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            dist = _distributed()
+            if dist is not None and dist.get_backend() != "gloo":
+                self.group = dist.new_group(backend="gloo")  # a CPU flag: no GPU sync per step
 
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            stop["sigterm"] = _any_rank(stop["sigterm"], self.group)
             if stop["sigterm"]:  # spot interruption: checkpoint now, then stop
                 control.should_save = True
                 control.should_training_stop = True
 
         def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            dist = _distributed()
+            if dist is not None:
+                dist.barrier(group=self.group)  # every rank's RNG state is on disk
             if args.should_save:
                 done = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_COMPLETE
                 if done.parent.is_dir():
                     done.write_text(str(state.global_step))
 
-    return [MetricsCallback(), CheckpointCallback()]
+    return CheckpointCallback()
 
 
 def _cuda() -> bool:
@@ -408,8 +528,15 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
     if not tokenizer.chat_template:
         raise ValueError(f"the tokenizer in {model_dir} has no chat template")
 
-    quantization = None
+    _, world_size = rank_and_world_size()
+    if world_size > 1 and not cuda:
+        # accelerate names a CPU rank's device "cpu:0", which torch.load cannot map a checkpoint's optimizer state to
+        # on resume ("don't know how to restore data location ... cpu:0"); "cpu" works.
+        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
+    quantization, device_map = None, None
     if cfg.qlora:
+        if world_size > 1:  # a 4-bit model cannot be moved after loading: load each rank's copy on its own GPU
+            device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))}
         quantization = transformers.BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -421,6 +548,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         dtype=dtype,
         attn_implementation=attn,
         quantization_config=quantization,
+        device_map=device_map,
         use_safetensors=True,
         trust_remote_code=False,
         local_files_only=True,
@@ -452,6 +580,11 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not cuda,
+        # Several ranks (torchrun): the loss of each optimizer step is the mean over the tokens of all ranks, as in
+        # one process; LoRA uses every adapter weight in every step, so DDP need not look for unused ones.
+        ddp_backend=("nccl" if cuda else "gloo") if world_size > 1 else None,
+        ddp_find_unused_parameters=False,
+        average_tokens_across_devices=True,
         gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         max_length=cfg.max_seq_length if cfg.packing or not cfg.padding_free else None,
@@ -500,7 +633,8 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
 
 
 def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str, Any]:
-    """Train, save the adapter + tokenizer + training_summary.json to cfg.output_dir; returns the summary."""
+    """Train in this process, save the adapter + tokenizer + training_summary.json to cfg.output_dir (rank 0 of a
+    multi-process run saves them; every rank trains); returns the summary."""
     import peft
     import torch
     import transformers
@@ -513,14 +647,18 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
     has_eval = context["eval_examples"] > 0
     cuda = torch.cuda.is_available()
 
+    rank, world_size = rank_and_world_size()
+    where = f" (rank {rank} of {world_size})" if world_size > 1 else ""
+
     def on_sigterm(signum: int, frame: types.FrameType | None) -> None:
-        print("SIGTERM received: saving a checkpoint at the end of this step, then stopping", flush=True)
+        print(f"SIGTERM received{where}: saving a checkpoint at the end of this step, then stopping", flush=True)
         stop["sigterm"] = True
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     resume = newest_complete_checkpoint(cfg.checkpoint_dir)
-    if resume is not None:
+    if resume is not None and rank == 0:
         print(f"resuming from {resume}", flush=True)
+    tokens_before = _tokens_seen_in(resume) if resume else 0  # read now: the checkpoint may be rotated away
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
@@ -539,19 +677,22 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
         final["eval_loss"] = summary["eval_curve"][-1]["eval_loss"]
         final["base_eval_loss"] = summary["eval_curve"][0]["eval_loss"]
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    world_size = trainer.args.world_size
+    peaks = _gather_floats(jobkit.peak_memory_gb(cuda))  # a collective: every rank, before rank 0 writes
+    tokens = int(trainer.state.num_input_tokens_seen or 0)  # all ranks' tokens
+    runtime = float(final.get("train_runtime") or 0.0)
     summary.update(
         {
             "final_metrics": final,
             "global_step": trainer.state.global_step,
-            "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
+            "tokens_seen": tokens,
+            "tokens_per_second": round((tokens - tokens_before) / runtime, 3) if runtime > 0 else None,
+            "world_size": world_size,
             "train_examples": context["train_examples"],
             "eval_examples": context["eval_examples"],
             "wall_time_s": round(time.monotonic() - started, 3),
-            "peak_memory_gb": round(jobkit.peak_memory_gb(cuda), 4),
+            "peak_memory_gb": round(max(peaks), 4),
+            "peak_memory_gb_per_rank": [round(peak, 4) for peak in peaks],
             "peak_memory_kind": "cuda_max_allocated" if cuda else "process_max_rss",
             "resumed_from": resume.name if resume else None,
             "precision": context["precision"],
@@ -565,8 +706,19 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
             },
         }
     )
+    if not trainer.is_world_process_zero():
+        return summary  # rank 0 writes the outputs
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _tokens_seen_in(checkpoint: Path) -> int:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return int(state.get("num_input_tokens_seen") or 0)
 
 
 def failure_reason(exc: BaseException, cfg: TrainConfig | None) -> str:
@@ -577,6 +729,8 @@ def failure_reason(exc: BaseException, cfg: TrainConfig | None) -> str:
             f"CUDA out of memory{where}: lower per_device_batch_size or max_seq_length"
             " (or set gradient_checkpointing=true or qlora=true)"
         )
+    elif isinstance(exc, WorkerFailedError):  # already a rank's reason
+        reason = str(exc)
     elif isinstance(exc, ConfigError):
         reason = f"invalid hyperparameters: {exc}"
     elif isinstance(exc, NonFiniteLossError | InterruptedError):
@@ -586,14 +740,130 @@ def failure_reason(exc: BaseException, cfg: TrainConfig | None) -> str:
     return jobkit.one_line(reason)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Entry: one process, or a launcher of one rank per GPU
+
+
+def launch(cfg: TrainConfig, argv: list[str], processes: int) -> None:
+    """Run this script under torchrun with `processes` ranks on this instance and wait; raise WorkerFailedError with
+    the first failing rank's reason (from the failure file, which that rank created) if any rank fails.
+
+    SIGTERM (a spot interruption, StopTrainingJob) is forwarded to torchrun, which forwards it to the ranks and waits
+    SHUTDOWN_TIMEOUT_S for their checkpoint; Ctrl-C reaches torchrun directly (same process group)."""
+    failure = Path(cfg.failure_file)
+    failure.unlink(missing_ok=True)  # the first rank to fail creates it
+    env = dict(os.environ)
+    for name, value in LAUNCH_ENV_DEFAULTS.items():
+        env.setdefault(name, value)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        f"--shutdown_timeout={SHUTDOWN_TIMEOUT_S}",
+        str(Path(__file__).resolve()),
+        *argv,
+    ]
+    print(f"launching {processes} training processes: {' '.join(command)}", flush=True)
+    child = subprocess.Popen(command, env=env)
+
+    def forward(signum: int, frame: types.FrameType | None) -> None:
+        child.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward), signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    if code == 0:
+        return
+    reason = failure.read_text(encoding="utf-8").strip() if failure.is_file() else ""
+    if not reason:
+        raise WorkerFailedError(
+            f"a training process failed without writing a reason (torchrun exit code {code}): see the job's log; "
+            "a process killed by signal 9 usually ran out of host memory"
+        )
+    raise (WorkerConfigError if reason.startswith("invalid hyperparameters:") else WorkerFailedError)(reason)
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def train_or_launch(cfg: TrainConfig, argv: list[str]) -> dict[str, Any] | None:
+    """Train in this process (a rank already, or one process with at most one GPU), or launch nproc_per_node ranks
+    on the first GPUs and wait for them. (One process that sees several GPUs is launched too: in-process, the Trainer
+    would spread each batch over all of them with DataParallel.)"""
+    if is_distributed_worker():
+        return main(cfg)
+    gpus = visible_gpus()
+    processes = cfg.processes(gpus)
+    if processes == 1 and gpus <= 1:
+        return main(cfg)
+    launch(cfg, argv, processes)
+    return None
+
+
+def write_first_failure(path: Path, reason: str) -> bool:
+    """Create the failure file with `reason` unless a rank that failed earlier created it; whether this one did."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("x", encoding="utf-8") as file:
+            file.write(reason + "\n")
+    except FileExistsError:
+        return False
+    except OSError as write_error:
+        print(f"could not write {path}: {write_error}", file=sys.stderr)
+        return False
+    return True
+
+
+def run_rank(argv: list[str]) -> int:
+    """One rank of a torchrun launch: jobkit.run_job, except that of all the ranks that fail (one raises, the others
+    then lose their peer) only the first writes its reason, with its rank, to the failure file."""
+    rank, world_size = rank_and_world_size()
+    cfg: TrainConfig | None = None
+    try:
+        cfg = load_config(argv)
+        main(cfg)
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the failure file
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        traceback.print_exc()
+        suffix = f" (rank {rank} of {world_size})"
+        reason = failure_reason(exc, cfg)[: jobkit.FAILURE_REASON_LIMIT - len(suffix)] + suffix
+        path = Path(cfg.failure_file) if cfg else jobkit.failure_file_of(argv, _default_failure_file())
+        first = write_first_failure(path, reason)
+        print(f"training failed: {reason}{'' if first else ' (another rank failed first)'}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+def _default_failure_file() -> str:
+    return os.environ.get(PATH_ENV["failure_file"], SM_DEFAULTS["failure_file"])
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Load the config, train; on failure write the reason to the failure file and return 1 (2: bad config)."""
+    """Load the config, train (here or in one rank per GPU); on failure write the reason to the failure file and
+    return 1 (2: bad config)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if is_distributed_worker():
+        return run_rank(argv)
     return jobkit.run_job(
         argv,
         load_config=load_config,
-        main=main,
+        main=lambda cfg: train_or_launch(cfg, argv),
         failure_reason=failure_reason,
-        default_failure_file=os.environ.get(PATH_ENV["failure_file"], SM_DEFAULTS["failure_file"]),
+        default_failure_file=_default_failure_file(),
         what="training",
     )
 
