@@ -101,6 +101,7 @@ def run_train(args: argparse.Namespace, work: Path, name: str, processes: int, a
         "lora_r": args.lora_r,
         "lora_dropout": 0.0,
         "gradient_checkpointing": str(args.gradient_checkpointing).lower(),
+        "qlora": str(args.qlora).lower(),
         "logging_steps": 1,
         "save_steps": args.steps,
         "seed": 42,
@@ -246,6 +247,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grad-accum", type=int, default=4, help="gradient accumulation per rank of the N-rank run")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--qlora", action="store_true", help="the base in 4-bit NF4 (bitsandbytes, GPU only)")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps left out of the steady tokens/s")
     parser.add_argument("--examples", type=int, default=0, help="conversations to write (0: enough for --steps)")
     parser.add_argument("--tokenizer-vocab", type=int, default=8000)
