@@ -257,3 +257,17 @@ def test_a_dataset_can_choose_another_deploy_target(cloud: Cloud, reversal_lines
     assert "UseDatasetDeployTarget" in cloud.states_entered(execution["executionArn"])
     assert "BedrockImportRole" in _failure_cause(cloud)
     assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
+
+
+@pytest.mark.stack_parameters(DeployTarget="bedrock", QuantizeEnabled="true")
+def test_quantization_is_skipped_for_bedrock(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a stack that quantizes, importing into Bedrock (which takes the merged bf16 model)
+    # WHEN a run passes
+    execution = _start(cloud, "run-one", reversal_lines)
+
+    # THEN no quantization job ran, the skip says why, and the merged model was imported
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    assert "SkipQuantizeForBedrock" in cloud.states_entered(execution["executionArn"])
+    assert not [name for name, _ in cloud.jobs.started if name.endswith("-quantize")]
+    skipped = [e["detail"] for e in cloud.bus_events() if e["detail"]["stage"] == "quantize"]
+    assert "Bedrock" in skipped[0]["message"]
