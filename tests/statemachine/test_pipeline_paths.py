@@ -226,3 +226,21 @@ def test_a_stage_that_times_out_fails_the_run_and_its_job_is_stopped(cloud: Clou
     job = cloud.jobs.started[0][0]
     status = boto3.client("sagemaker").describe_training_job(TrainingJobName=job)
     assert status["TrainingJobStatus"] in ("Stopping", "Stopped")
+
+
+@pytest.mark.stack_parameters(QuantizeEnabled="true")
+def test_quantization_runs_when_the_stack_asks_for_it(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a stack that quantizes (AWQ for a vLLM target) WHEN a run passes
+    execution = _start(cloud, "run-awq", reversal_lines)
+    # THEN a quantize job ran on the merged model between merge and evaluate, and the ledger has its output
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    states = cloud.states_entered(execution["executionArn"])
+    assert states[states.index("QuantizeWanted") : states.index("StartEvaluate")] == [
+        "QuantizeWanted",
+        "StartQuantize",
+        "Quantize",
+        "FinishQuantize",
+    ]
+    assert [name for name, _ in cloud.jobs.started if name.endswith("-quantize")]
+    bucket = cloud.deployment.bucket_name
+    assert cloud.ledger("run-awq")["quantize"]["artifacts"]["quantized"] == f"s3://{bucket}/runs/run-awq/quantized/"
