@@ -33,6 +33,7 @@ HAPPY_STATES = [
     "StartRegister",
     "Register",
     "FinishRegister",
+    "DatasetDeployTarget",
     "DeployTarget",
     "SkipDeploy",
     "CompleteRun",
