@@ -73,7 +73,15 @@ def pack(lengths: list[int], seq_len: int) -> list[list[int]]:
     return bins
 
 
-def build_model(size: str, seq_len: int, device: str, qlora: bool, tmp: str | None, attn_choice: str = "auto") -> Any:
+def build_model(
+    size: str,
+    seq_len: int,
+    device: str,
+    qlora: bool,
+    tmp: str | None,
+    attn_choice: str = "auto",
+    bf16_adapters: bool = False,
+) -> Any:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, MistralConfig
@@ -103,7 +111,9 @@ def build_model(size: str, seq_len: int, device: str, qlora: bool, tmp: str | No
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora), attn
+    # PEFT keeps adapter weights in fp32 by default (autocast_adapter_dtype); the training container trains under
+    # bf16 autocast. --bf16-adapters keeps them in bf16 (no fp32 casts of the activations in every LoRA layer).
+    return get_peft_model(model, lora, autocast_adapter_dtype=not bf16_adapters), attn
 
 
 def run_recipe(
@@ -188,7 +198,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     vocab = SHAPES[args.model_size]["vocab_size"]
-    model, attn = build_model(args.model_size, args.seq_len, device, qlora=False, tmp=None, attn_choice=args.attn)
+    model, attn = build_model(
+        args.model_size,
+        args.seq_len,
+        device,
+        qlora=False,
+        tmp=None,
+        attn_choice=args.attn,
+        bf16_adapters=args.bf16_adapters,
+    )
+    if args.compile:
+        model = torch.compile(model, dynamic=True)
     params = sum(p.numel() for p in model.parameters())
     results: dict[str, Any] = {"model_size": args.model_size, "parameters": params, "device": device, "attn": attn}
     a = run_recipe(model, device, packed_batches(args.steps, args.a_batch, args.seq_len, vocab, device, 1), 1, False)
@@ -231,6 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--a-batch", type=int, default=1, help="packed rows per step for the defaults")
     parser.add_argument("--skip-qlora", action="store_true")
     parser.add_argument("--skip-seed-recipe", action="store_true", help="time the defaults only")
+    parser.add_argument("--bf16-adapters", action="store_true", help="LoRA weights in bf16 (PEFT's default: fp32)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
     parser.add_argument(
         "--attn",
         choices=["auto", "sdpa", "flex_attention", "eager", "flash_attention_2"],
