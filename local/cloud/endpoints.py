@@ -61,6 +61,8 @@ from moto.sagemaker import responses as sm_responses
 from moto.sagemaker.models import FakeEndpoint, FakeEndpointConfig, SageMakerModelBackend
 from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
 
+from local.cloud.sagemaker_jobs import download_prefix, split_s3_uri
+
 REASON_LIMIT = 1024  # FailureReason holds 1 KB
 STARTUP_TIMEOUT_S = 120.0  # the local bound on a server's startup (SageMaker's variant setting may say 1800)
 INVOKE_TIMEOUT_S = 60.0  # SageMaker real-time endpoints give the container 60 s to answer
@@ -362,30 +364,8 @@ class StartFailure(Exception):
     """An endpoint (or an update of it) could not start; the message is its FailureReason."""
 
 
-def _split(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bucket, key
-
-
-def _download_prefix(uri: str, destination: Path) -> int:
-    """Every object under the S3 prefix ``uri`` into ``destination``, keys relative to the prefix."""
-    s3 = boto3.client("s3")
-    bucket, prefix = _split(uri if uri.endswith("/") else uri + "/")
-    count = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            relative = item["Key"][len(prefix) :]
-            if not relative or relative.endswith("/"):
-                continue
-            target = destination / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, item["Key"], str(target))
-            count += 1
-    return count
-
-
 def _download_archive(uri: str, destination: Path) -> int:
-    bucket, key = _split(uri)
+    bucket, key = split_s3_uri(uri)
     archive = destination.parent / "model.tar.gz"
     boto3.client("s3").download_file(bucket, key, str(archive))
     with tarfile.open(archive) as tar:
@@ -403,7 +383,11 @@ def fetch_model_data(container: Mapping[str, Any], destination: Path) -> None:
         if source:
             uri = str(source["S3Uri"])
             compressed = str(source.get("CompressionType", "None")) == "Gzip"
-            count = _download_archive(uri, destination) if compressed else _download_prefix(uri, destination)
+            count = (
+                _download_archive(uri, destination)
+                if compressed
+                else download_prefix(uri if uri.endswith("/") else uri + "/", destination)  # keys relative to it
+            )
         elif container.get("ModelDataUrl"):
             uri = str(container["ModelDataUrl"])
             count = _download_archive(uri, destination)

@@ -105,7 +105,7 @@ JobExecutor = Callable[[LocalJob], JobOutcome]
 # S3 transfers as SageMaker does them
 
 
-def _split(uri: str) -> tuple[str, str]:
+def split_s3_uri(uri: str) -> tuple[str, str]:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     return bucket, key
 
@@ -113,7 +113,7 @@ def _split(uri: str) -> tuple[str, str]:
 def download_prefix(uri: str, destination: Path) -> int:
     """Every object under the S3 prefix ``uri`` into ``destination`` (keys relative to the prefix's folder)."""
     s3 = boto3.client("s3")
-    bucket, prefix = _split(uri)
+    bucket, prefix = split_s3_uri(uri)
     folder = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
     count = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -130,7 +130,7 @@ def download_prefix(uri: str, destination: Path) -> int:
 
 def upload_folder(folder: Path, uri: str) -> int:
     s3 = boto3.client("s3")
-    bucket, prefix = _split(uri.rstrip("/") + "/")
+    bucket, prefix = split_s3_uri(uri.rstrip("/") + "/")
     count = 0
     for path in sorted(folder.rglob("*")):
         if path.is_file():
@@ -279,7 +279,7 @@ class ContainerExecutor:
             for path in sorted((opt_ml / "model").rglob("*")):
                 if path.is_file():
                     tar.add(path, arcname=path.relative_to(opt_ml / "model").as_posix())
-        bucket, key = _split(model.model_artifacts["S3ModelArtifacts"])
+        bucket, key = split_s3_uri(model.model_artifacts["S3ModelArtifacts"])
         boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=archive.getvalue())
         if (model.checkpoint_config or {}).get("S3Uri"):
             upload_folder(opt_ml / "checkpoints", model.checkpoint_config["S3Uri"])
