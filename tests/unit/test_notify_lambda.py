@@ -7,7 +7,6 @@ import copy
 import importlib.util
 import json
 import logging
-import socket
 import time
 import traceback
 from collections.abc import Iterator
@@ -22,11 +21,9 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
 from local.slack import LocalSlack, local_slack_webhook
 from moto import mock_aws
-from pytest_socket import disable_socket, enable_socket, socket_allow_hosts
 
 from tuneplane.adapters import s3 as s3_adapter
 from tuneplane.adapters import secrets as secrets_adapter
-from tuneplane.adapters import slack as slack_adapter
 from tuneplane.config import notify_settings
 from tuneplane.errors import InvalidConfiguration, SlackDeliveryFailed
 from tuneplane.logic.notify import PipelineEventBridgeModel, render
@@ -63,24 +60,6 @@ def _clear_caches() -> None:
     notify_settings.cache_clear()
     idempotency_store.cache_clear()
     parameters.clear_caches()
-
-
-@pytest.fixture
-def loopback() -> Iterator[None]:
-    """Sockets back on (tests/unit/conftest.py turns them off), but connections only to 127.0.0.1."""
-    enable_socket()
-    connect = socket.socket.connect
-    socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)
-    yield
-    socket.socket.connect = connect  # type: ignore[method-assign]
-    disable_socket(allow_unix_socket=True)
-
-
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    recorded: list[float] = []
-    monkeypatch.setattr(slack_adapter, "_sleep", recorded.append)
-    return recorded
 
 
 @pytest.fixture

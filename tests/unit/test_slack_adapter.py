@@ -5,38 +5,17 @@ from __future__ import annotations
 import logging
 import socket
 import traceback
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
 from local.slack import local_slack_webhook
-from pytest_socket import disable_socket, enable_socket, socket_allow_hosts
 
 from tuneplane.adapters import slack
 from tuneplane.errors import InvalidConfiguration, SlackDeliveryFailed
 
 MESSAGE = {"text": "hello", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "hello"}}]}
 FAST = slack.RetryPolicy(max_attempts=3, max_wait_s=30.0, backoff_s=1.0, timeout_s=5.0)
-
-
-@pytest.fixture
-def loopback() -> Iterator[None]:
-    """Sockets back on (tests/unit/conftest.py turns them off), but connections only to 127.0.0.1."""
-    enable_socket()
-    connect = socket.socket.connect
-    socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)
-    yield
-    socket.socket.connect = connect  # type: ignore[method-assign]
-    disable_socket(allow_unix_socket=True)
-
-
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The adapter's waits between attempts, recorded instead of slept."""
-    recorded: list[float] = []
-    monkeypatch.setattr(slack, "_sleep", recorded.append)
-    return recorded
 
 
 def _secret_parts(url: str) -> list[str]:
