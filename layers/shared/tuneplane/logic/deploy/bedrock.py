@@ -4,17 +4,16 @@ of the dataset's older imports (imported models live outside CloudFormation: nob
 from __future__ import annotations
 
 import hashlib
-import time
 
 from tuneplane.adapters.bedrock_import import ModelImportService
 from tuneplane.config import DeploySettings
-from tuneplane.errors import InvalidConfiguration, ModelImportFailed, SmokeTestFailed, UnservableModel
+from tuneplane.errors import InvalidConfiguration, ModelImportFailed, UnservableModel
 from tuneplane.logic.deploy.context import (
     RunArtifacts,
+    ask_smoke_question,
     imported_model_prefix,
     read_json,
     run_resource_name,
-    smoke_conversation,
 )
 from tuneplane.models.deploy import Deployment
 
@@ -74,12 +73,11 @@ def smoke(
     settings: DeploySettings, run: RunArtifacts, deployment: Deployment, service: ModelImportService
 ) -> Deployment:
     """Ask the imported model one eval question, then delete the dataset's imports beyond the newest N."""
-    messages, expected = smoke_conversation(run.eval_uri)
-    asked = time.monotonic()
-    answer = service.chat(str(deployment.imported_model_arn), messages, settings.smoke_max_tokens)
-    latency_ms = round((time.monotonic() - asked) * 1000, 1)
-    if not answer.strip():
-        raise SmokeTestFailed(f"the imported model {deployment.imported_model_name} answered with an empty message")
+    answered = ask_smoke_question(
+        run.eval_uri,
+        lambda messages: service.chat(str(deployment.imported_model_arn), messages, settings.smoke_max_tokens),
+        f"the imported model {deployment.imported_model_name}",
+    )
     models = sorted(
         service.imported_models(imported_model_prefix(settings, run.dataset_key)),
         key=lambda model: model.created,
@@ -95,10 +93,7 @@ def smoke(
     notes = [f"deleted {len(removed)} older import(s) of this dataset: {', '.join(removed)}"] if removed else []
     return deployment.model_copy(
         update={
-            "question": messages[-1]["content"],
-            "expected": expected,
-            "answer": answer.strip(),
-            "smoke_latency_ms": latency_ms,
+            **answered,
             "removed_models": removed,
             "notes": [*deployment.notes, *notes],
         }

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tuneplane.adapters import s3
 from tuneplane.config import DeploySettings
-from tuneplane.errors import InvalidConfiguration, StorageError
+from tuneplane.errors import InvalidConfiguration, SmokeTestFailed, StorageError
 from tuneplane.logic.job_requests import job_prefix
 
 NAME_MAX = 63  # SageMaker endpoint/model/config names and Bedrock model names: [a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
@@ -122,3 +124,20 @@ def smoke_conversation(eval_uri: str | None) -> tuple[list[dict[str, str]], str 
         return [m for m in messages if m.get("role") != "assistant"] or fallback, None
     prompt = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages[:-1]]
     return prompt, str(messages[-1]["content"])
+
+
+def ask_smoke_question(eval_uri: str | None, ask: Callable[[list[dict[str, str]]], str], who: str) -> dict[str, Any]:
+    """The smoke test of either target: ``ask`` the eval split's first question; the Deployment fields it fills
+    (question, expected and actual answer, latency). An empty answer fails it."""
+    messages, expected = smoke_conversation(eval_uri)
+    asked = time.monotonic()
+    answer = ask(messages)
+    latency_ms = round((time.monotonic() - asked) * 1000, 1)
+    if not answer.strip():
+        raise SmokeTestFailed(f"{who} answered the smoke test with an empty message")
+    return {
+        "question": messages[-1]["content"],
+        "expected": expected,
+        "answer": answer.strip(),
+        "smoke_latency_ms": latency_ms,
+    }

@@ -4,18 +4,16 @@ one. The state machine calls ``begin``, then ``poll`` until ready, then ``smoke`
 
 from __future__ import annotations
 
-import time
-
 from tuneplane.adapters import endpoints
 from tuneplane.config import DeploySettings
-from tuneplane.errors import EndpointDeployFailed, InvalidConfiguration, SmokeTestFailed
+from tuneplane.errors import EndpointDeployFailed, InvalidConfiguration
 from tuneplane.logic.deploy import serving
 from tuneplane.logic.deploy.context import (
     RunArtifacts,
+    ask_smoke_question,
     endpoint_name,
     read_json,
     run_resource_name,
-    smoke_conversation,
     tags,
 )
 from tuneplane.models.deploy import Deployment
@@ -100,13 +98,12 @@ def poll(settings: DeploySettings, deployment: Deployment) -> Deployment:
 def smoke(settings: DeploySettings, run: RunArtifacts, deployment: Deployment) -> Deployment:
     """One chat request from the eval split through /invocations; on success the endpoint gets its autoscaling."""
     name = str(deployment.endpoint_name)
-    messages, expected = smoke_conversation(run.eval_uri)
     lora = deployment.plan is not None and deployment.plan.served == "lora"
-    asked = time.monotonic()
-    answer = endpoints.chat(name, messages, settings.smoke_max_tokens, model=name if lora else None)
-    latency_ms = round((time.monotonic() - asked) * 1000, 1)
-    if not answer.strip():
-        raise SmokeTestFailed(f"endpoint {name} answered the smoke test with an empty message")
+    answered = ask_smoke_question(
+        run.eval_uri,
+        lambda messages: endpoints.chat(name, messages, settings.smoke_max_tokens, model=name if lora else None),
+        f"endpoint {name}",
+    )
     endpoints.scale_between(
         name,
         settings.endpoint_min_instances,
@@ -114,14 +111,7 @@ def smoke(settings: DeploySettings, run: RunArtifacts, deployment: Deployment) -
         settings.invocations_per_instance_target,
         tags(settings, run.run_id),
     )
-    return deployment.model_copy(
-        update={
-            "question": messages[-1]["content"],
-            "expected": expected,
-            "answer": answer.strip(),
-            "smoke_latency_ms": latency_ms,
-        }
-    )
+    return deployment.model_copy(update=answered)
 
 
 def rollback(deployment: Deployment) -> Deployment:
