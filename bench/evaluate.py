@@ -25,9 +25,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from local.tiny_model import write_base_model  # noqa: E402
-
-from train_gpu import SHAPES  # noqa: E402  (bench/ is the script's own directory)
+from random_model import write_random_model  # noqa: E402  (bench/ is the script's own directory)
+from train_gpu import SHAPES  # noqa: E402
 
 ENTRYPOINT = ROOT / "containers" / "evaluate" / "evaluate.py"
 
@@ -46,20 +45,13 @@ def conversations(count: int) -> list[dict[str, Any]]:
 
 
 def build(root: Path, size: str, examples: int) -> tuple[Path, Path]:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     model_dir, eval_file = root / "model", root / "eval.jsonl"
     rows = conversations(examples)
-    write_base_model(model_dir, [m["content"] for row in rows for m in row["messages"]])
-    config = json.loads((model_dir / "config.json").read_text())
     shape = {key: value for key, value in SHAPES[size].items() if key != "vocab_size"}
-    config.update({"architectures": ["MistralForCausalLM"], "model_type": "mistral", **shape})
-    (model_dir / "config.json").write_text(json.dumps(config, indent=2))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch.bfloat16)
-    model.save_pretrained(model_dir)
+    texts = [m["content"] for row in rows for m in row["messages"]]
+    model = write_random_model(
+        model_dir, texts, {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **shape}
+    )
     del model
     eval_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return model_dir, eval_file

@@ -45,9 +45,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from containers.merge import merge, streaming  # noqa: E402
-from local.tiny_model import write_base_model  # noqa: E402
 
-from train_gpu import SHAPES as TRAIN_SHAPES  # noqa: E402  (bench/ is the script's own directory)
+from random_model import write_random_model  # noqa: E402  (bench/ is the script's own directory)
+from train_gpu import SHAPES as TRAIN_SHAPES  # noqa: E402
 
 ENTRYPOINT = Path(merge.__file__)
 SHAPES: dict[str, dict[str, Any]] = {
@@ -76,20 +76,12 @@ def build(root: Path, shape: dict[str, Any], rank: int, shard_size: str) -> tupl
         return base_dir, adapter_dir, eval_file
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     shutil.rmtree(base_dir, ignore_errors=True)
     shutil.rmtree(adapter_dir, ignore_errors=True)
     texts = [m["content"] for row in PROMPTS for m in row["messages"]]
-    write_base_model(base_dir, texts)
-    config = json.loads((base_dir / "config.json").read_text())
-    config.update(shape)
-    (base_dir / "config.json").write_text(json.dumps(config, indent=2))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.monotonic()
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir), dtype=torch.bfloat16)
-    model.save_pretrained(base_dir, max_shard_size=shard_size)
+    model = write_random_model(base_dir, texts, shape, shard_size)
     torch.manual_seed(0)
     peft_model = get_peft_model(
         model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -100,7 +92,7 @@ def build(root: Path, shape: dict[str, Any], rank: int, shard_size: str) -> tupl
                 param.normal_(std=0.01)
     peft_model.save_pretrained(str(adapter_dir))
     del model, peft_model
-    if device == "cuda":
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
     eval_file.write_text("".join(json.dumps(r) + "\n" for r in PROMPTS))
     shards = sorted(p.name for p in base_dir.glob("*.safetensors"))

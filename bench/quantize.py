@@ -25,9 +25,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from containers.quantize import quantize  # noqa: E402
-from local.tiny_model import write_base_model  # noqa: E402
 
-from train_gpu import SHAPES as TRAIN_SHAPES  # noqa: E402  (bench/ is the script's own directory)
+from random_model import write_random_model  # noqa: E402  (bench/ is the script's own directory)
+from train_gpu import SHAPES as TRAIN_SHAPES  # noqa: E402
 
 SHAPES: dict[str, dict[str, Any]] = {
     "7b": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **TRAIN_SHAPES["7b"]},
@@ -52,21 +52,14 @@ def conversations(count: int, seed: int) -> list[dict[str, Any]]:
 
 def build(root: Path, shape: dict[str, Any], samples: int) -> tuple[Path, Path, Path]:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     train, evaluation = conversations(samples, seed=0), conversations(32, seed=1)
     texts = [m["content"] for row in train[:64] for m in row["messages"]]
-    model_dir = write_base_model(root / "model", texts)
-    config = json.loads((model_dir / "config.json").read_text())
-    config.update(shape)
-    (model_dir / "config.json").write_text(json.dumps(config, indent=2))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_dir = root / "model"
     started = time.monotonic()
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch.bfloat16)
-    model.save_pretrained(model_dir, max_shard_size="5GB")
+    model = write_random_model(model_dir, texts, shape, "5GB")
     del model
-    if device == "cuda":
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
     print(f"built the model in {time.monotonic() - started:.1f}s", flush=True)
     for name, rows in (("train", train), ("eval", evaluation)):
