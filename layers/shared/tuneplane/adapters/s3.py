@@ -74,6 +74,26 @@ def read_if_exists(bucket: str, key: str, limit: int) -> tuple[bytes, str | None
     return data, response.get("VersionId")
 
 
+def read_json_object(uri: str) -> dict[str, Any] | None:
+    """The JSON object stored at ``uri`` (a report, a summary), or None when there is no such object; StorageError
+    when it cannot be read or is not a JSON object."""
+    bucket, key = parse_s3_uri(uri)
+    try:
+        response = s3_client().get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "") in _MISSING:
+            return None
+        raise _error(exc, uri) from exc
+    try:
+        with response["Body"] as body:
+            document = json.loads(body.read())
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"read {uri}: {exc}") from exc
+    if not isinstance(document, dict):
+        raise StorageError(f"{uri}: expected a JSON object")
+    return document
+
+
 def upload_file(path: Path, bucket: str, key: str, content_type: str = "application/jsonl") -> str:
     try:
         s3_client().upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type})

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from tuneplane.adapters import events, ledger, s3, sagemaker
 from tuneplane.config import PipelineSettings
-from tuneplane.errors import InvalidConfiguration, StorageError
+from tuneplane.errors import DatasetNotFound, InvalidConfiguration
 from tuneplane.logic import job_requests
 from tuneplane.models.events import PipelineEvent, Stage, Status
 from tuneplane.models.pipeline import EvaluationOverrides, JobSpec, StageOutcome, StageRequest, TrainingOverrides
@@ -222,14 +222,9 @@ def job_spec(stage: Stage, run: _RunView, settings: PipelineSettings) -> JobSpec
 
 
 def _read_json(uri: str) -> dict[str, Any]:
-    bucket, key = s3.parse_s3_uri(uri)
-    try:
-        with s3.open_object(bucket, key) as body:
-            document = json.loads(body.read())
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"read {uri}: {exc}") from exc
-    if not isinstance(document, dict):
-        raise StorageError(f"{uri}: expected a JSON object")
+    document = s3.read_json_object(uri)
+    if document is None:
+        raise DatasetNotFound(f"{uri} does not exist")
     return document
 
 
@@ -278,7 +273,7 @@ def outcome_of(stage: Stage, run: _RunView, settings: PipelineSettings) -> Stage
         )
     if stage is Stage.MERGE:
         merged = job_requests.run_uri(settings, run.run_id, "merged", "")
-        report = _read_json(merged + "merge_report.json") if _exists(merged + "merge_report.json") else {}
+        report = s3.read_json_object(merged + "merge_report.json") or {}
         verdict = report.get("bedrock_custom_model_import") or {}
         metrics = {
             "max_abs_logit_diff": ((report.get("verification") or {}).get("merged_vs_base_plus_adapter") or {}).get(

@@ -93,16 +93,9 @@ def tags(settings: DeploySettings, run_id: str) -> list[dict[str, str]]:
 
 
 def read_json(uri: str) -> dict[str, Any]:
-    bucket, key = s3.parse_s3_uri(uri)
-    found = s3.read_if_exists(bucket, key, _SMOKE_LINE_MAX)
-    if found is None:
+    document = s3.read_json_object(uri)
+    if document is None:
         raise StorageError(f"{uri} does not exist")
-    try:
-        document = json.loads(found[0])
-    except ValueError as exc:
-        raise StorageError(f"{uri} is not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise StorageError(f"{uri}: expected a JSON object")
     return document
 
 
