@@ -136,12 +136,7 @@ def _stage_rows(history: list[Any]) -> list[str]:
     return rows
 
 
-def _ledger_table(table_name: str, run_id: str) -> list[str]:
-    import boto3
-
-    table: Any = boto3.resource("dynamodb").Table(table_name)
-    answer = table.query(KeyConditionExpression="run_id = :r", ExpressionAttributeValues={":r": run_id})
-    items: list[dict[str, Any]] = answer["Items"]
+def _ledger_table(items: list[dict[str, Any]]) -> list[str]:
     order = ["validate", "train", "merge", "quantize", "evaluate", "register", "deploy", "run"]
     rows = [f"    {'stage':<10} {'status':<10} {'seconds':>8}  key numbers"]
     for item in sorted(items, key=lambda i: order.index(str(i["stage"])) if i["stage"] in order else 99):
@@ -152,24 +147,13 @@ def _ledger_table(table_name: str, run_id: str) -> list[str]:
     return rows
 
 
-def _ledger_artifacts(table_name: str, run_id: str) -> list[str]:
-    import boto3
-
-    table: Any = boto3.resource("dynamodb").Table(table_name)
-    answer = table.query(KeyConditionExpression="run_id = :r", ExpressionAttributeValues={":r": run_id})
+def _ledger_artifacts(items: list[dict[str, Any]]) -> list[str]:
     return [
         f"    {item['stage']}.{name}: {uri}"
-        for item in answer["Items"]
+        for item in items
         if item["stage"] != "run"
         for name, uri in sorted((item.get("artifacts") or {}).items())
     ]
-
-
-def _ledger_item(table_name: str, run_id: str, stage: str) -> dict[str, Any]:
-    import boto3
-
-    table: Any = boto3.resource("dynamodb").Table(table_name)
-    return dict(table.get_item(Key={"run_id": run_id, "stage": stage}).get("Item") or {})
 
 
 def _is_number(value: Any) -> bool:
@@ -233,6 +217,7 @@ def run(data: Path, keep_serving: bool = False) -> int:
 
     from local.cloud import ContainerExecutor, deploy, endpoint_url, local_cloud
     from local.slack import local_slack_webhook
+    from tuneplane.adapters import ledger
 
     sidecar, sidecar_source = _sidecar_of(data)
     max_steps = int(json.loads(sidecar).get("training", {}).get("max_steps", 0) or 0)
@@ -271,9 +256,10 @@ def run(data: Path, keep_serving: bool = False) -> int:
             execution = _wait_for_execution(deployment.state_machine_arn)
             run_id = execution["name"]
             print(f"\n5/6 run {run_id}: {execution['status']}")
-            print("\n".join(_ledger_table(deployment.outputs["RunLedgerTableName"], run_id)))
+            history = ledger.run_history(deployment.outputs["RunLedgerTableName"], run_id)
+            print("\n".join(_ledger_table(history)))
             print("artifacts (run ledger):")
-            print("\n".join(_ledger_artifacts(deployment.outputs["RunLedgerTableName"], run_id)))
+            print("\n".join(_ledger_artifacts(history)))
             summary_key = f"runs/{run_id}/validation/summary.txt"
             summary = s3.get_object(Bucket=deployment.bucket_name, Key=summary_key)["Body"].read().decode()
             print("\nvalidation report:\n    " + summary.replace("\n", "\n    "))
@@ -286,7 +272,7 @@ def run(data: Path, keep_serving: bool = False) -> int:
                 print(f"\n{execution.get('error', 'FAILED')}: {execution.get('cause', '')}")
                 print("\nNOT DEPLOYED: see the report and the Slack messages above")
                 return 1
-            deployed = _ledger_item(deployment.outputs["RunLedgerTableName"], run_id, "deploy")
+            [deployed] = [item for item in history if item["stage"] == "deploy"]
             endpoint = str(deployed["artifacts"]["endpoint"])
             url = endpoint_url(endpoint)
             eval_key = f"runs/{run_id}/data/eval.jsonl"
