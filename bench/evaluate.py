@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from random_model import write_random_model  # noqa: E402  (bench/ is the script's own directory)
-from train_gpu import SHAPES  # noqa: E402
+from shapes import SHAPES  # noqa: E402
 
 ENTRYPOINT = ROOT / "containers" / "evaluate" / "evaluate.py"
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from containers.merge import merge, streaming  # noqa: E402
 
 from random_model import write_random_model  # noqa: E402  (bench/ is the script's own directory)
-from train_gpu import SHAPES as TRAIN_SHAPES  # noqa: E402
+from shapes import SHAPES as TRAIN_SHAPES  # noqa: E402
 
 ENTRYPOINT = Path(merge.__file__)
 SHAPES: dict[str, dict[str, Any]] = {

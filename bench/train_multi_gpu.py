@@ -24,75 +24,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import random
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import datagen
-from train_gpu import SHAPES
+import container_runs
+from shapes import SHAPES
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "containers" / "train" / "train.py"
 
 
-def write_data(directory: Path, examples: int, seed: int) -> list[str]:
-    """`examples` synthetic conversations as directory/train.jsonl; returns every message text (for the tokenizer)."""
-    rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    rows = [datagen.example(rng) for _ in range(examples)]
-    (directory / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    texts: list[str] = []
-    for row in rows:
-        messages = row["messages"]
-        assert isinstance(messages, list)
-        texts += [str(message["content"]) for message in messages]
-    return texts
-
-
-def write_model_config(directory: Path, texts: list[str], size: str, tokenizer_vocab: int) -> None:
-    """Tokenizer, chat template and a config.json of the given shape (no weights)."""
-    sys.path.insert(0, str(REPO))
-    from local.tiny_model import write_base_model
-
-    write_base_model(directory, texts, vocab_size=tokenizer_vocab)
-    config = json.loads((directory / "config.json").read_text())
-    shape = SHAPES[size]
-    config.update({key: value for key, value in shape.items() if key != "vocab_size"})
-    config["vocab_size"] = max(shape["vocab_size"], config["vocab_size"])
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
-
-
-def write_weights(directory: Path, seed: int) -> None:
-    """Random weights for directory/config.json (bf16, initialised on GPU 0 when there is one); run in a child."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    cuda = torch.cuda.is_available()
-    config = AutoConfig.from_pretrained(directory, local_files_only=True)
-    with torch.device("cuda" if cuda else "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
-    model.save_pretrained(directory, safe_serialization=True, max_shard_size="5GB")
-
-
 def run_train(args: argparse.Namespace, work: Path, name: str, processes: int, accumulation: int) -> dict[str, Any]:
-    run = work / name
-    shutil.rmtree(run, ignore_errors=True)
-    command = [sys.executable, str(TRAIN), "--hyperparameters", str(work / "no-hyperparameters.json")]
     options = {
-        "model_dir": work / "model",
-        "train_dir": work / "data",
-        "eval_dir": work / "no-eval",
-        "output_dir": run / "model",
-        "checkpoint_dir": run / "checkpoints",
-        "failure_file": run / "failure",
         "nproc_per_node": processes,
         "per_device_batch_size": args.batch,
         "gradient_accumulation_steps": accumulation,
@@ -100,45 +46,18 @@ def run_train(args: argparse.Namespace, work: Path, name: str, processes: int, a
         "max_seq_length": args.seq_len,
         "lora_r": args.lora_r,
         "lora_dropout": 0.0,
-        "gradient_checkpointing": str(args.gradient_checkpointing).lower(),
-        "qlora": str(args.qlora).lower(),
-        "logging_steps": 1,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "qlora": args.qlora,
         "save_steps": args.steps,
         "seed": 42,
     }
-    for key, value in options.items():
-        command += [f"--{key}", str(value)]
-    env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "LOCAL_RANK", "RANK")}
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    print(f"[{name}] {' '.join(command)}", flush=True)
-    started = time.monotonic()
-    with (work / f"{name}.log").open("w") as log:
-        code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-    wall = time.monotonic() - started
-    if code != 0:
-        failure = run / "failure"
-        reason = failure.read_text().strip() if failure.is_file() else "(no failure file)"
-        raise SystemExit(f"[{name}] train.py exited {code}: {reason}; log: {work / f'{name}.log'}")
-    summary = json.loads((run / "model" / "training_summary.json").read_text())
-    curve = summary["loss_curve"]
-    steady = [p["tokens_per_second"] for p in curve[args.warmup_steps :] if "tokens_per_second" in p]
-    tokens_per_second = statistics.median(steady) if steady else float(summary["tokens_per_second"] or 0.0)
+    result = container_runs.run_train(work, name, options, args.warmup_steps)
+    result.pop("options")
     return {
         "processes": processes,
         "gradient_accumulation_steps": accumulation,
-        "world_size": summary["world_size"],
-        "tokens_seen": summary["tokens_seen"],
-        "tokens_per_second": tokens_per_second,
-        "tokens_per_second_per_gpu": tokens_per_second / processes,
-        "peak_memory_gb_per_gpu": summary["peak_memory_gb_per_rank"],
-        "peak_memory_kind": summary["peak_memory_kind"],
-        "last_epoch": curve[-1]["epoch"],
-        "losses": [p["train_loss"] for p in curve],
-        "wall_time_s": round(wall, 1),
-        "precision": summary["precision"],
-        "attn_implementation": summary["attn_implementation"],
-        "adapter": str(run / "model" / "adapter_model.safetensors"),
+        **result,
+        "tokens_per_second_per_gpu": result["tokens_per_second"] / processes,
     }
 
 
@@ -158,34 +77,12 @@ def compare_adapters(first: str, second: str) -> dict[str, float]:
     }
 
 
-def gpu_names() -> list[str]:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
-
-
 def main(args: argparse.Namespace) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="tuneplane-multi-gpu-"))
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "no-hyperparameters.json").write_text("{}")
     global_rows = args.nproc * args.grad_accum * args.batch * args.steps
     # At least ~150 tokens per conversation: enough rows of seq_len tokens for every step within one epoch.
     examples = args.examples or max(200, math.ceil(2 * global_rows * args.seq_len / 150))
-    model = work / "model"
-    if not (model / "config.json").is_file() or not any(model.glob("*.safetensors")):
-        started = time.monotonic()
-        texts = write_data(work / "data", examples, seed=0)
-        write_model_config(model, texts, args.model_size, args.tokenizer_vocab)
-        subprocess.run([sys.executable, __file__, "--write-weights", str(model)], check=True)
-        elapsed = time.monotonic() - started
-        print(f"wrote {examples} conversations and a random {args.model_size} model in {elapsed:.0f} s", flush=True)
+    container_runs.prepare(work, args.model_size, examples, args.tokenizer_vocab)
     one = run_train(args, work, "one_process", 1, args.nproc * args.grad_accum)
     many = run_train(args, work, f"{args.nproc}_processes", args.nproc, args.grad_accum)
 
@@ -202,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
     )
     results = {
         "model_size": args.model_size,
-        "gpus": gpu_names(),
+        "gpus": container_runs.gpu_names(),
         "seq_len": args.seq_len,
         "global_rows_per_step": args.nproc * args.grad_accum * args.batch,
         "steps": args.steps,
@@ -256,13 +153,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="keep the model, data and runs here (reused when present)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     parser.add_argument("--out", help="also write the results JSON here")
-    parser.add_argument("--write-weights", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    parsed = parse_args()
-    if parsed.write_weights:
-        write_weights(Path(parsed.write_weights), seed=0)
-        sys.exit(0)
-    sys.exit(main(parsed))
+    sys.exit(main(parse_args()))

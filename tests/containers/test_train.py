@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,7 @@ def test_bad_hyperparameters_name_the_key(values: dict[str, object], message: st
         ({"num_train_epochs": 0.0}, "num_train_epochs must be > 0"),
         ({"max_steps": 0}, "max_steps must be > 0 or -1"),
         ({"precision": "int8"}, "precision must be one of"),
+        ({"liger_kernels": "yes please"}, "liger_kernels must be one of auto, true, false"),
     ],
 )
 def test_config_checks(overrides: dict[str, Any], message: str) -> None:
@@ -251,6 +253,45 @@ def test_config_checks(overrides: dict[str, Any], message: str) -> None:
 def test_qlora_on_cpu_is_refused() -> None:
     with pytest.raises(ConfigError, match="qlora=true needs a CUDA GPU"):
         TrainConfig(qlora=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="Liger is refused only without a GPU")
+def test_liger_on_cpu_is_refused_and_auto_leaves_it_off() -> None:
+    # GIVEN no GPU WHEN Liger's kernels are asked for THEN the config says why it cannot use them
+    with pytest.raises(ConfigError, match="liger_kernels=true needs a CUDA GPU"):
+        TrainConfig(liger_kernels="true")
+    # AND auto (the default) trains without them, as does false
+    assert not train.use_liger(TrainConfig(), cuda=False)
+    assert not train.use_liger(TrainConfig(liger_kernels="false"), cuda=True)
+
+
+def test_attention_choice() -> None:
+    # GIVEN the default attn_implementation=auto
+    config = types.SimpleNamespace(sliding_window=None)
+    # WHEN there is no GPU THEN sdpa; WHEN the user names one THEN that one
+    assert train.choose_attention(TrainConfig(), cuda=False, model_config=config) == "sdpa"
+    assert train.choose_attention(TrainConfig(attn_implementation="eager"), cuda=True, model_config=config) == "eager"
+    # AND padded batches never get the padding-free kernels, even on a GPU
+    padded = TrainConfig(packing=False, padding_free=False)
+    assert train.choose_attention(padded, cuda=True, model_config=config) in ("sdpa", "flash_attention_2")
+
+
+def test_half_precision_turns_peft_input_casts_off() -> None:
+    # GIVEN a PEFT LoRA model (fp32 adapter weights, input casts on by default)
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4
+    )
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules="all-linear"))
+    lora_layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert len(lora_layers) == 7 and all(m.cast_input_dtype_enabled for m in lora_layers)
+    # WHEN the container prepares it for bf16/fp16 autocast THEN every LoRA layer keeps its input's dtype
+    train.keep_lora_inputs_in_half_precision(model)
+    assert not any(m.cast_input_dtype_enabled for m in lora_layers)
+    # AND the adapter weights stay fp32 (the optimizer's master copy)
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
 
 
 def sagemaker_env(root: Path, task: dict[str, Path] | None = None) -> dict[str, str]:
@@ -359,7 +400,7 @@ def test_gpu_benchmark_smoke_runs_on_cpu() -> None:
         [sys.executable, str(bench), "--model-size", "tiny", "--steps", "2", "--seq-len", "256"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
