@@ -8,8 +8,8 @@ The base model directory (a byte-level BPE tokenizer with the ChatML template of
 of the --model-size shape from bench/train_gpu.py, random bf16 weights written by a child process so that this one
 never holds a GPU) and the data (bench/datagen.py conversations) are written under --work-dir. Run A: one process,
 gradient_accumulation_steps = N x --grad-accum; run B: N ranks, --grad-accum each: the same rows in every optimizer
-step (packed rows, per-device batch --batch). Everything else is the container's defaults but lora_dropout=0 (dropout
-masks would differ between a rank and a micro-batch) and no evaluation.
+step (packed rows, per-device batch --batch). Everything else is the container's defaults (lora_dropout=0 is forced:
+dropout masks would differ between a rank and a micro-batch) and no evaluation.
 
 Reported: steady tokens/s (the median of the per-step metric lines after --warmup-steps; all ranks' tokens) and per
 GPU, the scaling efficiency (B's tokens/s per GPU / A's), peak memory per GPU (torch.cuda.max_memory_allocated of
@@ -140,8 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nproc", type=int, default=2, help="ranks of the second run (GPUs, or gloo ranks on a CPU)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=1, help="per-device batch (packed rows)")
-    parser.add_argument("--grad-accum", type=int, default=4, help="gradient accumulation per rank of the N-rank run")
+    parser.add_argument("--batch", type=int, default=4, help="per-device batch (packed rows; the container's default)")
+    parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation per rank of the N-rank run")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--qlora", action="store_true", help="the base in 4-bit NF4 (bitsandbytes, GPU only)")
