@@ -167,8 +167,12 @@ class TrainConfig:
         default=True,
         metadata={"help": "Without packing: flatten each batch into one sequence (no padding; no truncation)."},
     )
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Recompute activations in the backward pass: less memory, ~30% slower."}
+    gradient_checkpointing: str = field(
+        default="auto",
+        metadata={
+            "help": "Recompute activations in the backward pass, less memory for ~30% of the speed: auto (on with"
+            " qlora, which is chosen for memory; off otherwise) | true | false."
+        },
     )
     precision: str = field(
         default="auto", metadata={"help": "auto (bf16 where the GPU supports it, else fp32) | bf16 | fp16 | fp32."}
@@ -207,6 +211,9 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        # Python callers may pass booleans; the hyperparameters file passes strings.
+        self.liger_kernels = str(self.liger_kernels).strip().lower()
+        self.gradient_checkpointing = str(self.gradient_checkpointing).strip().lower()
         checks: list[tuple[bool, str, str]] = [
             (self.lora_r > 0, "lora_r", "> 0"),
             (self.lora_alpha > 0, "lora_alpha", "> 0"),
@@ -223,6 +230,11 @@ class TrainConfig:
             (self.max_seq_length >= 8, "max_seq_length", ">= 8"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
             (self.liger_kernels in AUTO_SWITCHES, "liger_kernels", f"one of {', '.join(AUTO_SWITCHES)}"),
+            (
+                self.gradient_checkpointing in AUTO_SWITCHES,
+                "gradient_checkpointing",
+                f"one of {', '.join(AUTO_SWITCHES)}",
+            ),
             (self.save_steps > 0, "save_steps", "> 0"),
             (self.save_total_limit >= 1, "save_total_limit", ">= 1"),
             (self.eval_steps >= 0, "eval_steps", ">= 0"),
@@ -238,6 +250,12 @@ class TrainConfig:
             _check_qlora_possible()
         if self.liger_kernels == "true":
             _check_liger_possible()
+
+    def uses_gradient_checkpointing(self) -> bool:
+        """gradient_checkpointing resolved: auto means on exactly when the base is loaded in 4 bits (QLoRA)."""
+        if self.gradient_checkpointing == "auto":
+            return self.qlora
+        return self.gradient_checkpointing == "true"
 
     def target_modules(self) -> str | list[str]:
         value = self.lora_target_modules.strip()
@@ -661,8 +679,8 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         ddp_backend=("nccl" if cuda else "gloo") if world_size > 1 else None,
         ddp_find_unused_parameters=False,
         average_tokens_across_devices=True,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        gradient_checkpointing=cfg.uses_gradient_checkpointing(),
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.uses_gradient_checkpointing() else None,
         max_length=cfg.max_seq_length if cfg.packing or not cfg.padding_free else None,
         packing=cfg.packing,
         packing_strategy="bfd",
@@ -777,6 +795,7 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
             "precision": context["precision"],
             "attn_implementation": context["attn_implementation"],
             "liger_kernels": context["liger_kernels"],
+            "gradient_checkpointing": cfg.uses_gradient_checkpointing(),
             "config": dataclasses.asdict(cfg),
             "versions": {
                 "torch": torch.__version__,

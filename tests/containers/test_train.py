@@ -265,6 +265,49 @@ def test_liger_on_cpu_is_refused_and_auto_leaves_it_off() -> None:
     assert not train.use_liger(TrainConfig(liger_kernels="false"), cuda=True)
 
 
+def test_gradient_checkpointing_is_on_by_default_only_with_qlora() -> None:
+    # GIVEN the default gradient_checkpointing=auto
+    cfg = TrainConfig()
+    # THEN full-precision LoRA trains without recomputation (speed), QLoRA with it (it is chosen for memory)
+    assert not cfg.uses_gradient_checkpointing()
+    cfg.qlora = True  # set after construction: QLoRA itself is refused on this CPU
+    assert cfg.uses_gradient_checkpointing()
+    # AND an explicit choice wins either way, booleans from Python callers included
+    explicit_off = TrainConfig(gradient_checkpointing="false")
+    explicit_off.qlora = True
+    assert not explicit_off.uses_gradient_checkpointing()
+    assert TrainConfig(gradient_checkpointing=True).uses_gradient_checkpointing()  # type: ignore[arg-type]
+
+
+def test_every_sidecar_training_setting_reaches_the_container() -> None:
+    # GIVEN a sidecar's training section with every setting set
+    from tuneplane.models.pipeline import TrainingOverrides
+
+    overrides = TrainingOverrides(
+        num_train_epochs=2,
+        max_steps=10,
+        learning_rate=1e-4,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.1,
+        per_device_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_seq_length=512,
+        warmup_ratio=0.1,
+        qlora=False,
+        gradient_checkpointing=True,
+        seed=7,
+        save_steps=5,
+        logging_steps=5,
+    )
+    assert set(overrides.model_fields_set) == set(TrainingOverrides.model_fields) - {"instance_types"}
+    # WHEN the container parses the hyperparameters the Train stage sends
+    cfg = TrainConfig(**train.parse_hyperparameters(overrides.hyperparameters()))  # type: ignore[arg-type]
+    # THEN each arrives with its value
+    assert (cfg.lora_r, cfg.lora_dropout, cfg.per_device_batch_size, cfg.max_seq_length) == (8, 0.1, 2, 512)
+    assert cfg.uses_gradient_checkpointing() and not cfg.qlora and cfg.seed == 7
+
+
 def test_attention_choice() -> None:
     # GIVEN the default attn_implementation=auto
     config = types.SimpleNamespace(sliding_window=None)

@@ -29,6 +29,7 @@ class TrainingOverrides(BaseModel):
     max_seq_length: int | None = Field(default=None, ge=16, le=131072)
     warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
     qlora: bool | None = None
+    gradient_checkpointing: bool | None = None
     seed: int | None = Field(default=None, ge=0)
     save_steps: int | None = Field(default=None, ge=1)
     logging_steps: int | None = Field(default=None, ge=1)
