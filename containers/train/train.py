@@ -250,6 +250,16 @@ class TrainConfig:
             _check_qlora_possible()
         if self.liger_kernels == "true":
             _check_liger_possible()
+        if self.attn_implementation == varlen_attention.NAME:
+            if not (self.packing or self.padding_free):
+                raise ConfigError(
+                    f"attn_implementation={varlen_attention.NAME} needs padding-free batches: set packing=true or"
+                    " padding_free=true, or use attn_implementation=sdpa"
+                )
+            if not varlen_attention.available():
+                raise ConfigError(
+                    f"attn_implementation={varlen_attention.NAME} needs a CUDA GPU and torch >= 2.10; use auto or sdpa"
+                )
 
     def uses_gradient_checkpointing(self) -> bool:
         """gradient_checkpointing resolved: auto means on exactly when the base is loaded in 4 bits (QLoRA)."""

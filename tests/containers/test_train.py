@@ -242,6 +242,11 @@ def test_bad_hyperparameters_name_the_key(values: dict[str, object], message: st
         ({"max_steps": 0}, "max_steps must be > 0 or -1"),
         ({"precision": "int8"}, "precision must be one of"),
         ({"liger_kernels": "yes please"}, "liger_kernels must be one of auto, true, false"),
+        ({"gradient_checkpointing": "sometimes"}, "gradient_checkpointing must be one of auto, true, false"),
+        (
+            {"attn_implementation": "torch_varlen", "packing": False, "padding_free": False},
+            "torch_varlen needs padding-free batches: set packing=true or padding_free=true",
+        ),
     ],
 )
 def test_config_checks(overrides: dict[str, Any], message: str) -> None:
@@ -263,6 +268,9 @@ def test_liger_on_cpu_is_refused_and_auto_leaves_it_off() -> None:
     # AND auto (the default) trains without them, as does false
     assert not train.use_liger(TrainConfig(), cuda=False)
     assert not train.use_liger(TrainConfig(liger_kernels="false"), cuda=True)
+    # AND so are torch's FlashAttention kernels, asked for by name
+    with pytest.raises(ConfigError, match="torch_varlen needs a CUDA GPU"):
+        TrainConfig(attn_implementation="torch_varlen")
 
 
 def test_gradient_checkpointing_is_on_by_default_only_with_qlora() -> None:
