@@ -142,6 +142,7 @@ def run_train(work: Path, name: str, options: dict[str, Any], warmup_steps: int)
         "precision": summary["precision"],
         "attn_implementation": summary["attn_implementation"],
         "liger_kernels": summary.get("liger_kernels"),
+        "batch_plan": summary.get("batch_plan"),
         "adapter": str(run / "model" / "adapter_model.safetensors"),
     }
 

@@ -85,6 +85,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 f"{name:<12} {r['tokens_per_second']:>8.0f} {r['mfu']:>6.1%} {max(r['peak_memory_gb_per_gpu']):>8.1f}"
                 f"  {r['attn_implementation']}, {r['liger_kernels']}"
             )
+            lines.append(f"{'':<12} batch: {r['batch_plan']}")
     print("\n".join(lines))
     if "speedup" in results:
         print(f"defaults vs seed recipe: ratio {results['speedup']:.2f}x")

@@ -54,7 +54,7 @@ if not __package__:  # run as a script: the directory holding containers/ (the r
 
 from containers.common import jobkit  # noqa: E402
 from containers.common.jobkit import ConfigError  # noqa: E402
-from containers.train import varlen_attention  # noqa: E402
+from containers.train import batch_plan, varlen_attention  # noqa: E402
 
 # SageMaker MetricDefinitions (Name/Regex) for the lines `MetricsCallback` prints: the template uses these verbatim.
 _NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
@@ -144,13 +144,19 @@ class TrainConfig:
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate (> 0)."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs (> 0); ignored when max_steps > 0."})
     max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; -1: use num_train_epochs."})
-    # Four packed rows in one micro-batch: the GPU gets 8k-token matmuls, and per-layer launch overheads are paid once
-    # per step instead of four times (7B on an H100, bench/train_gpu.py: 1.8x the tokens/s of 1 row x 4 micro-batches).
-    # Smaller GPUs: lower per_device_batch_size and raise gradient_accumulation_steps (same rows per step).
+    # Auto: four packed rows per step, in one micro-batch where the GPU holds them (8k-token matmuls, per-layer launch
+    # overheads paid once: 7B on an H100, 1.8x the tokens/s of 1 row x 4 micro-batches), else split (batch_plan.py).
     per_device_batch_size: int = field(
-        default=4, metadata={"help": "Sequences per device and step (packed rows of max_seq_length when packing)."}
+        default=0,
+        metadata={
+            "help": "Sequences per device and micro-batch (packed rows of max_seq_length when packing); 0: auto, the"
+            " largest of 4, 2, 1 that the GPU's memory holds by estimate (4 on a CPU)."
+        },
     )
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step (>= 1)."})
+    gradient_accumulation_steps: int = field(
+        default=0,
+        metadata={"help": "Micro-batches per optimizer step; 0: auto, 4 rows per step in all (4 / per-device batch)."},
+    )
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name."})
     warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of the steps spent warming up, 0 <= r < 1."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (>= 0)."})
@@ -202,6 +208,13 @@ class TrainConfig:
     logging_steps: int = field(default=10, metadata={"help": "Print a metrics line every N steps (> 0)."})
 
     # --- devices ---
+    gpu_memory_limit_gb: float = field(
+        default=0.0,
+        metadata={
+            "help": "Cap this process's GPU memory at this many GiB and size auto batches for it (0: the whole GPU):"
+            " a share of a GPU, or a large GPU standing in for a smaller one."
+        },
+    )
     nproc_per_node: str = field(
         default="auto",
         metadata={
@@ -222,8 +235,9 @@ class TrainConfig:
             (self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning_rate", "> 0"),
             (self.max_steps > 0 or self.max_steps == -1, "max_steps", "> 0 or -1"),
             (self.max_steps > 0 or self.num_train_epochs > 0, "num_train_epochs", "> 0 (or set max_steps)"),
-            (self.per_device_batch_size >= 1, "per_device_batch_size", ">= 1"),
-            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", ">= 1"),
+            (self.per_device_batch_size >= 0, "per_device_batch_size", ">= 1, or 0 (auto)"),
+            (self.gradient_accumulation_steps >= 0, "gradient_accumulation_steps", ">= 1, or 0 (auto)"),
+            (self.gpu_memory_limit_gb >= 0, "gpu_memory_limit_gb", ">= 0"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio", "in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay", ">= 0"),
             (self.max_grad_norm > 0, "max_grad_norm", "> 0"),
@@ -301,6 +315,50 @@ def _check_liger_possible() -> None:
         raise ConfigError("liger_kernels=true needs a CUDA GPU (Triton kernels); this machine has none: use auto")
     if importlib.util.find_spec("liger_kernel") is None:
         raise ConfigError("liger_kernels=true needs liger-kernel, which is not installed in this image")
+
+
+def gpu_memory_bytes(cfg: TrainConfig, cuda: bool) -> int | None:
+    """This rank's GPU memory, capped (and the cap enforced) by gpu_memory_limit_gb; None on a CPU."""
+    if not cuda:
+        return None
+    import torch
+
+    device = int(os.environ.get("LOCAL_RANK", "0"))
+    total = int(torch.cuda.get_device_properties(device).total_memory)
+    if not cfg.gpu_memory_limit_gb:
+        return total
+    cap = min(total, int(cfg.gpu_memory_limit_gb * 2**30))
+    torch.cuda.set_per_process_memory_fraction(cap / total, device)
+    return cap
+
+
+def resolve_batch(cfg: TrainConfig, model: Any, cuda: bool) -> batch_plan.BatchPlan:
+    """Settle per_device_batch_size, gradient_accumulation_steps and gradient_checkpointing in `cfg` (so the summary
+    and a failure's reason show what ran) for this model and GPU; print the plan."""
+    config = model.config
+    shape = None
+    if all(hasattr(config, name) for name in ("num_hidden_layers", "hidden_size")):
+        shape = batch_plan.ModelShape(
+            layers=int(config.num_hidden_layers),
+            hidden=int(config.hidden_size),
+            intermediate=int(getattr(config, "intermediate_size", None) or 4 * config.hidden_size),
+            weight_bytes=sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]),
+        )
+    plan = batch_plan.plan(
+        per_device_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        qlora=cfg.qlora,
+        seq_len=cfg.max_seq_length,
+        shape=shape,
+        gpu_memory_bytes=gpu_memory_bytes(cfg, cuda),
+    )
+    cfg.per_device_batch_size = plan.per_device_batch_size
+    cfg.gradient_accumulation_steps = plan.gradient_accumulation_steps
+    cfg.gradient_checkpointing = "true" if plan.gradient_checkpointing else "false"
+    if rank_and_world_size()[0] == 0:
+        print(f"batch: {plan.describe()}", flush=True)
+    return plan
 
 
 def resolve_precision(precision: str, cuda: bool) -> str:
@@ -656,6 +714,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         local_files_only=True,
     )
     model.config.use_cache = False  # padding-free under sdpa needs it; training never uses the cache
+    plan = resolve_batch(cfg, model, cuda)
 
     peft_config = LoraConfig(
         r=cfg.lora_r,
@@ -734,6 +793,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         "precision": precision,
         "attn_implementation": attn,
         "liger_kernels": liger,
+        "batch_plan": plan.describe(),
         "tokenizer": tokenizer,
     }
     return trainer, context
@@ -806,6 +866,7 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
             "attn_implementation": context["attn_implementation"],
             "liger_kernels": context["liger_kernels"],
             "gradient_checkpointing": cfg.uses_gradient_checkpointing(),
+            "batch_plan": context["batch_plan"],
             "config": dataclasses.asdict(cfg),
             "versions": {
                 "torch": torch.__version__,

@@ -417,9 +417,7 @@ def test_sagemaker_contract(tmp_path: Path, task: dict[str, Path]) -> None:
         "logging_steps": "4",
         "save_steps": "6",
         "eval_steps": "6",
-        "per_device_batch_size": "4",
-        "gradient_accumulation_steps": "1",
-    }
+    }  # the batch is left to auto
     result = run_entrypoint(tmp_path, hyperparameters, sagemaker_env(tmp_path, task))
     assert result.returncode == 0, result.stderr[-3000:]
     # THEN the model dir has the adapter, the tokenizer with its chat template, and the summary
@@ -431,6 +429,10 @@ def test_sagemaker_contract(tmp_path: Path, task: dict[str, Path]) -> None:
     summary = json.loads((model / "training_summary.json").read_text())
     assert summary["global_step"] == 12 and summary["tokens_seen"] > 0 and summary["wall_time_s"] > 0
     assert summary["config"]["lora_r"] == 4 and len(summary["loss_curve"]) == 3
+    # AND the auto batch was settled and recorded: on a CPU, 4 rows at once, no recomputation
+    config = summary["config"]
+    assert (config["per_device_batch_size"], config["gradient_accumulation_steps"]) == (4, 1)
+    assert summary["batch_plan"].startswith("4 row(s) x 1 micro-batch(es), gradient checkpointing off")
     assert summary["final_metrics"]["eval_loss"] < summary["final_metrics"]["base_eval_loss"]
     assert summary["peak_memory_gb"] > 0
     # AND checkpoints went to the checkpoint dir, and no failure file was written
