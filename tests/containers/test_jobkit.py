@@ -186,8 +186,8 @@ def test_the_image_layout_resolves_the_shared_module(stage: str, tmp_path: Path)
     root = tmp_path / "image"
     for source, destination in _copies(dockerfile):
         target = root / destination.lstrip("/")
-        if source.endswith("/"):
-            for file in (CONTAINERS / source).glob("*.py"):
+        if source.endswith("/") or "*" in source:  # a directory, or a wildcard into a directory (as docker does)
+            for file in CONTAINERS.glob(source) if "*" in source else (CONTAINERS / source).glob("*.py"):
                 target.mkdir(parents=True, exist_ok=True)
                 (target / file.name).write_bytes(file.read_bytes())
         else:
