@@ -55,7 +55,11 @@ class Endpoints:
         s3.put_object(Bucket=BUCKET, Key=f"{name}/answer.txt", Body=answer.encode())
         if broken:
             s3.put_object(Bucket=BUCKET, Key=f"{name}/broken.txt", Body=broken.encode())
-        source = {"S3Uri": f"s3://{BUCKET}/{name}/", "S3DataType": "S3Prefix", "CompressionType": "None"}
+        return self.model_at(name, f"{name}/", env)
+
+    def model_at(self, name: str, prefix: str, env: dict[str, str] | None = None) -> str:
+        """A model of whatever the bucket holds under ``prefix``."""
+        source = {"S3Uri": f"s3://{BUCKET}/{prefix}", "S3DataType": "S3Prefix", "CompressionType": "None"}
         self.sagemaker.create_model(
             ModelName=name,
             ExecutionRoleArn=ROLE,
@@ -241,16 +245,7 @@ def test_create_failures_report_why(endpoints: Endpoints) -> None:
     # GIVEN a model whose server exits at startup, one asking for LoRA serving and one with no data
     endpoints.deploy("crash", "x", broken="OSError: model.safetensors is truncated")
     endpoints.deploy("lora", "x", env={"SM_VLLM_ENABLE_LORA": "true"})
-    endpoints.sagemaker.create_model(
-        ModelName="empty",
-        ExecutionRoleArn=ROLE,
-        PrimaryContainer={
-            "Image": IMAGE,
-            "ModelDataSource": {
-                "S3DataSource": {"S3Uri": f"s3://{BUCKET}/none/", "S3DataType": "S3Prefix", "CompressionType": "None"}
-            },
-        },
-    )
+    endpoints.model_at("empty", "none/")
     endpoints.sagemaker.create_endpoint(EndpointName="empty", EndpointConfigName=endpoints.config("empty-c", "empty"))
     # WHEN they are created
     crash, lora, empty = endpoints.wait("crash"), endpoints.wait("lora"), endpoints.wait("empty")
@@ -370,21 +365,7 @@ def test_transformers_serve_answers_a_chat(base_model_dir: Path, tmp_path: Path)
         for path in model_dir.iterdir():
             s3.upload_file(str(path), BUCKET, f"runs/r1/merged/{path.name}")
         endpoints = Endpoints(ScriptedEndpointBackend(), boto3.client("sagemaker"), boto3.client("sagemaker-runtime"))
-        endpoints.sagemaker.create_model(
-            ModelName="tiny",
-            ExecutionRoleArn=ROLE,
-            PrimaryContainer={
-                "Image": IMAGE,
-                "ModelDataSource": {
-                    "S3DataSource": {
-                        "S3Uri": f"s3://{BUCKET}/runs/r1/merged/",
-                        "S3DataType": "S3Prefix",
-                        "CompressionType": "None",
-                    }
-                },
-                "Environment": {"SM_VLLM_MAX_MODEL_LEN": "512"},
-            },
-        )
+        endpoints.model_at("tiny", "runs/r1/merged/", {"SM_VLLM_MAX_MODEL_LEN": "512"})
         endpoints.sagemaker.create_endpoint(EndpointName="tiny", EndpointConfigName=endpoints.config("tiny-c", "tiny"))
         # WHEN it becomes InService
         description = endpoints.wait("tiny", timeout_s=150)

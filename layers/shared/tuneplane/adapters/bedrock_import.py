@@ -144,11 +144,6 @@ def answer_text(document: Any) -> str:
         raise SmokeTestFailed(f"an answer without text: {str(document)[:200]}") from exc
 
 
-def clear_clients() -> None:
-    _bedrock.cache_clear()
-    _runtime.cache_clear()
-
-
 def model_import_service() -> ModelImportService:
     """What the Deploy function talks to; tests and the local cloud replace this function with a fake's."""
     return BedrockModelImport()

@@ -12,20 +12,15 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tuneplane.adapters.sagemaker import sagemaker_client as _sagemaker
 from tuneplane.errors import DeployServiceError, SmokeTestFailed
 
 if TYPE_CHECKING:
     from mypy_boto3_application_autoscaling import ApplicationAutoScalingClient
     from mypy_boto3_cloudwatch import CloudWatchClient
-    from mypy_boto3_sagemaker import SageMakerClient
     from mypy_boto3_sagemaker_runtime import SageMakerRuntimeClient
 
 VARIANT = "AllTraffic"
-
-
-@cache
-def _sagemaker() -> SageMakerClient:
-    return boto3.client("sagemaker")
 
 
 @cache
@@ -42,12 +37,6 @@ def _autoscaling() -> ApplicationAutoScalingClient:
 @cache
 def _cloudwatch() -> CloudWatchClient:
     return boto3.client("cloudwatch")
-
-
-def clear_clients() -> None:
-    """Tests start moto first, then clear the cached clients."""
-    for client in (_sagemaker, _runtime, _autoscaling, _cloudwatch):
-        client.cache_clear()
 
 
 def _code(exc: ClientError) -> str:
