@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -261,9 +262,9 @@ class TrainConfig:
         ]
         jobkit.check_config(self, checks)
         if self.qlora:
-            _check_qlora_possible()
+            _require_gpu_package("qlora=true", "bitsandbytes 4-bit", "use qlora=false", "bitsandbytes", "bitsandbytes")
         if self.liger_kernels == "true":
-            _check_liger_possible()
+            _require_gpu_package("liger_kernels=true", "Triton kernels", "use auto", "liger-kernel", "liger_kernel")
         if self.attn_implementation == varlen_attention.NAME:
             if not (self.packing or self.padding_free):
                 raise ConfigError(
@@ -274,12 +275,6 @@ class TrainConfig:
                 raise ConfigError(
                     f"attn_implementation={varlen_attention.NAME} needs a CUDA GPU and torch >= 2.10; use auto or sdpa"
                 )
-
-    def uses_gradient_checkpointing(self) -> bool:
-        """gradient_checkpointing resolved: auto means on exactly when the base is loaded in 4 bits (QLoRA)."""
-        if self.gradient_checkpointing == "auto":
-            return self.qlora
-        return self.gradient_checkpointing == "true"
 
     def target_modules(self) -> str | list[str]:
         value = self.lora_target_modules.strip()
@@ -295,26 +290,14 @@ class TrainConfig:
         return count
 
 
-def _check_qlora_possible() -> None:
-    import importlib.util
-
+def _require_gpu_package(setting: str, kernels: str, way_out: str, package: str, module: str) -> None:
+    """A setting that needs a CUDA GPU and a GPU-only package: refused up front, saying which is missing."""
     import torch
 
     if not torch.cuda.is_available():
-        raise ConfigError("qlora=true needs a CUDA GPU (bitsandbytes 4-bit); this machine has none: use qlora=false")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("qlora=true needs bitsandbytes, which is not installed in this image")
-
-
-def _check_liger_possible() -> None:
-    import importlib.util
-
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError("liger_kernels=true needs a CUDA GPU (Triton kernels); this machine has none: use auto")
-    if importlib.util.find_spec("liger_kernel") is None:
-        raise ConfigError("liger_kernels=true needs liger-kernel, which is not installed in this image")
+        raise ConfigError(f"{setting} needs a CUDA GPU ({kernels}); this machine has none: {way_out}")
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{setting} needs {package}, which is not installed in this image")
 
 
 def gpu_memory_bytes(cfg: TrainConfig, cuda: bool) -> int | None:
@@ -383,8 +366,6 @@ def keep_lora_inputs_in_half_precision(model: Any) -> None:
 
 def choose_attention(cfg: TrainConfig, cuda: bool, model_config: Any) -> str:
     """The attention implementation to load the model with (attn_implementation resolved)."""
-    import importlib.util
-
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
     if not cuda:
@@ -401,8 +382,6 @@ def choose_attention(cfg: TrainConfig, cuda: bool, model_config: Any) -> str:
 
 
 def use_liger(cfg: TrainConfig, cuda: bool) -> bool:
-    import importlib.util
-
     if cfg.liger_kernels == "auto":
         return cuda and importlib.util.find_spec("liger_kernel") is not None
     return cfg.liger_kernels == "true"
@@ -705,6 +684,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         )
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,
+        config=model_config,
         dtype=dtype,
         attn_implementation=attn,
         quantization_config=quantization,
@@ -748,8 +728,8 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         ddp_backend=("nccl" if cuda else "gloo") if world_size > 1 else None,
         ddp_find_unused_parameters=False,
         average_tokens_across_devices=True,
-        gradient_checkpointing=cfg.uses_gradient_checkpointing(),
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.uses_gradient_checkpointing() else None,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
         max_length=cfg.max_seq_length if cfg.packing or not cfg.padding_free else None,
         packing=cfg.packing,
         packing_strategy="bfd",
@@ -865,7 +845,7 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
             "precision": context["precision"],
             "attn_implementation": context["attn_implementation"],
             "liger_kernels": context["liger_kernels"],
-            "gradient_checkpointing": cfg.uses_gradient_checkpointing(),
+            "gradient_checkpointing": cfg.gradient_checkpointing == "true",  # settled by resolve_batch
             "batch_plan": context["batch_plan"],
             "config": dataclasses.asdict(cfg),
             "versions": {

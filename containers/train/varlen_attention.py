@@ -72,6 +72,7 @@ def attention_forward(
 ) -> tuple[Any, None]:
     """transformers' attention signature: query (batch, heads, tokens, dim), key/value (batch, kv heads, tokens, dim);
     returns (batch, tokens, heads, dim). The batch is the collator's one flattened row of packed examples."""
+    import torch
     from torch.nn.attention.varlen import varlen_attn
 
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
@@ -91,7 +92,7 @@ def attention_forward(
     q = query.transpose(1, 2).reshape(batch * tokens, heads, dim)
     k = key.transpose(1, 2).reshape(batch * tokens, kv_heads, dim)
     v = value.transpose(1, 2).reshape(batch * tokens, kv_heads, dim)
-    cu_seq_lens = cu_seq_lens.to(device=q.device, dtype=_int32())
+    cu_seq_lens = cu_seq_lens.to(device=q.device, dtype=torch.int32)
     longest = int(max_length)
     out = varlen_attn(
         q, k, v, cu_seq_lens, cu_seq_lens, longest, longest, scale=scaling, **_causal_gqa(heads, kv_heads)
@@ -99,12 +100,6 @@ def attention_forward(
     if isinstance(out, tuple):  # (output, aux) when aux outputs were asked for
         out = out[0]
     return out.reshape(batch, tokens, heads, dim), None
-
-
-def _int32() -> Any:
-    import torch
-
-    return torch.int32
 
 
 @functools.lru_cache(maxsize=8)

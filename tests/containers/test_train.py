@@ -273,18 +273,32 @@ def test_liger_on_cpu_is_refused_and_auto_leaves_it_off() -> None:
         TrainConfig(attn_implementation="torch_varlen")
 
 
+def _tiny_lora_base() -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4
+    )
+    return LlamaForCausalLM(config)
+
+
 def test_gradient_checkpointing_is_on_by_default_only_with_qlora() -> None:
-    # GIVEN the default gradient_checkpointing=auto
+    # GIVEN the default gradient_checkpointing=auto, settled for a model (here without a GPU to fit)
+    def settled(cfg: TrainConfig) -> bool:
+        train.resolve_batch(cfg, _tiny_lora_base(), cuda=False)
+        return {"true": True, "false": False}[cfg.gradient_checkpointing]
+
     cfg = TrainConfig()
     # THEN full-precision LoRA trains without recomputation (speed), QLoRA with it (it is chosen for memory)
-    assert not cfg.uses_gradient_checkpointing()
+    assert not settled(cfg)
+    cfg = TrainConfig()
     cfg.qlora = True  # set after construction: QLoRA itself is refused on this CPU
-    assert cfg.uses_gradient_checkpointing()
+    assert settled(cfg)
     # AND an explicit choice wins either way, booleans from Python callers included
     explicit_off = TrainConfig(gradient_checkpointing="false")
     explicit_off.qlora = True
-    assert not explicit_off.uses_gradient_checkpointing()
-    assert TrainConfig(gradient_checkpointing=True).uses_gradient_checkpointing()  # type: ignore[arg-type]
+    assert not settled(explicit_off)
+    assert settled(TrainConfig(gradient_checkpointing=True))  # type: ignore[arg-type]
 
 
 def test_every_sidecar_training_setting_reaches_the_container() -> None:
@@ -313,7 +327,7 @@ def test_every_sidecar_training_setting_reaches_the_container() -> None:
     cfg = TrainConfig(**train.parse_hyperparameters(overrides.hyperparameters()))  # type: ignore[arg-type]
     # THEN each arrives with its value
     assert (cfg.lora_r, cfg.lora_dropout, cfg.per_device_batch_size, cfg.max_seq_length) == (8, 0.1, 2, 512)
-    assert cfg.uses_gradient_checkpointing() and not cfg.qlora and cfg.seed == 7
+    assert cfg.gradient_checkpointing == "true" and not cfg.qlora and cfg.seed == 7
 
 
 def test_attention_choice() -> None:
@@ -330,12 +344,8 @@ def test_attention_choice() -> None:
 def test_half_precision_turns_peft_input_casts_off() -> None:
     # GIVEN a PEFT LoRA model (fp32 adapter weights, input casts on by default)
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4
-    )
-    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules="all-linear"))
+    model = get_peft_model(_tiny_lora_base(), LoraConfig(r=2, target_modules="all-linear"))
     lora_layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
     assert len(lora_layers) == 7 and all(m.cast_input_dtype_enabled for m in lora_layers)
     # WHEN the container prepares it for bf16/fp16 autocast THEN every LoRA layer keeps its input's dtype
