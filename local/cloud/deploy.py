@@ -50,6 +50,9 @@ _SKIPPED_ARGS = {(kind,) for kind in KNOWN_SKIPPED_TYPES}
 logging.getLogger("moto").addFilter(_KnownSkippedTypes())  # moto logs under the "moto" logger
 
 
+REPAIRED_TYPES = ("AWS::S3::Bucket", "AWS::Lambda::Function", "AWS::StepFunctions::StateMachine", "AWS::IAM::Role")
+
+
 class DeployError(RuntimeError):
     """The stack could not be created (or the local cloud is not running)."""
 
@@ -122,9 +125,12 @@ def _repair(stack_name: str, transformed: TransformedTemplate, account_id: str, 
     }
     for logical_id, resource in transformed.template["Resources"].items():
         kind = resource["Type"]
-        if kind not in ("AWS::S3::Bucket", "AWS::Lambda::Function", "AWS::StepFunctions::StateMachine"):
+        if kind not in REPAIRED_TYPES:
             continue
         if not physical.get(logical_id):  # its Condition is false: not created
+            continue
+        if kind == "AWS::IAM::Role":
+            moto_fixes.fix_role(physical[logical_id], account_id)
             continue
         properties = moto_fixes.resolved_properties(stack, transformed.template, logical_id)
         if kind == "AWS::S3::Bucket":

@@ -18,7 +18,10 @@ its source and by deploying the template):
   ``TracingConfig``) are ignored. The tags are applied here, plus the tag that tells the in-process runtime where
   the function's code lives (``lambda_runtime.CODE_DIR_TAG``); the rest has no effect on an in-process run.
 - ``AWS::SageMaker::ModelPackageGroup`` is unknown to moto's CloudFormation (and a ``!GetAtt`` of it fails the
-  stack): ``LocalModelPackageGroup`` creates it in moto's SageMaker (``model_package_group_support``).
+  stack): ``LocalModelPackageGroup`` creates it in moto's SageMaker (``model_package_group_support``). Its ``Ref``
+  is the group's ARN, as the resource schema's primaryIdentifier says (a test holds every resource's ``Ref`` to it).
+- ``AWS::IAM::Role``: inline ``Policies`` are stored as Python objects, so ``GetRolePolicy`` answers their ``repr``;
+  they are stored again as JSON (``fix_role``).
 - ``AWS::CloudWatch::Alarm`` is skipped (with a warning): nothing here would ever set it off.
 - ``AWS::StepFunctions::StateMachine``: ``DefinitionSubstitutions``, ``LoggingConfiguration``,
   ``TracingConfiguration`` and ``StateMachineType`` are ignored and the machine is created in the backend that
@@ -45,6 +48,7 @@ from moto.cloudformation.models import Stack, cloudformation_backends
 from moto.cloudformation.parsing import clean_json
 from moto.core.common_models import CloudFormationModel
 from moto.events.models import EventBus
+from moto.iam.models import iam_backends
 from moto.sagemaker.models import sagemaker_backends
 from moto.stepfunctions.models import stepfunctions_backends
 
@@ -107,6 +111,17 @@ def fix_function(name: str, properties: Mapping[str, Any], code_dir: Path | None
         tags[CODE_DIR_TAG] = str(code_dir)
     if tags:
         client.tag_resource(Resource=arn, Tags=tags)
+
+
+def fix_role(name: str, account_id: str) -> None:
+    """Store the role's inline policies as the JSON text IAM keeps: moto's CloudFormation stores a role's ``Policies``
+    as Python objects, and ``GetRolePolicy`` then answers their ``repr``. (Not through moto's ``PutRolePolicy``: its
+    validator refuses a document without ``Version``, which IAM accepts as 2008-10-17, and SAM's policy templates
+    have none.)"""
+    role = iam_backends[account_id]["global"].get_role(name)
+    for policy_name, document in list(role.policies.items()):
+        if not isinstance(document, str):
+            role.put_policy(policy_name, json.dumps(document))
 
 
 def substitute(definition: str, substitutions: Mapping[str, Any]) -> str:
@@ -179,7 +194,8 @@ class LocalModelPackageGroup(CloudFormationModel):
 
     @property
     def physical_resource_id(self) -> str:
-        return self.name
+        """``Ref`` returns the resource schema's primaryIdentifier: this type's is ``ModelPackageGroupArn``."""
+        return self.arn
 
     def get_cfn_attribute(self, attribute_name: str) -> str:
         if attribute_name == "ModelPackageGroupArn":

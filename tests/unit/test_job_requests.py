@@ -212,14 +212,54 @@ def test_jobs_run_isolated_encrypted_and_tagged_with_the_stack() -> None:
     ]
 
 
-def test_a_kms_key_encrypts_outputs_and_volumes() -> None:
-    # GIVEN a stack with a KMS key WHEN the training request is built THEN output and volume use it
-    request = training_job(_settings(kms_key_arn=KMS), RUN_ID, DATA, TrainingOverrides(), 0).request
+def test_a_kms_key_encrypts_outputs_and_ebs_volumes() -> None:
+    # GIVEN a stack with a KMS key and an instance type with an EBS volume (no instance storage)
+    settings = _settings(kms_key_arn=KMS, training_instance_types="ml.m5.xlarge")
+    # WHEN the training request is built THEN output and volume use the key
+    request = training_job(settings, RUN_ID, DATA, TrainingOverrides(), 0).request
     assert request["OutputDataConfig"]["KmsKeyId"] == KMS
     assert request["ResourceConfig"]["VolumeKmsKeyId"] == KMS
     # AND without a key neither field is there (SageMaker's default encryption applies)
     request = training_job(_settings(), RUN_ID, DATA, TrainingOverrides(), 0).request
     assert "KmsKeyId" not in request["OutputDataConfig"] and "VolumeKmsKeyId" not in request["ResourceConfig"]
+
+
+@pytest.mark.parametrize(
+    "instance_type",
+    [
+        "ml.g5.2xlarge",
+        "ml.g6.2xlarge",
+        "ml.g6e.2xlarge",
+        "ml.p4d.24xlarge",
+        "ml.p4de.24xlarge",
+        "ml.p5.48xlarge",
+        "ml.g4dn.xlarge",
+        "ml.m5d.large",
+        "ml.p3dn.24xlarge",
+        "ml.trn1.32xlarge",
+    ],
+)
+def test_no_volume_key_on_instance_types_with_local_storage(instance_type: str) -> None:
+    # GIVEN a stack with a KMS key and a training or processing instance type with local NVMe storage
+    settings = _settings(
+        kms_key_arn=KMS, training_instance_types=instance_type, processing_instance_type=instance_type
+    )
+    # WHEN the requests are built
+    training = training_job(settings, RUN_ID, DATA, TrainingOverrides(), 0).request
+    merge = merge_job(settings, RUN_ID, "s3://b/a.tar.gz", None).request
+    # THEN no VolumeKmsKeyId is sent (SageMaker refuses one there), and the outputs are still encrypted with the key
+    assert "VolumeKmsKeyId" not in training["ResourceConfig"]
+    assert "VolumeKmsKeyId" not in merge["ProcessingResources"]["ClusterConfig"]
+    assert training["OutputDataConfig"]["KmsKeyId"] == merge["ProcessingOutputConfig"]["KmsKeyId"] == KMS
+
+
+def test_each_attempt_sends_the_volume_key_only_where_its_instance_type_takes_one() -> None:
+    # GIVEN a fallback list mixing an EBS instance type and local-storage ones
+    settings = _settings(kms_key_arn=KMS, training_instance_types="ml.g5.2xlarge,ml.m5.xlarge")
+    # WHEN each attempt's request is built THEN the key follows each attempt's instance type
+    first, second = (training_job(settings, RUN_ID, DATA, TrainingOverrides(), n).request for n in (0, 1))
+    assert "VolumeKmsKeyId" not in first["ResourceConfig"]
+    assert second["ResourceConfig"]["VolumeKmsKeyId"] == KMS
 
 
 def test_each_attempt_uses_the_next_instance_type_and_knows_whether_another_is_left() -> None:
@@ -314,7 +354,8 @@ def test_processing_failures_go_to_the_exit_message_file() -> None:
 
 
 def test_processing_jobs_use_the_kms_key() -> None:
-    request = merge_job(_settings(kms_key_arn=KMS), RUN_ID, "s3://b/a.tar.gz", None).request
+    settings = _settings(kms_key_arn=KMS, processing_instance_type="ml.m5.xlarge")
+    request = merge_job(settings, RUN_ID, "s3://b/a.tar.gz", None).request
     assert request["ProcessingOutputConfig"]["KmsKeyId"] == KMS
     assert request["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == KMS
 

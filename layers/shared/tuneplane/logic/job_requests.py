@@ -13,6 +13,7 @@ from typing import Any
 
 from tuneplane.config import PipelineSettings
 from tuneplane.errors import InvalidConfiguration
+from tuneplane.logic.instance_storage import has_local_storage
 from tuneplane.models.events import Stage
 from tuneplane.models.pipeline import EvaluationOverrides, JobSpec, TrainingOverrides
 
@@ -69,6 +70,12 @@ def _kms(settings: PipelineSettings, key: str) -> dict[str, str]:
     return {key: settings.kms_key_arn} if settings.kms_key_arn else {}
 
 
+def _volume_kms(settings: PipelineSettings, instance_type: str) -> dict[str, str]:
+    """The volume key, except on instance types with local NVMe storage: SageMaker refuses a ``VolumeKmsKeyId``
+    there (the instance encrypts its NVMe volumes with a hardware module)."""
+    return {} if has_local_storage(instance_type) else _kms(settings, "VolumeKmsKeyId")
+
+
 def training_job(
     settings: PipelineSettings,
     run_id: str,
@@ -103,7 +110,7 @@ def training_job(
             "InstanceType": instance_type,
             "InstanceCount": 1,
             "VolumeSizeInGB": settings.volume_size_gb,
-            **_kms(settings, "VolumeKmsKeyId"),
+            **_volume_kms(settings, instance_type),
         },
         "StoppingCondition": stopping,
         "CheckpointConfig": {
@@ -171,7 +178,7 @@ def _processing_job(
                 "InstanceCount": 1,
                 "InstanceType": settings.processing_instance_type,
                 "VolumeSizeInGB": settings.volume_size_gb,
-                **_kms(settings, "VolumeKmsKeyId"),
+                **_volume_kms(settings, settings.processing_instance_type),
             }
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_processing_runtime_s},
