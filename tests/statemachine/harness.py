@@ -81,6 +81,8 @@ class ScriptedJobs:
             }
             s3.put_object(Bucket=bucket, Key=prefix + "merge_report.json", Body=json.dumps(report).encode())
             s3.put_object(Bucket=bucket, Key=prefix + "config.json", Body=b'{"architectures": ["LlamaForCausalLM"]}')
+        if stage == "quantize":  # what a server needs to start from the quantized model
+            s3.put_object(Bucket=bucket, Key=prefix + "config.json", Body=b'{"architectures": ["LlamaForCausalLM"]}')
         if stage == "evaluate":
             passed = self.scores["candidate"] > self.scores["base"]
             report = {

@@ -1,0 +1,63 @@
+"""Where moto's ASL interpreter is more lenient than Step Functions, made to fail as Step Functions fails.
+
+- **A Choice rule on a path that is not there.** Step Functions fails the execution with ``States.Runtime`` when a
+  comparison (``StringEquals``, ``NumericGreaterThan``, ...) reads a ``Variable`` path that does not exist in the
+  state's input; only the ``Is*`` operators (``IsPresent`` above all, the documented guard, usually inside an ``And``
+  that stops at the first false rule) take a missing path. ``States.Runtime`` is not matched by ``States.ALL`` in a
+  ``Catch``, so the execution fails at once (the Step Functions developer guide, "Error names"). moto instead compares
+  a placeholder and takes the rule as false, so a Pass state that drops a field goes unnoticed and the Choice quietly
+  takes its ``Default``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from unittest import mock
+
+from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
+from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
+    FailureEvent,
+    FailureEventException,
+)
+from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
+from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import StatesErrorNameType
+from moto.stepfunctions.parser.asl.component.state.choice.comparison.comparison_operator_type import (
+    ComparisonOperatorType,
+)
+from moto.stepfunctions.parser.asl.component.state.choice.comparison.comparison_variable import ComparisonVariable
+from moto.stepfunctions.parser.asl.component.state.choice.comparison.variable import NoSuchVariable
+from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+
+_ACCEPTS_MISSING = {operator for operator in ComparisonOperatorType if operator.name.startswith("Is")}
+
+
+def _runtime_error(env: Any, cause: str) -> FailureEventException:
+    name = StatesErrorNameType.StatesRuntime.to_name()
+    details = EventDetails(taskFailedEventDetails=TaskFailedEventDetails(error=name, cause=cause))
+    return FailureEventException(
+        failure_event=FailureEvent(
+            env=env,
+            error_name=StatesErrorName(typ=StatesErrorNameType.StatesRuntime),
+            event_type=HistoryEventType.TaskFailed,
+            event_details=details,
+        )
+    )
+
+
+def _eval_comparison(self: ComparisonVariable, env: Any) -> None:
+    self.variable.eval(env)
+    if isinstance(env.stack[-1], NoSuchVariable) and self.comparison_function.operator_type not in _ACCEPTS_MISSING:
+        path = self.variable.string_sampler.literal_value
+        raise _runtime_error(
+            env, f"Invalid path '{path}': The choice state's condition path references an invalid value."
+        )
+    self.comparison_function.eval(env)
+
+
+@contextmanager
+def strict_choice_rules() -> Iterator[None]:
+    """Within this block a Choice comparison on a missing path fails the execution with ``States.Runtime``."""
+    with mock.patch.object(ComparisonVariable, "_eval_body", _eval_comparison):
+        yield
