@@ -473,6 +473,24 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _sync_error_name(code: str) -> str:
+    """The error name Step Functions' optimized SageMaker integration gives a failed request: its own
+    ``SageMaker.ResourceLimitExceededException`` for a quota, ``SageMaker.AmazonSageMakerException`` for every other
+    error the service returns (throttling and validation alike; AWS's sample Retry blocks name exactly these two)."""
+    if code == "ResourceLimitExceeded":
+        return "SageMaker.ResourceLimitExceededException"
+    return "SageMaker.AmazonSageMakerException"
+
+
+def _sync_error_cause(ex: ClientError) -> str:
+    """The service's message with the AWS SDK for Java's details, as the integration's Cause carries them."""
+    error, metadata = ex.response["Error"], ex.response.get("ResponseMetadata", {})
+    return (
+        f"{error.get('Message', '')} (Service: AmazonSageMaker; Status Code: {metadata.get('HTTPStatusCode', 400)}; "
+        f"Error Code: {error['Code']}; Request ID: {metadata.get('RequestId', '')}; Proxy: null)"
+    )
+
+
 class StateTaskServiceSageMaker(StateTaskServiceCallback):
     """``arn:aws:states:::sagemaker:<action>[.sync]``: request-response for any action, ``.sync`` for
     createTrainingJob and createProcessingJob."""
@@ -501,7 +519,7 @@ class StateTaskServiceSageMaker(StateTaskServiceCallback):
 
     def _from_error(self, env: Any, ex: Exception) -> FailureEvent:
         if isinstance(ex, ClientError):
-            name = f"SageMaker.{ex.response['Error']['Code']}"
+            name = _sync_error_name(ex.response["Error"]["Code"])
             return FailureEvent(
                 env=env,
                 error_name=CustomErrorName(name),
@@ -509,7 +527,7 @@ class StateTaskServiceSageMaker(StateTaskServiceCallback):
                 event_details=_task_failed(
                     TaskFailedEventDetails(
                         error=name,
-                        cause=ex.response["Error"].get("Message", ""),
+                        cause=_sync_error_cause(ex),
                         resource=self._get_sfn_resource(),
                         resourceType=self._get_sfn_resource_type(),
                     )
