@@ -245,3 +245,19 @@ def test_quantization_runs_when_the_stack_asks_for_it(cloud: Cloud, reversal_lin
     assert [name for name, _ in cloud.jobs.started if name.endswith("-quantize")]
     bucket = cloud.deployment.bucket_name
     assert cloud.ledger("run-awq")["quantize"]["artifacts"]["quantized"] == f"s3://{bucket}/runs/run-awq/quantized/"
+
+
+def test_a_key_with_characters_the_registry_refuses_is_registered(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a dataset whose key has parentheses, which CustomerMetadataProperties values may not hold
+    key = "incoming/support (v2).jsonl"
+    # WHEN it passes the pipeline
+    execution = _start(cloud, "run-parens", reversal_lines, key=key)
+    # THEN it is registered, with the key in a form SageMaker accepts, and the description names the key as it is
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    sagemaker = boto3.client("sagemaker")
+    [package] = sagemaker.list_model_packages(ModelPackageGroupName=cloud.deployment.outputs["ModelPackageGroupName"])[
+        "ModelPackageSummaryList"
+    ]
+    described = sagemaker.describe_model_package(ModelPackageName=package["ModelPackageArn"])
+    assert described["CustomerMetadataProperties"]["dataset"].startswith("incoming/support _v2_.jsonl@")
+    assert described["ModelPackageDescription"] == f"tuneplane run run-parens of {key}"

@@ -17,6 +17,7 @@ from tuneplane.adapters import events, ledger, s3, sagemaker
 from tuneplane.config import PipelineSettings
 from tuneplane.errors import DatasetNotFound, InvalidConfiguration
 from tuneplane.logic import job_requests
+from tuneplane.logic.registry import registration
 from tuneplane.models.events import PipelineEvent, Stage, Status
 from tuneplane.models.pipeline import EvaluationOverrides, JobSpec, StageOutcome, StageRequest, TrainingOverrides
 from tuneplane.observability import logger
@@ -193,6 +194,8 @@ def _start(stage: Stage, run: _RunView, settings: PipelineSettings) -> dict[str,
     events.publish(
         settings.event_bus_name, _event(run, stage, Status.STARTED, started_at=now, metrics=metrics, notes=notes)
     )
+    if stage is Stage.REGISTER:
+        return registration(run.run_id, run.key)
     return spec.model_dump(mode="json") if spec else {}
 
 
