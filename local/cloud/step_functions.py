@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
@@ -35,7 +35,8 @@ _ACCEPTS_MISSING = {operator for operator in ComparisonOperatorType if operator.
 
 def _runtime_error(env: Any, cause: str) -> FailureEventException:
     name = StatesErrorNameType.StatesRuntime.to_name()
-    details = EventDetails(taskFailedEventDetails=TaskFailedEventDetails(error=name, cause=cause))
+    # moto's EventDetails TypedDict is total, though each event carries one kind of details (as moto builds them).
+    details = cast(EventDetails, {"taskFailedEventDetails": TaskFailedEventDetails(error=name, cause=cause)})
     return FailureEventException(
         failure_event=FailureEvent(
             env=env,

@@ -1,11 +1,13 @@
-"""`tuneplane` command line: the same validator the pipeline runs, offline on a local file; base model staging.
+"""`tuneplane` command line: the same validator the pipeline runs, offline on a local file; base model staging;
+read-only checks of a deployed stack.
 
     tuneplane validate data.jsonl --base-model ./my-base-model --max-seq-length 4096
     tuneplane validate s3://bucket/incoming/data.jsonl.gz --eval-file eval.jsonl --json
     tuneplane stage-model Qwen/Qwen2.5-7B-Instruct s3://my-models/qwen2.5-7b-instruct/ --kms-key-id alias/x
+    tuneplane doctor --stack-name tuneplane-dev --region us-east-1 --json
 
-Exit codes: 0 valid (or staged), 1 invalid, 2 usage error (bad arguments, missing file, unusable base model,
-a refused or failed staging).
+Exit codes: 0 valid (or staged, or no error found), 1 invalid (or an error found), 2 usage error (bad arguments,
+missing file, unusable base model, a refused or failed staging).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--out-dir", type=Path, help="write the normalised train.jsonl / eval.jsonl here")
     validate.add_argument("--json", action="store_true", help="print the full report as JSON instead of a summary")
     _stage_model_parser(commands)
+    _doctor_parser(commands)
     return parser
 
 
@@ -89,6 +92,38 @@ def _stage_model_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         action="store_true",
         help="run every check and list the files; upload nothing (a hub model is still downloaded)",
     )
+
+
+def _doctor_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    doctor = commands.add_parser(
+        "doctor",
+        help="check a deployed stack before its first run (quotas, images, Bedrock, Slack secret, base model)",
+        description="Read-only checks of a deployed stack with your own AWS credentials: the SageMaker quotas of its "
+        "instance types, its container images at ImageTag, Bedrock Custom Model Import (DeployTarget=bedrock), the "
+        "Slack webhook secret (described, never read) and the staged base model (tuneplane-model.json and its "
+        "files). One line per finding: OK, WARN or ERROR, what was found and what to do. A check that cannot run "
+        "(access denied, a service not answering) is a WARN naming the IAM action it needs.",
+        epilog="Exit codes: 0 no error (warnings allowed), 1 at least one error, 2 usage error. The permissions it "
+        "needs are listed in README.md (Deploy to AWS). Credentials and profile: the usual AWS environment "
+        "(AWS_PROFILE, ...).",
+    )
+    doctor.add_argument("--stack-name", required=True, help="the stack sam deploy created, e.g. tuneplane-dev")
+    doctor.add_argument("--region", help="the stack's region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import boto3
+
+    from tuneplane.adapters.account import AwsAccount
+    from tuneplane.logic import doctor
+
+    region = args.region or boto3.session.Session().region_name
+    if not region:
+        raise InvalidConfiguration("no region: pass --region (or set AWS_REGION)")
+    report = doctor.diagnose(AwsAccount(region), args.stack_name)
+    print(doctor.render_json(report) if args.json else doctor.render_text(report))
+    return report.exit_code
 
 
 def _options(args: argparse.Namespace) -> ValidationOptions:
@@ -197,7 +232,8 @@ def _model_directory(source: str, revision: str | None) -> tuple[Path, str | Non
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _stage_model(args) if args.command == "stage-model" else _validate(args)
+        commands = {"stage-model": _stage_model, "doctor": _doctor, "validate": _validate}
+        return commands[args.command](args)
     except (TuneplaneError, FileNotFoundError, ValidationError, json.JSONDecodeError) as exc:
         print(f"tuneplane: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

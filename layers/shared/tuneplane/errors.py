@@ -86,3 +86,26 @@ class UnsupportedBaseModel(BaseModelUnavailable):
 
 class DestinationNotEmpty(TuneplaneError):
     """The S3 prefix a base model is staged to already holds objects, and replacing them was not asked for."""
+
+
+class PermissionDenied(TuneplaneError):
+    """AWS refused a read for lack of permission (AccessDenied and its kin), or no credentials were found.
+
+    ``permission`` names the IAM action that the call needs, so the message can say what to ask for. Raised by the
+    read-only adapters of `tuneplane doctor` (``adapters/account.py``).
+    """
+
+    def __init__(self, message: str, *, permission: str) -> None:
+        super().__init__(message)
+        self.permission = permission
+
+
+class ServiceUnavailable(TuneplaneError):
+    """An AWS service did not answer a read (no endpoint, throttling, a server error, an unexpected refusal).
+
+    ``permission`` names the IAM action of the call, as for :class:`PermissionDenied`.
+    """
+
+    def __init__(self, message: str, *, permission: str) -> None:
+        super().__init__(message)
+        self.permission = permission
