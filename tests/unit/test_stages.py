@@ -669,3 +669,55 @@ def test_a_run_not_deployed_says_why_in_its_success_message(aws: SimpleNamespace
     _call(aws, "complete", Stage.RUN, _state())
     [(_, event)] = _published(aws)
     assert event.message == "model evaluated and registered; deploy not configured (DeployTarget=none)"
+
+
+RUN_OBJECTS = {
+    "data/train.jsonl": True,  # normalized splits and checkpoints are intermediates
+    "data/eval.jsonl": True,
+    "checkpoints/checkpoint-10/adapter_model.safetensors": True,
+    "validation/report.json": False,  # reports, the adapter and the models stay
+    "train/model.tar.gz": False,
+    "merged/model.safetensors": False,
+    "evaluation/evaluation.json": False,
+}
+
+
+def _retention_tags(aws: SimpleNamespace, run_id: str) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for name in RUN_OBJECTS:
+        tags = aws.s3.get_object_tagging(Bucket=BUCKET, Key=f"runs/{run_id}/{name}")["TagSet"]
+        found[name] = {tag["Key"]: tag["Value"] for tag in tags}.get("tuneplane:retention")
+    return found
+
+
+@pytest.mark.parametrize("outcome", ["complete", "fail"])
+def test_a_run_that_ends_tags_its_intermediates_for_the_lifecycle_rule(aws: SimpleNamespace, outcome: str) -> None:
+    # GIVEN a run's outputs under runs/<id>/ and another run's checkpoint
+    for name in RUN_OBJECTS:
+        aws.s3.put_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/{name}", Body=b"x")
+    other = "other-run-0123456789abcdef"
+    aws.s3.put_object(Bucket=BUCKET, Key=f"runs/{other}/checkpoints/state.pt", Body=b"x")
+    # WHEN the run ends, succeeding or failing
+    if outcome == "complete":
+        _call(aws, "complete", Stage.RUN, _state())
+    else:
+        error = {"Error": "States.TaskFailed", "Cause": "AlgorithmError: boom"}
+        _call(aws, "fail", Stage.TRAIN, _state(error=error, failed_stage="train"))
+    # THEN its splits and checkpoints carry the tag the lifecycle rule expires, and nothing else does
+    assert _retention_tags(aws, RUN_ID) == {
+        name: "intermediate" if kept else None for name, kept in RUN_OBJECTS.items()
+    }
+    assert aws.s3.get_object_tagging(Bucket=BUCKET, Key=f"runs/{other}/checkpoints/state.pt")["TagSet"] == []
+
+
+def test_the_lifecycle_rule_expires_exactly_what_runs_tag() -> None:
+    # GIVEN the data bucket's lifecycle rules in the template
+    from local.cfn_yaml import load_cfn_yaml
+
+    from tuneplane.logic.retention import INTERMEDIATE_TAG
+
+    bucket = load_cfn_yaml(ROOT / "template.yaml")["Resources"]["DataBucket"]["Properties"]
+    [rule] = [r for r in bucket["LifecycleConfiguration"]["Rules"] if r["Id"] == "ExpireRunIntermediates"]
+    # THEN it keys on the tag runs set, under runs/ only (incoming/ is never expired)
+    assert {tag["Key"]: tag["Value"] for tag in rule["TagFilters"]} == INTERMEDIATE_TAG
+    assert rule["Prefix"] == "runs/" and rule["Status"] == "Enabled"

@@ -119,6 +119,20 @@ def put_text(bucket: str, key: str, text: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
+def tag_objects(bucket: str, prefix: str, tags: dict[str, str]) -> int:
+    """Set ``tags`` on every object under ``prefix`` (their current versions); returns how many were tagged."""
+    tag_set = [{"Key": key, "Value": value} for key, value in tags.items()]
+    tagged = 0
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                s3_client().put_object_tagging(Bucket=bucket, Key=item["Key"], Tagging={"TagSet": tag_set})  # type: ignore[typeddict-item]
+                tagged += 1
+    except ClientError as exc:
+        raise _error(exc, f"tag s3://{bucket}/{prefix}") from exc
+    return tagged
+
+
 def download_files(prefix_uri: str, names: Iterable[str], destination: Path) -> list[str]:
     """Download those of `names` that exist under `prefix_uri`; return the ones found."""
     bucket, prefix = parse_s3_uri(prefix_uri.rstrip("/") + "/")

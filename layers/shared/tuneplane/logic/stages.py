@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from tuneplane.adapters import events, ledger, s3, sagemaker
 from tuneplane.config import PipelineSettings
 from tuneplane.errors import DatasetNotFound, InvalidConfiguration
-from tuneplane.logic import job_requests
+from tuneplane.logic import job_requests, retention
 from tuneplane.logic.registry import registration
 from tuneplane.models.events import PipelineEvent, Stage, Status
 from tuneplane.models.pipeline import EvaluationOverrides, JobSpec, StageOutcome, StageRequest, TrainingOverrides
@@ -432,6 +432,7 @@ def _finish_run(
     metrics: dict[str, Any],
     artifacts: dict[str, str],
 ) -> PipelineEvent:
+    retention.mark_intermediates(settings, run.run_id)
     finished = _now()
     started = _started_at(settings, run, Stage.RUN)
     event = _event(
