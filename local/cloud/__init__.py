@@ -15,6 +15,8 @@
 - ``endpoints.py``: real-time endpoints serve the model (``transformers serve`` on the CPU, or a test's scripted
   server) with blue/green updates and rollback, and sagemaker-runtime ``InvokeEndpoint`` asks it; while the local cloud
   runs, ``endpoint_url(name)`` is an endpoint's OpenAI-compatible base URL;
+- ``request_checks.py``: every request is checked against the service model's constraints (length, pattern, enum,
+  range) and documented rules that botocore leaves to the service, and refused with AWS's ValidationException;
 - ``step_functions.py``: a Choice comparison on a missing path fails the execution (``States.Runtime``) as on AWS;
 - ``clock.py``: Wait states and Retry intervals compressed, so tests of slow paths stay fast.
 """
@@ -42,6 +44,7 @@ from local.cloud.endpoints import (
 )
 from local.cloud.event_targets import eventbridge_targets
 from local.cloud.lambda_runtime import patched_lambda_runtime
+from local.cloud.request_checks import aws_request_checks
 from local.cloud.s3_events import s3_events_on_default_bus
 from local.cloud.step_functions import strict_choice_rules
 from local.cloud.sagemaker_jobs import (
@@ -95,6 +98,7 @@ def local_cloud(
         tempfile.TemporaryDirectory(prefix="tuneplane-jobs-") as scratch,
         mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
         strict_choice_rules(),
+        aws_request_checks(),
         patched_lambda_runtime(),
         s3_events_on_default_bus(),
         eventbridge_targets(),

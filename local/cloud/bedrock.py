@@ -1,7 +1,7 @@
 """A stand-in for Bedrock Custom Model Import, which moto does not have: the Deploy function's
 ``ModelImportService`` kept in memory. An import job reads the model's ``config.json`` from the (moto) S3 prefix,
 completes after ``polls_to_complete`` checks (or fails with ``fail_with``), and the imported model answers chats
-through ``answer``. What it cannot show about the real service is listed in the README ("Bedrock: not exercised").
+through ``answer``, after ``cold_start_chats`` chats answered with ModelNotReadyException (as the adapter reports it). What it cannot show about the real service is listed in the README ("Bedrock: not exercised").
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from tuneplane.adapters import bedrock_import
 from tuneplane.adapters.bedrock_import import ImportedModel, ImportJob
-from tuneplane.errors import DeployServiceError, SmokeTestFailed
+from tuneplane.errors import DeployServiceError, ModelNotReady, SmokeTestFailed
 
 _ACCOUNT_REGION = "us-east-1:123456789012"
 
@@ -34,6 +34,7 @@ class LocalModelImport:
 
     answer: Callable[[list[dict[str, str]]], str] = _echo
     polls_to_complete: int = 1
+    cold_start_chats: int = 0
     fail_with: str | None = None
     jobs: dict[str, dict[str, object]] = field(default_factory=dict)
     models: dict[str, ImportedModel] = field(default_factory=dict)
@@ -86,6 +87,9 @@ class LocalModelImport:
         self.calls.append(("chat", model_arn))
         if model_arn not in self.models:
             raise SmokeTestFailed(f"the imported model {model_arn} did not answer: no such model")
+        if self.cold_start_chats > 0:
+            self.cold_start_chats -= 1
+            raise ModelNotReady(f"the imported model {model_arn} is not ready yet (cold start): ModelNotReadyException")
         return self.answer(messages)
 
     def add_model(self, name: str, created: datetime) -> ImportedModel:

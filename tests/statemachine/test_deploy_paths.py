@@ -194,6 +194,25 @@ def test_bedrock_imports_the_merged_model_and_asks_it(cloud: Cloud, reversal_lin
 
 
 @pytest.mark.stack_parameters(DeployTarget="bedrock")
+def test_a_bedrock_cold_start_is_waited_out_not_failed(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN an imported model that answers ModelNotReadyException to its first five requests (a cold start), more
+    # than the retries a wrong answer gets
+    cloud.bedrock.answer = lambda messages: "cba"
+    cloud.bedrock.cold_start_chats = 5
+    # WHEN a passing run completes
+    execution = _start(cloud, "run-cold", reversal_lines)
+    # THEN the smoke test waited for the model and the run succeeded
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    history = cloud.sfn.get_execution_history(executionArn=execution["executionArn"], maxResults=1000)["events"]
+    failures = [
+        e["lambdaFunctionFailedEventDetails"]["error"] for e in history if "lambdaFunctionFailedEventDetails" in e
+    ]
+    failures += [e["taskFailedEventDetails"]["error"] for e in history if "taskFailedEventDetails" in e]
+    assert failures == ["ModelNotReady"] * 5
+    assert [call for call, _ in cloud.bedrock.calls].count("chat") == 6
+
+
+@pytest.mark.stack_parameters(DeployTarget="bedrock")
 def test_bedrock_refuses_an_unimportable_architecture(cloud: Cloud, reversal_lines: list[str]) -> None:
     # GIVEN a merged model whose architecture Bedrock Custom Model Import does not take
     cloud.jobs.bedrock_importable = False

@@ -17,7 +17,13 @@ from moto import mock_aws
 
 from tuneplane.adapters import s3 as s3_adapter
 from tuneplane.config import DeploySettings
-from tuneplane.errors import InvalidConfiguration, ModelImportFailed, SmokeTestFailed, UnservableModel
+from tuneplane.errors import (
+    InvalidConfiguration,
+    ModelImportFailed,
+    ModelNotReady,
+    SmokeTestFailed,
+    UnservableModel,
+)
 from tuneplane.logic.deploy import handle
 from tuneplane.logic.deploy.context import imported_model_prefix
 from tuneplane.models.deploy import DeployRequest
@@ -170,3 +176,27 @@ def test_bedrock_needs_its_import_role(bucket: Any) -> None:
     # GIVEN a stack without the import role (DeployTarget was not bedrock when deployed) / THEN a clear error
     with pytest.raises(InvalidConfiguration, match="BedrockImportRole"):
         _step("begin", LocalModelImport(), bedrock_role_arn=None)
+
+
+@pytest.mark.parametrize(
+    ("code", "raised"), [("ModelNotReadyException", ModelNotReady), ("ValidationException", SmokeTestFailed)]
+)
+def test_bedrocks_cold_start_answer_is_its_own_error(
+    code: str, raised: type[Exception], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN Bedrock Runtime answering InvokeModel with an error (the response shape checked against its model)
+    from botocore.stub import Stubber
+
+    from tuneplane.adapters import bedrock_import
+
+    runtime = boto3.client("bedrock-runtime", region_name="us-east-1")
+    monkeypatch.setattr(bedrock_import, "_runtime", lambda: runtime)
+    with Stubber(runtime) as stubber:
+        stubber.add_client_error(
+            "invoke_model", service_error_code=code, service_message="not yet", http_status_code=429
+        )
+        # WHEN the smoke test asks the imported model
+        with pytest.raises(SmokeTestFailed) as failure:
+            bedrock_import.BedrockModelImport().chat("arn:aws:bedrock:us-east-1:1:imported-model/m", QUESTION, 16)
+    # THEN a cold start is ModelNotReady (retried for minutes by the ASL), anything else a failed smoke test
+    assert type(failure.value) is raised

@@ -237,6 +237,7 @@ def test_a_kms_key_encrypts_outputs_and_ebs_volumes() -> None:
         "ml.m5d.large",
         "ml.p3dn.24xlarge",
         "ml.trn1.32xlarge",
+        "ml.p6-b200.48xlarge",
     ],
 )
 def test_no_volume_key_on_instance_types_with_local_storage(instance_type: str) -> None:

@@ -61,9 +61,9 @@ class PipelineSettings(BaseSettings):
     evaluate_image_uri: str = Field(min_length=1)
     quantize_image_uri: str | None = None
     training_instance_types: str = Field(
-        default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+(,ml\.[a-z0-9]+\.[a-z0-9]+)*$"
+        default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+(,ml\.[a-z0-9-]+\.[a-z0-9]+)*$"
     )
-    processing_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    processing_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
     use_spot: bool = True
     max_training_runtime_s: int = Field(default=24 * 3600, ge=1, le=28 * 24 * 3600)
     max_processing_runtime_s: int = Field(default=4 * 3600, ge=1, le=5 * 24 * 3600)
@@ -104,7 +104,7 @@ class DeploySettings(BaseSettings):
     serve_mode: Literal["merged", "lora"] = Field(
         default="merged", description="merged: the merged (or quantized) model; lora: the base model + the adapter."
     )
-    endpoint_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    endpoint_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
     endpoint_min_instances: int = Field(default=1, ge=1, le=100)
     endpoint_max_instances: int = Field(default=2, ge=1, le=100)
     invocations_per_instance_target: float = Field(

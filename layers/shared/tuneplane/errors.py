@@ -67,6 +67,11 @@ class SmokeTestFailed(TuneplaneError):
     """The deployed model did not answer the smoke test's chat request with a usable answer."""
 
 
+class ModelNotReady(SmokeTestFailed):
+    """Bedrock is still loading an imported model (``ModelNotReadyException``): a cold start that the AWS docs say
+    can take minutes after an import or a quiet spell. Retried for longer than a wrong answer is."""
+
+
 class ModelImportFailed(TuneplaneError):
     """A Bedrock Custom Model Import job failed, or did not finish within the time allowed."""
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tuneplane.errors import DeployServiceError, SmokeTestFailed
+from tuneplane.errors import DeployServiceError, ModelNotReady, SmokeTestFailed
 
 if TYPE_CHECKING:
     from mypy_boto3_bedrock import BedrockClient
@@ -126,6 +126,8 @@ class BedrockModelImport:
             )
             document = json.loads(response["body"].read())
         except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ModelNotReadyException":
+                raise ModelNotReady(f"the imported model {model_arn} is not ready yet (cold start): {exc}") from exc
             raise SmokeTestFailed(f"the imported model {model_arn} did not answer: {exc}") from exc
         except (BotoCoreError, ValueError) as exc:
             raise SmokeTestFailed(f"the imported model {model_arn} did not answer with JSON: {exc}") from exc

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tuneplane.models.events import Stage
 
-INSTANCE_TYPE_PATTERN = r"^ml\.[a-z0-9]+\.[a-z0-9]+$"
+INSTANCE_TYPE_PATTERN = r"^ml\.[a-z0-9-]+\.[a-z0-9]+$"
 PRIMARY_METRICS = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_schema_match")
 
 
