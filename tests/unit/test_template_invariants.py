@@ -1,0 +1,41 @@
+"""Rules the template keeps so that a stack can be deleted and created again under the same name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cfnlint.data.schemas
+from local.cfn_yaml import load_cfn_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = Path(cfnlint.data.schemas.__file__).parent / "resources"
+
+
+def _name_properties() -> dict[str, set[str]]:
+    """Resource type -> the properties that set its physical name (``<Something>Name``, create-only), from the
+    CloudFormation resource schemas cfn-lint ships."""
+    names: dict[str, set[str]] = {}
+    for path in SCHEMAS.glob("*.json"):
+        schema = json.loads(path.read_text())
+        create_only = {pointer.rsplit("/", 1)[1] for pointer in schema.get("createOnlyProperties", [])}
+        names[schema.get("typeName", "")] = {prop for prop in create_only if prop.endswith("Name")}
+    return names
+
+
+def test_no_retained_resource_has_a_fixed_name() -> None:
+    # GIVEN the resources `sam delete` leaves behind (DeletionPolicy: Retain)
+    template = load_cfn_yaml(ROOT / "template.yaml")
+    names = _name_properties()
+    retained = {
+        logical_id: resource
+        for logical_id, resource in template["Resources"].items()
+        if resource.get("DeletionPolicy") == "Retain"
+    }
+    assert retained, "nothing is retained: this test guards nothing"
+    # THEN none sets its physical name: a second stack of the same name would collide with the one left behind
+    fixed = {
+        logical_id: sorted(names.get(resource["Type"], set()) & set(resource.get("Properties", {})))
+        for logical_id, resource in retained.items()
+    }
+    assert not {logical_id: props for logical_id, props in fixed.items() if props}
