@@ -435,6 +435,7 @@ class EndpointRegistry:
         self.invoke_timeout_s = invoke_timeout_s
         self.endpoints: dict[str, LocalEndpoint] = {}
         self.servers: list[EndpointServer] = []  # every server started, to stop them all at the end
+        self.served_names: dict[int, set[str]] = {}  # id(server) -> the model names vLLM would answer to
         self.threads: list[threading.Thread] = []
         self.lock = threading.RLock()
 
@@ -604,6 +605,8 @@ class EndpointRegistry:
         deadline = time.monotonic() + limit
         while True:
             if healthy(server.url):
+                with self.lock:
+                    self.served_names[id(server)] = vllm_served_names(environment)
                 return server
             problem = None
             if not server.alive():
@@ -669,6 +672,18 @@ class EndpointRegistry:
                 endpoint.variant,
                 logs,
             )
+        asked = request.get("model")
+        served = self.served_names.get(id(server), set())
+        if asked is not None and asked not in served:  # vLLM's answer; SageMaker passes it on as a ModelError
+            error = {
+                "object": "error",
+                "message": f"The model `{asked}` does not exist.",
+                "type": "NotFoundError",
+                "param": None,
+                "code": 404,
+            }
+            raise ModelError(404, json.dumps(error), endpoint.variant, logs)
+        # The body goes on as sent; only the name is the local server's own for the one model vLLM would serve.
         request = {**request, "stream": False, "model": server.model}
         try:
             status_code, answer, content_type = _post(
@@ -686,6 +701,18 @@ class EndpointRegistry:
         if status_code >= 300:
             raise ModelError(status_code, answer.decode(errors="replace"), endpoint.variant, logs)
         return answer, content_type or "application/json", endpoint.variant
+
+
+def vllm_served_names(environment: Mapping[str, str]) -> set[str]:
+    """The ``model`` values vLLM answers to, from its ``SM_VLLM_*`` settings: ``--served-model-name`` (else the model
+    path, ``--model``) and each ``--lora-modules`` name (``name=path`` pairs). A request naming another model gets
+    vLLM's 404 ``NotFoundError``; a request without ``model`` gets the first served model."""
+    names = set(environment.get("SM_VLLM_SERVED_MODEL_NAME", "").split())
+    if not names:
+        names = {environment.get("SM_VLLM_MODEL", "/opt/ml/model")}
+    for module in environment.get("SM_VLLM_LORA_MODULES", "").split():
+        names.add(module.split("=", 1)[0])
+    return names
 
 
 def _post(url: str, path: str, body: dict[str, Any], timeout_s: float) -> tuple[int, bytes, str]:

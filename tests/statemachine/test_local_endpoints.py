@@ -296,6 +296,23 @@ def test_invoke_errors_are_sagemaker_runtime_errors(endpoints: Endpoints) -> Non
     assert "nope" in missing.value.response["Error"]["Message"]
 
 
+def test_a_request_naming_a_model_vllm_does_not_serve_gets_vllms_404(endpoints: Endpoints) -> None:
+    # GIVEN an endpoint whose vLLM serves the model under a served name
+    endpoints.deploy("named", "fine", env={"SM_VLLM_MODEL": "/opt/ml/model", "SM_VLLM_SERVED_MODEL_NAME": "support"})
+    assert endpoints.wait("named")["EndpointStatus"] == "InService"
+    # WHEN a request names another model (a LoRA adapter name the server was not started with, say)
+    with pytest.raises(ClientError) as unknown:
+        endpoints.ask("named", {**CHAT, "model": "support-lora"})
+    # THEN vLLM's 404 comes back as SageMaker's ModelError, and the server never saw the request
+    error = unknown.value.response
+    assert error["Error"]["Code"] == "ModelError" and error["OriginalStatusCode"] == 404
+    assert "The model `support-lora` does not exist." in error["OriginalMessage"]
+    assert endpoints.backend.servers[-1].requests == []
+    # AND the served name, or no name at all (vLLM's first served model), is answered
+    assert _content(endpoints.ask("named", {**CHAT, "model": "support"})) == "fine"
+    assert _content(endpoints.ask("named")) == "fine"
+
+
 def test_update_and_create_are_validated_like_sagemaker(endpoints: Endpoints) -> None:
     # GIVEN an endpoint in service
     config = endpoints.deploy("val", "x")
