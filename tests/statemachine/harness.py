@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from containers.evaluate import evaluate
 from local.cloud import JobOutcome, LocalDeployment, LocalJob, ScriptedEndpointBackend, deploy, local_cloud
 from local.cloud.bedrock import LocalModelImport, local_bedrock_imports
 from local.cloud.s3_events import deliver_to_default_bus
@@ -84,13 +85,23 @@ class ScriptedJobs:
         if stage == "quantize":  # what a server needs to start from the quantized model
             s3.put_object(Bucket=bucket, Key=prefix + "config.json", Body=b'{"architectures": ["LlamaForCausalLM"]}')
         if stage == "evaluate":
-            passed = self.scores["candidate"] > self.scores["base"]
+            # The product's gate: the evaluate container's own, on the thresholds the Stage function sent the job.
+            config = evaluate.load_config(list(job.model.app_specification["ContainerArguments"]))
+            metrics = {name: {config.primary_metric: score, "stop_rate": 1.0} for name, score in self.scores.items()}
+            passed, reasons = evaluate.gate(
+                metrics,
+                primary_metric=config.primary_metric,
+                min_score=config.min_score,
+                max_regression_vs_production=config.max_regression_vs_production,
+                min_improvement_over_base=config.min_improvement_over_base,
+                min_stop_rate=config.min_stop_rate,
+            )
             report = {
                 "passed": passed,
-                "reasons": [] if passed else ["candidate exact_match 0.1000 - base 0.1000 < 0.0100"],
-                "primary_metric": "exact_match",
+                "reasons": reasons,
+                "primary_metric": config.primary_metric,
                 "examples": 4,
-                "metrics": {name: {"exact_match": score, "stop_rate": 1.0} for name, score in self.scores.items()},
+                "metrics": metrics,
                 "chart": "evaluation.png",
             }
             s3.put_object(Bucket=bucket, Key=prefix + "evaluation.json", Body=json.dumps(report).encode())

@@ -198,8 +198,9 @@ def test_capacity_errors_with_no_fallback_left_fail_the_run(cloud: Cloud, revers
 
 
 def test_a_model_below_the_gate_is_rejected_and_not_registered(cloud: Cloud, reversal_lines: list[str]) -> None:
-    # GIVEN an evaluation where the candidate does not beat the base WHEN the pipeline runs
-    cloud.jobs.scores = {"candidate": 0.1, "base": 0.1}
+    # GIVEN an evaluation where the candidate scores below the base (the stack's MinImprovementOverBase is 0)
+    # WHEN the pipeline runs
+    cloud.jobs.scores = {"candidate": 0.1, "base": 0.2}
     execution = _start(cloud, "run-gate", reversal_lines)
     # THEN it ends as GateFailed after the Gate, without registering
     assert execution["status"] == "FAILED" and execution["error"] == "GateFailed"
@@ -261,3 +262,26 @@ def test_a_key_with_characters_the_registry_refuses_is_registered(cloud: Cloud, 
     described = sagemaker.describe_model_package(ModelPackageName=package["ModelPackageArn"])
     assert described["CustomerMetadataProperties"]["dataset"].startswith("incoming/support _v2_.jsonl@")
     assert described["ModelPackageDescription"] == f"tuneplane run run-parens of {key}"
+
+
+@pytest.mark.parametrize(("required", "status"), [(0.01, "SUCCEEDED"), (0.1, "FAILED")])
+def test_the_gate_applies_the_runs_own_thresholds(
+    cloud: Cloud, reversal_lines: list[str], required: float, status: str
+) -> None:
+    # GIVEN a candidate 0.05 better than the base, and a dataset asking for an improvement of `required`
+    cloud.jobs.scores = {"candidate": 0.5, "base": 0.45}
+    version = cloud.upload("incoming/reverse.jsonl", reversal_lines)
+    request = {
+        "run_id": "run-thresholds",
+        "bucket": cloud.deployment.bucket_name,
+        "key": "incoming/reverse.jsonl",
+        "version_id": version,
+        "evaluation": {"min_improvement_over_base": required},
+    }
+    # WHEN the pipeline runs (the evaluate job's gate is the container's, on the arguments the Stage function sent)
+    execution = cloud.run("run-thresholds", request)
+    # THEN the run passes or is rejected by that threshold, with the container's reason
+    assert execution["status"] == status, execution.get("cause")
+    if status == "FAILED":
+        assert execution["error"] == "GateFailed"
+        assert "less than the required +0.1000" in execution["cause"]
