@@ -10,6 +10,7 @@ come from a Stubber on the adapter's cached client too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from botocore.stub import Stubber
 from local.cloud import LocalDeployment, deploy
+from local.cloud.template import TemplateError
 from moto import mock_aws
 from safetensors.numpy import save_file
 
@@ -423,14 +425,31 @@ def test_an_unreadable_secret_is_an_error(
     assert report.exit_code == 1
 
 
-def test_a_partial_secret_arn_is_an_error(aws: None, quotas: dict[str, float], model_dir: Path) -> None:
-    # GIVEN a stack deployed with the secret's ARN without its random suffix (DescribeSecret still finds it)
-    boto3.client("s3", region_name=REGION).create_bucket(Bucket=MODEL_BUCKET)
-    assert main(["stage-model", str(model_dir), MODEL_URI]) == 0
-    full = _secret()
+def test_the_template_refuses_a_partial_secret_arn(aws: None) -> None:
+    # GIVEN the secret's ARN without its random suffix (DescribeSecret would still find the secret)
+    partial = _secret().rsplit("-", 1)[0]
+
+    # WHEN the stack is deployed with it
+    # THEN the template refuses it: the Notify role may read only that ARN, which IAM matches against the full one
+    with pytest.raises(TemplateError, match="SlackWebhookSecretArn"):
+        deploy({"BaseModelS3Uri": MODEL_URI, "SlackWebhookSecretArn": partial}, stack_name=STACK, region=REGION)
+
+
+def test_a_partial_secret_arn_is_an_error(
+    aws: None, quotas: dict[str, float], model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a stack whose SlackWebhookSecretArn is the secret's ARN without its random suffix (DescribeSecret still
+    # finds it): template.yaml refuses such a value now, a stack deployed with an older template may still hold one
+    full = _deployed(model_dir).parameters["SlackWebhookSecretArn"]
     partial = full.rsplit("-", 1)[0]
-    deploy({"BaseModelS3Uri": MODEL_URI, "SlackWebhookSecretArn": partial}, stack_name=STACK, region=REGION)
-    _push_images(STACK)
+    describe = AwsAccount.stack
+
+    def stack_with_partial_arn(self: AwsAccount, name: str) -> StackDescription | None:
+        stack = describe(self, name)
+        assert stack is not None
+        return dataclasses.replace(stack, parameters={**stack.parameters, "SlackWebhookSecretArn": partial})
+
+    monkeypatch.setattr(AwsAccount, "stack", stack_with_partial_arn)
 
     # WHEN doctor runs
     finding = _only(_run(), "slack")

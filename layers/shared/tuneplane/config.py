@@ -150,7 +150,9 @@ class NotifySettings(BaseSettings):
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
-    slack_webhook_secret_arn: str = Field(pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+$")
+    slack_webhook_secret_arn: str = Field(
+        pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$"
+    )
     secret_max_age_s: int = Field(default=300, ge=0, description="How long the webhook URL is cached (Powertools).")
     console_region: str | None = Field(
         default=None,
