@@ -18,15 +18,19 @@
 - ``request_checks.py``: every request is checked against the service model's constraints (length, pattern, enum,
   range) and documented rules that botocore leaves to the service, and refused with AWS's ValidationException;
 - ``step_functions.py``: a Choice comparison on a missing path fails the execution (``States.Runtime``) as on AWS;
-- ``clock.py``: Wait states and Retry intervals compressed, so tests of slow paths stay fast.
+- ``clock.py``: Wait states and Retry intervals compressed, so tests of slow paths stay fast;
+- ``iam/``: IAM enforcement (``enforce_iam``): every call the product makes, evaluated as the role that makes it on
+  AWS (a Lambda function's, the state machine's, a SageMaker job's) against the deployed policies;
+  ``current_enforcement().denials`` lists what was denied.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Literal
 
 from moto import mock_aws
 
@@ -43,10 +47,10 @@ from local.cloud.endpoints import (
     local_endpoints,
 )
 from local.cloud.event_targets import eventbridge_targets
+from local.cloud.iam import iam_enforcement
 from local.cloud.lambda_runtime import patched_lambda_runtime
 from local.cloud.request_checks import aws_request_checks
 from local.cloud.s3_events import s3_events_on_default_bus
-from local.cloud.step_functions import strict_choice_rules
 from local.cloud.sagemaker_jobs import (
     ContainerExecutor,
     JobExecutor,
@@ -55,6 +59,7 @@ from local.cloud.sagemaker_jobs import (
     LocalJob,
     local_sagemaker_jobs,
 )
+from local.cloud.step_functions import strict_choice_rules
 
 __all__ = [
     "ContainerExecutor",
@@ -88,12 +93,15 @@ def local_cloud(
     executor: JobExecutor | None = None,
     work_root: Path | None = None,
     endpoint_backend: EndpointBackend | None = None,
+    enforce_iam: bool | Literal["audit"] = False,
 ) -> Iterator[JobRunner]:
     """moto with executing state machines, in-process Lambda handlers, S3 events on the default bus only, EventBridge
     Lambda and Step Functions targets, SageMaker jobs run by ``executor`` (default: the real containers, with
     their work directories under ``work_root``), SageMaker endpoints served by ``endpoint_backend`` (default:
     ``transformers serve``; servers under ``work_root/endpoints``, all stopped on exit; ``endpoint_url(name)`` or
-    ``active_endpoints()`` while it runs) and Wait/Retry times multiplied by ``time_scale``."""
+    ``active_endpoints()`` while it runs) and Wait/Retry times multiplied by ``time_scale``. ``enforce_iam``: every
+    call made as a role is checked against its deployed policies and denied as AWS would (``"audit"``: only recorded,
+    in ``local.cloud.iam.current_enforcement()``); off by default until the template passes."""
     with (
         tempfile.TemporaryDirectory(prefix="tuneplane-jobs-") as scratch,
         mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
@@ -105,5 +113,8 @@ def local_cloud(
         local_sagemaker_jobs(executor or ContainerExecutor(), work_root or Path(scratch)) as runner,
         local_endpoints(endpoint_backend or TransformersServeBackend(), work_root or Path(scratch)),
         compressed_time(time_scale),
+        ExitStack() as stack,
     ):
+        if enforce_iam:
+            stack.enter_context(iam_enforcement("audit" if enforce_iam == "audit" else "enforce"))
         yield runner

@@ -1,7 +1,8 @@
 """A stand-in for Bedrock Custom Model Import, which moto does not have: the Deploy function's
 ``ModelImportService`` kept in memory. An import job reads the model's ``config.json`` from the (moto) S3 prefix,
 completes after ``polls_to_complete`` checks (or fails with ``fail_with``), and the imported model answers chats
-through ``answer``, after ``cold_start_chats`` chats answered with ModelNotReadyException (as the adapter reports it). What it cannot show about the real service is listed in the README ("Bedrock: not exercised").
+through ``answer``, after ``cold_start_chats`` chats answered with ModelNotReadyException (as the adapter reports it).
+What it cannot show about the real service is listed in the README ("Bedrock: not exercised").
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class LocalModelImport:
             raise SmokeTestFailed(f"the imported model {model_arn} did not answer: no such model")
         if self.cold_start_chats > 0:
             self.cold_start_chats -= 1
-            raise ModelNotReady(f"the imported model {model_arn} is not ready yet (cold start): ModelNotReadyException")
+            raise ModelNotReady(f"the imported model {model_arn} is not ready yet (cold start)")
         return self.answer(messages)
 
     def add_model(self, name: str, created: datetime) -> ImportedModel:

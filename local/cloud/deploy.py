@@ -25,7 +25,7 @@ import boto3
 from moto.core.config import default_user_config
 from moto.core.models import MockAWS
 
-from local.cloud import moto_fixes
+from local.cloud import lambda_async, moto_fixes
 from local.cloud.template import TEMPLATE, CodeAsset, TransformedTemplate, transform_template
 
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
@@ -167,6 +167,9 @@ def deploy(
             warnings.filterwarnings("ignore", message=f"Tried to parse {kind} ", category=UserWarning)
         stack = _create_stack(stack_name, transformed, region)
         physical = _repair(stack_name, transformed, account_id, region)
+        lambda_async.apply_event_invoke_configs(
+            moto_fixes.find_stack(stack_name, account_id, region), transformed.template, region
+        )
     outputs = {output["OutputKey"]: output["OutputValue"] for output in stack.get("Outputs", [])}
     try:
         bucket, bus, state_machine = outputs["DataBucketName"], outputs["EventBusName"], outputs["StateMachineArn"]

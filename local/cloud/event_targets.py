@@ -9,14 +9,16 @@ machine target (the S3 notification path swallows it, so an upload silently star
 - a Lambda function is invoked (asynchronously on AWS: an error in the function is the function's business, it
   never fails the sender) only if its resource policy lets ``events.amazonaws.com`` invoke it for this rule, as
   the template's ``AWS::Lambda::Permission`` must; a function that is missing or does not allow it is a delivery
-  failure: the event goes to the target's ``DeadLetterConfig`` queue with EventBridge's message attributes;
+  failure: the event goes to the target's ``DeadLetterConfig`` queue with EventBridge's message attributes. The
+  invocation is Lambda's asynchronous one (``lambda_async``): a function error is retried as the function's
+  ``EventInvokeConfig`` says, then recorded in its on-failure destination;
 - a state machine target starts an execution with the event as its input (the rule's ``RoleArn`` is not checked);
 - rules that are not ``ENABLED`` deliver nothing (moto delivers for disabled rules too);
 - every other target type is left to moto.
 
-Not emulated: ``RetryPolicy`` (a failed delivery is not retried: it goes to the DLQ or is logged), Lambda's own
-asynchronous retries and on-failure destinations, and asynchrony itself: the target runs before the sending call
-(``PutObject``, ``PutEvents``) returns, which makes tests deterministic.
+Not emulated: ``RetryPolicy`` (a failed delivery is not retried: it goes to the DLQ or is logged), and asynchrony
+itself: the target runs (a Lambda function with all its retries) before the sending call (``PutObject``,
+``PutEvents``) returns, which makes tests deterministic.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from moto.events.models import Rule
 from moto.events.utils import EventTemplateParser
 from moto.sqs.models import sqs_backends
 from moto.utilities.arns import parse_arn
+
+from local.cloud.lambda_async import invoke_async
 
 LOG = logging.getLogger(__name__)
 EVENTS_PRINCIPAL = "events.amazonaws.com"
@@ -117,10 +121,7 @@ def _invoke_function(rule: Rule, target: dict[str, Any], payload: Any) -> None:
             "AccessDeniedException",
             f"{EVENTS_PRINCIPAL} is not allowed to invoke {function.function_name} for rule {rule.arn}",
         )
-    response_headers: dict[str, str] = {}
-    result = function.invoke(json.dumps(payload), {"x-amz-invocation-type": "Event"}, response_headers)
-    if response_headers.get("x-amz-function-error"):  # asynchronous invocation: the sender never sees this
-        LOG.warning("rule %s: function %s failed: %s", rule.name, function.function_name, result)
+    invoke_async(function, payload)  # retries and destinations are Lambda's: the sender never sees a function error
 
 
 def _start_execution(target: dict[str, Any], payload: Any) -> None:

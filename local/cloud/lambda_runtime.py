@@ -7,7 +7,8 @@ method with an in-process runner that behaves like the Python Lambda runtime whe
 - the handler (``module.function`` from the function's ``Handler``) is imported from the folder named by the
   function's ``tuneplane:local:code-dir`` tag (``deploy`` sets it from the template's ``CodeUri``), once per
   function and code version: a warm container, so module-level state survives between invocations;
-- the function's environment variables (plus the ones Lambda itself sets) apply for the duration of the call;
+- the function's environment variables (plus the ones Lambda itself sets) apply for the duration of the call, and
+  its AWS calls are made as its execution role (``local.cloud.iam``: checked when IAM enforcement is on);
 - the handler gets a context object (``function_name``, ``memory_limit_in_mb``, ``invoked_function_arn``,
   ``aws_request_id``, ``get_remaining_time_in_millis()``, ...);
 - an exception becomes Lambda's error payload ``{"errorMessage", "errorType", "requestId", "stackTrace"}`` with
@@ -41,6 +42,8 @@ from typing import Any
 from unittest import mock
 
 from moto.awslambda.models import LambdaFunction
+
+from local.cloud.iam.enforce import acting_as
 
 CODE_DIR_TAG = "tuneplane:local:code-dir"
 
@@ -184,7 +187,7 @@ def _invoke_in_process(self: LambdaFunction, event: Any = None) -> tuple[str, bo
                 log_stream_name=f"local/[{self.version}]{request_id}",
                 timeout_s=float(self.timeout),
             )
-            with _environment(_function_environment(self, code_dir)):
+            with _environment(_function_environment(self, code_dir)), acting_as(self.role, self.function_name):
                 key = (self.function_arn, str(self.code_sha_256))
                 if key not in _warm:
                     _warm[key] = _load_handler(self, code_dir)

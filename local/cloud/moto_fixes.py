@@ -12,8 +12,9 @@ its source and by deploying the template):
 - ``AWS::S3::BucketPolicy`` is skipped (with a warning). It stays skipped: moto evaluates a bucket policy on
   object requests but treats a statement whose ``Condition`` does not hold as a match, so the TLS-only ``Deny``
   (``aws:SecureTransport: false``) would deny every PutObject/GetObject. No other IAM is enforced here either.
-- ``AWS::SQS::QueuePolicy`` and ``AWS::Lambda::EventInvokeConfig`` are skipped too, and stay skipped: no IAM is
-  enforced here, and ``event_targets`` does not emulate Lambda's asynchronous retries and destinations.
+- ``AWS::SQS::QueuePolicy`` is skipped too, and stays skipped: no IAM is enforced here.
+- ``AWS::Lambda::EventInvokeConfig`` is skipped; ``deploy`` puts each one through moto's Lambda API afterwards
+  (``lambda_async.apply_event_invoke_configs``), where ``lambda_async`` reads it for asynchronous invocations.
 - ``AWS::Lambda::Function``: ``Tags`` (and ``Layers``, ``Architectures``, ``EphemeralStorage``, ``LoggingConfig``,
   ``TracingConfig``) are ignored. The tags are applied here, plus the tag that tells the in-process runtime where
   the function's code lives (``lambda_runtime.CODE_DIR_TAG``); the rest has no effect on an in-process run.

@@ -58,6 +58,10 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 )
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
+from moto.stepfunctions.parser.asl.utils.json_path import extract_json
+
+from local.cloud.iam.actions import sync_rule_checks
+from local.cloud.iam.enforce import acting_as, require
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS = ROOT / "containers"
@@ -312,7 +316,8 @@ class JobRunner:
     def _run(self, job: LocalJob) -> None:
         started = time.monotonic()
         try:
-            outcome = self.executor(job)
+            with acting_as(job.model.role_arn, "SageMaker"):  # its S3 transfers are the job role's (local.cloud.iam)
+                outcome = self.executor(job)
         except Exception as exc:  # noqa: BLE001 - a broken executor is a failed job, as an infrastructure error is
             outcome = JobOutcome("Failed", f"InternalServerError: {type(exc).__name__}: {exc}"[:REASON_LIMIT])
         if job.stop.is_set() and outcome.status != "Failed":
@@ -512,6 +517,21 @@ class StateTaskServiceSageMaker(StateTaskServiceCallback):
         model = _sagemaker_model()
         return set(model.operation_model(operation).input_shape.members)
 
+    def _eval_parameters(self, env: Any) -> dict[str, Any]:
+        """moto's ASL lexer reads ``"RoleArn.$"`` (a keyword of the ``Credentials`` field) as a plain key holding the
+        path as text, and the unsupported-parameter filter then drops it: every job was created without its role.
+        Here the path is evaluated, as for any other ``.$`` key, against the state's input."""
+        source = env.stack[-1]
+        if self.parargs is None:
+            return {}
+        self.parargs.eval(env=env)
+        parameters: dict[str, Any] = env.stack.pop()
+        role_path = parameters.pop("RoleArn.$", None)
+        if isinstance(role_path, str):
+            parameters["RoleArn"] = extract_json(role_path, source)
+        supported = self._get_supported_parameters()
+        return {k: v for k, v in parameters.items() if not supported or k in supported}
+
     def _client(self, resource_runtime_part: Any, state_credentials: Any) -> Any:
         return boto_client_for(
             service="sagemaker", region=resource_runtime_part.region, state_credentials=state_credentials
@@ -562,6 +582,9 @@ class StateTaskServiceSageMaker(StateTaskServiceCallback):
                 return {**answer, "_status": answer["ProcessingJobStatus"]}
         else:
             raise ValueError(f"sagemaker:{action}.sync is not supported by the local cloud")
+        # what AWS's .sync integration does with its managed EventBridge rule, as the state machine's role
+        region, account = resource_runtime_part.region, resource_runtime_part.account
+        require("events", "PutRule", sync_rule_checks(action, region, account), region)
 
         def resolve() -> Any:
             description = describe()
