@@ -93,7 +93,7 @@ def local_cloud(
     executor: JobExecutor | None = None,
     work_root: Path | None = None,
     endpoint_backend: EndpointBackend | None = None,
-    enforce_iam: bool | Literal["audit"] = False,
+    enforce_iam: bool | Literal["audit"] = True,
 ) -> Iterator[JobRunner]:
     """moto with executing state machines, in-process Lambda handlers, S3 events on the default bus only, EventBridge
     Lambda and Step Functions targets, SageMaker jobs run by ``executor`` (default: the real containers, with
@@ -101,7 +101,7 @@ def local_cloud(
     ``transformers serve``; servers under ``work_root/endpoints``, all stopped on exit; ``endpoint_url(name)`` or
     ``active_endpoints()`` while it runs) and Wait/Retry times multiplied by ``time_scale``. ``enforce_iam``: every
     call made as a role is checked against its deployed policies and denied as AWS would (``"audit"``: only recorded,
-    in ``local.cloud.iam.current_enforcement()``); off by default until the template passes."""
+    in ``local.cloud.iam.current_enforcement()``; False: off, for tests of the emulator itself)."""
     with (
         tempfile.TemporaryDirectory(prefix="tuneplane-jobs-") as scratch,
         mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),

@@ -8,10 +8,25 @@ canned data. Here, as on SageMaker:
   ``<work_root>/endpoints/<endpoint>/<config>/model`` (an uncompressed ``ModelDataSource`` prefix, or a
   ``model.tar.gz`` from ``ModelDataUrl``, extracted), starts a model server through an ``EndpointBackend`` and waits
   for its health check; then ``InService``, or ``Failed`` with a ``FailureReason`` (the server's last output lines);
-- ``UpdateEndpoint`` is blue/green: ``Updating`` while the old server keeps serving and the new one starts; a
-  healthy new server takes over (``EndpointConfigName`` switches) and the old one stops; a new server that fails
-  rolls the endpoint back: ``InService`` on the old config, with a ``FailureReason`` saying so;
-- ``DeleteEndpoint`` stops the server(s); leaving the local cloud stops every server it started;
+- ``UpdateEndpoint`` is blue/green (``endpoint_rollouts.py``): ``Updating`` while the old (blue) server keeps
+  serving and the new (green) one starts; a healthy green server then gets traffic as the ``DeploymentConfig`` says
+  (all at once, a canary, linear steps, ``WaitIntervalInSeconds`` apart), and after the last step the final baking
+  period (``TerminationWaitInSeconds``) runs, on the local cloud's compressed clock; the alarms of
+  ``AutoRollbackConfiguration`` are watched from the first shift to the end of the bake. The green fleet then takes
+  over (``EndpointConfigName`` switches, the blue server stops, ``InService``). A green server that fails to start,
+  an alarm in ``ALARM`` or ``MaximumExecutionTimeoutInSeconds`` rolls the update back: all traffic returns to the
+  blue server, the green one stops, and the endpoint is ``InService`` on the OLD config with a ``FailureReason``
+  saying so and no ``PendingDeploymentSummary`` (a rolled-back update as hashicorp/terraform-provider-aws #39099 and
+  #48997 report it: back to ``InService`` on the previous config, the reason in ``FailureReason``);
+  ``LastDeploymentConfig``, "the most recent deployment configuration" (API reference), stays the update's. While
+  an update runs, ``PendingDeploymentSummary`` shows the new config and its variant's ``VariantStatus``
+  (``Creating``, ``ActivatingTraffic``, ``Baking``); a second update is refused with SageMaker's
+  ``Cannot update in-progress endpoint``;
+- ``DeleteEndpoint`` stops the server(s) at once and leaves the endpoint ``Deleting`` for ``DELETE_SECONDS`` of
+  compressed time before it disappears (the API reference: SageMaker "asynchronously deletes associated endpoint
+  resources"); an endpoint that is ``Creating``, ``Updating`` or already ``Deleting`` cannot be deleted (SageMaker
+  answers the same ``Cannot update in-progress endpoint``, as a stored runbook quotes it for a delete during
+  ``Creating``); leaving the local cloud stops every server it started;
 - ``CreateEndpointConfig`` accepts the instance types botocore knows (moto's own list has no ml.g5 or newer);
 - sagemaker-runtime ``InvokeEndpoint`` forwards an OpenAI chat-completions body to the server's
   ``/v1/chat/completions`` (``stream`` false, ``model`` the served one) and answers the server's JSON; a server
@@ -54,6 +69,7 @@ from unittest import mock
 from urllib.parse import urlsplit
 
 import boto3
+from botocore.exceptions import ClientError
 from moto.core.common_types import TYPE_RESPONSE
 from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult
@@ -61,12 +77,27 @@ from moto.sagemaker import responses as sm_responses
 from moto.sagemaker.models import FakeEndpoint, FakeEndpointConfig, SageMakerModelBackend
 from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
 
+from local.cloud.endpoint_rollouts import (
+    AlarmsUnreadable,
+    DeploymentConfigError,
+    RolloutPlan,
+    TrafficSplit,
+    VariantPhase,
+    alarms_in_alarm,
+    run_rollout,
+    time_scale,
+)
 from local.cloud.sagemaker_jobs import download_prefix, split_s3_uri
 
 REASON_LIMIT = 1024  # FailureReason holds 1 KB
 STARTUP_TIMEOUT_S = 120.0  # the local bound on a server's startup (SageMaker's variant setting may say 1800)
 INVOKE_TIMEOUT_S = 60.0  # SageMaker real-time endpoints give the container 60 s to answer
 LORA_SETTING = "SM_VLLM_ENABLE_LORA"
+# How long (compressed time) a deleted endpoint stays Deleting: AWS publishes no figure; short, so that a test at
+# time_scale 0.01 sees Deleting for 0.1 s, yet long enough to be seen.
+DELETE_SECONDS = 10.0
+# Statuses in which SageMaker refuses UpdateEndpoint and DeleteEndpoint ("Cannot update in-progress endpoint").
+IN_PROGRESS = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -407,8 +438,9 @@ def fetch_model_data(container: Mapping[str, Any], destination: Path) -> None:
 
 @dataclass
 class LocalEndpoint:
-    """One endpoint: moto's record of it, the server that answers it, and whether it was deleted (a worker that is
-    still starting a server for it then stops that server)."""
+    """One endpoint: moto's record of it, the server that answers it (``server``, the blue fleet during an update)
+    and, during an update's traffic shift, the new config's server (``green``) with its share of the traffic;
+    ``deleted`` is set when it is deleted (a worker still starting or rolling out a server for it then stops)."""
 
     name: str
     record: Any  # moto's FakeEndpoint
@@ -416,11 +448,16 @@ class LocalEndpoint:
     region: str
     server: EndpointServer | None = None
     variant: str = "AllTraffic"
+    green: EndpointServer | None = None
+    green_variant: str = "AllTraffic"
+    split: TrafficSplit = field(default_factory=TrafficSplit)
     deleted: threading.Event = field(default_factory=threading.Event)
 
 
 class EndpointRegistry:
-    """Every endpoint of the local cloud and every server started for one (all stopped by ``close``)."""
+    """Every endpoint of the local cloud and every server started for one (all stopped by ``close``).
+
+    ``delete_seconds``: how long (compressed time) a deleted endpoint stays ``Deleting``."""
 
     def __init__(
         self,
@@ -428,16 +465,19 @@ class EndpointRegistry:
         work_root: Path,
         startup_timeout_s: float = STARTUP_TIMEOUT_S,
         invoke_timeout_s: float = INVOKE_TIMEOUT_S,
+        delete_seconds: float = DELETE_SECONDS,
     ) -> None:
         self.backend = backend
         self.work_root = work_root
         self.startup_timeout_s = startup_timeout_s
         self.invoke_timeout_s = invoke_timeout_s
+        self.delete_seconds = delete_seconds
         self.endpoints: dict[str, LocalEndpoint] = {}
         self.servers: list[EndpointServer] = []  # every server started, to stop them all at the end
         self.served_names: dict[int, set[str]] = {}  # id(server) -> the model names vLLM would answer to
         self.threads: list[threading.Thread] = []
         self.lock = threading.RLock()
+        self.closing = threading.Event()  # set by close(): Deleting endpoints disappear at once
 
     # -- what callers use
 
@@ -449,7 +489,8 @@ class EndpointRegistry:
         return endpoint
 
     def endpoint_url(self, name: str) -> str:
-        """The OpenAI-compatible base URL of the server now answering ``name`` (``http://127.0.0.1:PORT/v1``)."""
+        """The OpenAI-compatible base URL of the server now answering ``name`` (``http://127.0.0.1:PORT/v1``; the
+        old fleet's while an update shifts traffic)."""
         server = self.endpoint(name).server
         if server is None:
             raise KeyError(f"endpoint {name} has no server (status {self.endpoint(name).record.endpoint_status})")
@@ -468,6 +509,7 @@ class EndpointRegistry:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
+        self.closing.set()
         with self.lock:
             for endpoint in self.endpoints.values():
                 endpoint.deleted.set()
@@ -486,27 +528,59 @@ class EndpointRegistry:
             _set_status(record, "Creating")
         self._spawn(endpoint, self._create, backend, config_name)
 
-    def update(self, backend: SageMakerModelBackend, endpoint: LocalEndpoint, config_name: str) -> None:
+    def update(
+        self, backend: SageMakerModelBackend, endpoint: LocalEndpoint, config_name: str, plan: RolloutPlan
+    ) -> None:
         record = endpoint.record
         config = backend.endpoint_configs[config_name]
         with self.lock:
+            variants = record._process_production_variants(config.production_variants)
+            for variant, requested in zip(variants, config.production_variants, strict=True):
+                variant["InstanceType"] = requested.get("InstanceType")
             record.pending_deployment_summary = {
                 "EndpointConfigName": config_name,
-                "ProductionVariants": record._process_production_variants(config.production_variants),
+                "ProductionVariants": variants,
                 "StartTime": datetime.now(UTC),
             }
             _set_status(record, "Updating")
-        self._spawn(endpoint, self._update, backend, config_name)
+            self._variant_phase(endpoint, "Creating", "Launching the new fleet's instances")
+        self._spawn(endpoint, self._update, backend, config_name, plan)
 
-    def delete(self, name: str) -> None:
+    def delete(self, backend: SageMakerModelBackend, name: str) -> None:
+        """``Deleting`` now (servers stopped, invocations refused); the record disappears ``delete_seconds`` of
+        compressed time later (at once when the local cloud closes)."""
         with self.lock:
-            endpoint = self.endpoints.pop(name, None)
-            if endpoint is None:
-                return
-            endpoint.deleted.set()  # a worker starting a server for it stops that server
-            server, endpoint.server = endpoint.server, None
-        if server is not None:
-            self._stop(server)
+            endpoint = self.endpoints.get(name)
+            record: Any = backend.endpoints.get(name)
+            if record is not None:
+                record.pending_deployment_summary = None
+                _set_status(record, "Deleting")
+            if endpoint is not None:
+                endpoint.deleted.set()  # a worker starting a server for it stops that server
+                servers = [endpoint.server, endpoint.green]
+                endpoint.server = endpoint.green = None
+                endpoint.split.set(0.0)
+            else:
+                servers = []
+        for server in servers:
+            if server is not None:
+                self._stop(server)
+        thread = threading.Thread(
+            target=self._finish_delete, args=(backend, name, record, endpoint), name=f"delete-{name}", daemon=True
+        )
+        with self.lock:
+            self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _finish_delete(
+        self, backend: SageMakerModelBackend, name: str, record: Any, endpoint: LocalEndpoint | None
+    ) -> None:
+        self.closing.wait(self.delete_seconds * time_scale())
+        with self.lock:
+            if backend.endpoints.get(name) is record:
+                del backend.endpoints[name]
+            if self.endpoints.get(name) is endpoint:
+                del self.endpoints[name]
 
     def _spawn(self, endpoint: LocalEndpoint, target: Callable[..., None], *args: Any) -> None:
         thread = threading.Thread(target=target, args=(endpoint, *args), name=f"endpoint-{endpoint.name}", daemon=True)
@@ -516,7 +590,7 @@ class EndpointRegistry:
 
     def _create(self, endpoint: LocalEndpoint, backend: SageMakerModelBackend, config_name: str) -> None:
         try:
-            server = self._launch(endpoint, backend, config_name)
+            server, variant = self._launch(endpoint, backend, config_name)
         except Exception as exc:  # noqa: BLE001 - any failure to start is the endpoint's FailureReason
             failure = _reason(exc)
             with self.lock:
@@ -529,48 +603,107 @@ class EndpointRegistry:
                 stale = True
             else:
                 stale = False
-                endpoint.server = server
+                endpoint.server, endpoint.variant = server, variant
                 endpoint.record.failure_reason = None
                 _set_status(endpoint.record, "InService")
         if stale:
             self._stop(server)
 
-    def _update(self, endpoint: LocalEndpoint, backend: SageMakerModelBackend, config_name: str) -> None:
+    def _update(
+        self, endpoint: LocalEndpoint, backend: SageMakerModelBackend, config_name: str, plan: RolloutPlan
+    ) -> None:
+        """The green fleet started, traffic shifted and baked (``run_rollout``), then the switch or the rollback."""
         record = endpoint.record
         try:
-            server = self._launch(endpoint, backend, config_name)
+            green, variant = self._launch(endpoint, backend, config_name)
         except Exception as exc:  # noqa: BLE001 - as above
-            failure = _reason(exc)
-            with self.lock:  # SageMaker's rollback: the old fleet keeps serving, on the old config
-                if not endpoint.deleted.is_set():
-                    reason = (
-                        f"Updating to endpoint config {config_name} failed and the endpoint was rolled back to "
-                        f"{record.endpoint_config_name}: {failure}"
-                    )
-                    record.failure_reason = reason[:REASON_LIMIT]
-                    record.pending_deployment_summary = None
-                    _set_status(record, "InService")
+            self._roll_back(endpoint, config_name, _reason(exc), None)
             return
         with self.lock:
-            old = endpoint.server
             if endpoint.deleted.is_set():
-                old, stale = None, server
+                stale = True
             else:
-                stale = None
-                endpoint.server = server
-                config = backend.endpoint_configs.get(config_name)
-                if config is not None:
-                    record.production_variants = record._process_production_variants(config.production_variants)
-                record.endpoint_config_name = config_name
-                record.failure_reason = None
+                stale = False
+                endpoint.green, endpoint.green_variant = green, variant
+        if stale:
+            self._stop(green)
+            return
+
+        def shift(share: float) -> None:
+            with self.lock:
+                endpoint.split.set(share)
+
+        def phase(status: VariantPhase, message: str) -> None:
+            with self.lock:
+                self._variant_phase(endpoint, status, message)
+
+        result = run_rollout(
+            plan,
+            shift=shift,
+            phase=phase,
+            alarms_in_alarm=lambda names: self._read_alarms(endpoint, backend, config_name, names),
+            cancelled=endpoint.deleted,
+        )
+        if result.outcome == "cancelled":
+            return  # deleted meanwhile: delete() stopped both fleets
+        if result.outcome == "rolled_back":
+            self._roll_back(endpoint, config_name, result.reason, green)
+            return
+        with self.lock:  # all the traffic on the green fleet
+            if endpoint.deleted.is_set():
+                return
+            blue = endpoint.server
+            endpoint.server, endpoint.variant = green, variant
+            endpoint.green = None
+            endpoint.split.set(0.0)
+        if blue is not None:  # the blue fleet is terminated before the endpoint is InService again
+            self._stop(blue)
+        with self.lock:
+            if endpoint.deleted.is_set():
+                return
+            config = backend.endpoint_configs.get(config_name)
+            if config is not None:
+                record.production_variants = record._process_production_variants(config.production_variants)
+            record.endpoint_config_name = config_name
+            record.failure_reason = None
+            record.pending_deployment_summary = None
+            _set_status(record, "InService")
+
+    def _roll_back(self, endpoint: LocalEndpoint, config_name: str, why: str, green: EndpointServer | None) -> None:
+        """SageMaker's automatic rollback: all traffic back on the blue fleet, the green one terminated, then the
+        endpoint ``InService`` on its previous config with a FailureReason. (The wording is the local cloud's: AWS
+        documents none; the product shows the reason as it is.)"""
+        record = endpoint.record
+        with self.lock:
+            endpoint.split.set(0.0)
+            if endpoint.green is green:
+                endpoint.green = None
+        if green is not None:
+            self._stop(green)
+        with self.lock:
+            if not endpoint.deleted.is_set():
+                reason = (
+                    f"Updating to endpoint config {config_name} failed and the endpoint was rolled back to "
+                    f"{record.endpoint_config_name}: {why}"
+                )
+                record.failure_reason = reason[:REASON_LIMIT]
                 record.pending_deployment_summary = None
                 _set_status(record, "InService")
-        for finished in (old, stale):
-            if finished is not None:
-                self._stop(finished)
 
-    def _launch(self, endpoint: LocalEndpoint, backend: SageMakerModelBackend, config_name: str) -> EndpointServer:
-        """config -> first production variant -> model -> container; its data downloaded and a healthy server."""
+    def _variant_phase(self, endpoint: LocalEndpoint, status: VariantPhase, message: str) -> None:
+        """The pending variant's ``VariantStatus``, as ``DescribeEndpoint`` shows the deployment's progress; under
+        ``lock``."""
+        pending = endpoint.record.pending_deployment_summary
+        if not pending:
+            return
+        for variant in pending.get("ProductionVariants") or []:
+            variant["VariantStatus"] = [{"Status": status, "StatusMessage": message, "StartTime": datetime.now(UTC)}]
+
+    def _launch(
+        self, endpoint: LocalEndpoint, backend: SageMakerModelBackend, config_name: str
+    ) -> tuple[EndpointServer, str]:
+        """config -> first production variant -> model -> container; its data downloaded and a healthy server (with
+        the variant's name)."""
         config = backend.endpoint_configs.get(config_name)
         if config is None or not config.production_variants:
             raise StartFailure(f"ClientError: endpoint config {config_name} has no production variants")
@@ -587,7 +720,7 @@ class EndpointRegistry:
                 "AdditionalModelDataSources); the local endpoint serves merged models only (vLLM's LoRA serving "
                 "needs a GPU): deploy the merged model"
             )
-        endpoint.variant = str(variant.get("VariantName", "AllTraffic"))
+        variant_name = str(variant.get("VariantName", "AllTraffic"))
         folder = self._work_dir(endpoint.name, config_name)
         fetch_model_data(container, folder / "model")
         if endpoint.deleted.is_set():
@@ -607,7 +740,7 @@ class EndpointRegistry:
             if healthy(server.url):
                 with self.lock:
                     self.served_names[id(server)] = vllm_served_names(environment)
-                return server
+                return server, variant_name
             problem = None
             if not server.alive():
                 problem = server.last_output()
@@ -618,10 +751,28 @@ class EndpointRegistry:
             if problem is not None:
                 self._stop(server)
                 raise StartFailure(
-                    f"ClientError: The primary container for production variant {endpoint.variant} did not pass the "
+                    f"ClientError: The primary container for production variant {variant_name} did not pass the "
                     f"ping health check: {problem}"
                 )
             time.sleep(0.2)
+
+    def _read_alarms(
+        self, endpoint: LocalEndpoint, backend: SageMakerModelBackend, config_name: str, names: tuple[str, ...]
+    ) -> list[str]:
+        """The alarms in ALARM, read as SageMaker reads them: ``cloudwatch:DescribeAlarms`` as the new config's
+        model's execution role (checked when the local cloud enforces IAM)."""
+        from local.cloud.iam.actions import Check
+        from local.cloud.iam.enforce import acting_as, require
+
+        role = model_execution_role(backend, config_name)
+        alarm_arns = [f"arn:aws:cloudwatch:{endpoint.region}:{endpoint.account}:alarm:{name}" for name in names]
+        try:
+            with acting_as(role, "SageMaker"):
+                checks = [Check("cloudwatch:DescribeAlarms", arn) for arn in alarm_arns]
+                require("cloudwatch", "DescribeAlarms", checks, endpoint.region)
+        except ClientError as exc:
+            raise AlarmsUnreadable(str(exc)) from exc
+        return alarms_in_alarm(endpoint.account, endpoint.region, names)
 
     def _work_dir(self, endpoint_name: str, config_name: str) -> Path:
         """``<work_root>/endpoints/<endpoint>/<config>``, fresh (a suffix if a server still uses that folder)."""
@@ -648,7 +799,8 @@ class EndpointRegistry:
     # -- InvokeEndpoint
 
     def invoke(self, name: str, body: bytes, account: str, region: str) -> tuple[bytes, str, str]:
-        """(body, content type, variant) of one chat completion; ValidationError / ModelError as SageMaker's."""
+        """(body, content type, variant) of one chat completion; ValidationError / ModelError as SageMaker's. While
+        an update shifts traffic, the request goes to the new or the old fleet as the split says."""
         with self.lock:
             endpoint = self.endpoints.get(name)
             server = endpoint.server if endpoint is not None else None
@@ -672,6 +824,10 @@ class EndpointRegistry:
                 endpoint.variant,
                 logs,
             )
+        with self.lock:
+            variant = endpoint.variant
+            if endpoint.green is not None and endpoint.split.to_new_fleet():
+                server, variant = endpoint.green, endpoint.green_variant
         asked = request.get("model")
         served = self.served_names.get(id(server), set())
         if asked is not None and asked not in served:  # vLLM's answer; SageMaker passes it on as a ModelError
@@ -682,7 +838,7 @@ class EndpointRegistry:
                 "param": None,
                 "code": 404,
             }
-            raise ModelError(404, json.dumps(error), endpoint.variant, logs)
+            raise ModelError(404, json.dumps(error), variant, logs)
         # The body goes on as sent; only the name is the local server's own for the one model vLLM would serve.
         request = {**request, "stream": False, "model": server.model}
         try:
@@ -693,14 +849,14 @@ class EndpointRegistry:
             raise ModelError(
                 408,
                 f"Your invocation timed out while waiting for a response from container primary ({exc})",
-                endpoint.variant,
+                variant,
                 logs,
             ) from exc
         except OSError as exc:
-            raise ModelError(502, f"the model server is not answering: {exc}", endpoint.variant, logs) from exc
+            raise ModelError(502, f"the model server is not answering: {exc}", variant, logs) from exc
         if status_code >= 300:
-            raise ModelError(status_code, answer.decode(errors="replace"), endpoint.variant, logs)
-        return answer, content_type or "application/json", endpoint.variant
+            raise ModelError(status_code, answer.decode(errors="replace"), variant, logs)
+        return answer, content_type or "application/json", variant
 
 
 def vllm_served_names(environment: Mapping[str, str]) -> set[str]:
@@ -713,6 +869,14 @@ def vllm_served_names(environment: Mapping[str, str]) -> set[str]:
     for module in environment.get("SM_VLLM_LORA_MODULES", "").split():
         names.add(module.split("=", 1)[0])
     return names
+
+
+def model_execution_role(backend: Any, config_name: str) -> str | None:
+    """The execution role of the endpoint config's first variant's model (None: no such config or model)."""
+    config = backend.endpoint_configs.get(config_name)
+    variants = config.production_variants if config is not None else []
+    model = backend._models.get(variants[0]["ModelName"]) if variants else None
+    return getattr(model, "execution_role_arn", None)
 
 
 def _post(url: str, path: str, body: dict[str, Any], timeout_s: float) -> tuple[int, bytes, str]:
@@ -789,6 +953,26 @@ def validate_instance_type(config: FakeEndpointConfig, instance_type: str) -> No
         )
 
 
+def _check_updatable(record: FakeEndpoint, arn: str) -> None:
+    if record.endpoint_status in IN_PROGRESS:
+        raise _validation_error(f'Cannot update in-progress endpoint "{arn}".')
+    if record.endpoint_status != "InService":
+        raise _validation_error(
+            f'Cannot update endpoint "{arn}" in status {record.endpoint_status}: only an InService endpoint can be '
+            "updated."
+        )
+
+
+def _rollout_plan(deployment_config: dict[str, Any] | None, config: Mapping[str, Any]) -> RolloutPlan:
+    """The update's schedule, for the new config's first variant (its instance count sizes canary and linear
+    steps); a DeploymentConfig SageMaker refuses is a ValidationException."""
+    variants = config.get("ProductionVariants") or [{}]
+    try:
+        return RolloutPlan.from_config(deployment_config, int(variants[0].get("InitialInstanceCount") or 1))
+    except DeploymentConfigError as exc:
+        raise _validation_error(str(exc)) from exc
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # moto, patched
 
@@ -832,30 +1016,32 @@ def local_endpoints(
         endpoint_name: str,
         endpoint_config_name: str,
         deployment_config: dict[str, Any] | None = None,
-        retain_all_variant_properties: bool | None = None,
+        retain_deployment_config: bool | None = None,
     ) -> str:
         arn = FakeEndpoint.arn_formatter(endpoint_name, sagemaker.account_id, sagemaker.region_name)
         record = sagemaker.endpoints.get(endpoint_name)
         local = registry.endpoints.get(endpoint_name)
         if record is None or local is None:
             raise _validation_error(f'Could not find endpoint "{arn}".')
-        sagemaker.describe_endpoint_config(endpoint_config_name)  # ValidationException when it does not exist
-        if record.endpoint_status in ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"):
-            raise _validation_error(f'Cannot update in-progress endpoint "{arn}".')
-        if record.endpoint_status != "InService":
-            raise _validation_error(
-                f'Cannot update endpoint "{arn}" in status {record.endpoint_status}: only an InService endpoint can '
-                "be updated."
-            )
+        config = sagemaker.describe_endpoint_config(endpoint_config_name)  # ValidationException when there is none
+        _check_updatable(record, arn)
+        cast_record: Any = record
+        if not deployment_config and retain_deployment_config:  # "whether to reuse the last deployment configuration"
+            deployment_config = getattr(cast_record, "last_deployment_config", None)
+        plan = _rollout_plan(deployment_config, config)
         if deployment_config:
-            cast_record: Any = record
             cast_record.last_deployment_config = deployment_config
-        registry.update(sagemaker, local, endpoint_config_name)
+        registry.update(sagemaker, local, endpoint_config_name, plan)
         return record.arn
 
     def delete_endpoint(sagemaker: SageMakerModelBackend, endpoint_name: str) -> None:
-        delete_endpoint_original(sagemaker, endpoint_name)  # ValidationException when it does not exist
-        registry.delete(endpoint_name)
+        record = sagemaker.endpoints.get(endpoint_name)
+        if record is None:
+            delete_endpoint_original(sagemaker, endpoint_name)  # moto's ValidationException
+            return
+        if record.endpoint_status in IN_PROGRESS:
+            raise _validation_error(f'Cannot update in-progress endpoint "{record.arn}".')
+        registry.delete(sagemaker, endpoint_name)
 
     def update_endpoint_response(response: sm_responses.SageMakerResponse) -> ActionResult:
         arn = update_endpoint(
@@ -863,7 +1049,7 @@ def local_endpoints(
             response._get_param("EndpointName"),
             response._get_param("EndpointConfigName"),
             response._get_param("DeploymentConfig"),
-            response._get_param("RetainAllVariantProperties"),
+            response._get_param("RetainDeploymentConfig"),
         )
         return ActionResult({"EndpointArn": arn})
 

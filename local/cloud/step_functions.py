@@ -7,6 +7,11 @@
   ``Catch``, so the execution fails at once (the Step Functions developer guide, "Error names"). moto instead compares
   a placeholder and takes the rule as false, so a Pass state that drops a field goes unnoticed and the Choice quietly
   takes its ``Default``.
+- **The error names of ``aws-sdk:`` integrations.** Step Functions names an SDK integration's error
+  ``<ServiceName>.<ExceptionName>`` in the service's Pascal case (``SageMaker.SageMakerException`` for an error the
+  SDK has no class for, as the Step Functions developer guide's "AWS SDK service integrations" page writes them);
+  moto knows the spelling of DynamoDB and Step Functions only and writes ``sagemaker.sagemakerException``, so a Retry
+  on the AWS name never fired locally.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from moto.stepfunctions.parser.asl.component.state.choice.comparison.comparison_
 )
 from moto.stepfunctions.parser.asl.component.state.choice.comparison.comparison_variable import ComparisonVariable
 from moto.stepfunctions.parser.asl.component.state.choice.comparison.variable import NoSuchVariable
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+    state_task_service_aws_sdk as aws_sdk_service,
+)
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 
 _ACCEPTS_MISSING = {operator for operator in ComparisonOperatorType if operator.name.startswith("Is")}
@@ -57,8 +65,16 @@ def _eval_comparison(self: ComparisonVariable, env: Any) -> None:
     self.comparison_function.eval(env)
 
 
+# botocore service name -> the service's name in Step Functions' SDK integration error names (see above).
+SDK_ERROR_SERVICE_NAMES = {"sagemaker": "SageMaker"}
+
+
 @contextmanager
 def strict_choice_rules() -> Iterator[None]:
-    """Within this block a Choice comparison on a missing path fails the execution with ``States.Runtime``."""
-    with mock.patch.object(ComparisonVariable, "_eval_body", _eval_comparison):
+    """Within this block a Choice comparison on a missing path fails the execution with ``States.Runtime``, and
+    SDK integration errors carry the service's name as Step Functions spells it."""
+    with (
+        mock.patch.object(ComparisonVariable, "_eval_body", _eval_comparison),
+        mock.patch.dict(aws_sdk_service._SERVICE_ERROR_NAMES, SDK_ERROR_SERVICE_NAMES),
+    ):
         yield

@@ -227,11 +227,16 @@ def _capture(bus_name: str, queue_name: str, pattern: dict[str, Any]) -> str:
 
 
 @contextmanager
-def deployed_cloud(base_model_dir: Path, parameters: dict[str, str] | None = None) -> Iterator[Cloud]:
-    """A fresh local cloud with the stack deployed, the base model in place and scripted SageMaker jobs."""
+def deployed_cloud(
+    base_model_dir: Path, parameters: dict[str, str] | None = None, enforce_iam: bool = True
+) -> Iterator[Cloud]:
+    """A fresh local cloud with the stack deployed, the base model in place and scripted SageMaker jobs. IAM is
+    enforced unless ``enforce_iam`` is False (for tests that switch their own enforcement on)."""
     jobs, endpoints, bedrock = ScriptedJobs(), ScriptedEndpointBackend(), LocalModelImport()
     with (
-        local_cloud(time_scale=0.01, executor=jobs, endpoint_backend=endpoints),  # resets cached settings, clients
+        local_cloud(
+            time_scale=0.01, executor=jobs, endpoint_backend=endpoints, enforce_iam=enforce_iam
+        ),  # resets cached settings, clients
         local_bedrock_imports(bedrock),
     ):
         s3 = boto3.client("s3")

@@ -6,6 +6,7 @@ Each test asserts on the execution history, the run ledger, the bus events and w
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import boto3
@@ -151,7 +152,10 @@ def test_vllm_failed_smoke_test_deletes_the_new_endpoint(cloud: Cloud, reversal_
     [failed] = [detail for kind, detail in events if kind == "Stage Failed"]
     assert failed["error"] == "SmokeTestFailed" and "NaN logits" in failed["message"]
     assert [kind for kind, _ in events][-1] == "Run Failed"
-    assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
+    sagemaker, deadline = boto3.client("sagemaker"), time.monotonic() + 5  # Deleting for a (compressed) while
+    while sagemaker.list_endpoints()["Endpoints"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sagemaker.list_endpoints()["Endpoints"] == []
 
 
 @pytest.mark.stack_parameters(DeployTarget="vllm", ServeMode="lora", MaxLoraRank="8")

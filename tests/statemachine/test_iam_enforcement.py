@@ -215,7 +215,7 @@ def test_an_unmapped_operation_fails_loudly(enforced: Enforcement) -> None:
 
 
 def test_audit_mode_records_and_denies_nothing() -> None:
-    with local_cloud(time_scale=0.01), iam_enforcement("audit") as audit:
+    with local_cloud(time_scale=0.01, enforce_iam=False), iam_enforcement("audit") as audit:
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         with acting_as(_role("nothing")):
             boto3.client("s3").put_object(Bucket=BUCKET, Key="k", Body=b"x")
@@ -256,7 +256,7 @@ def _upload_and_wait(cloud: Cloud, lines: list[str]) -> dict[str, Any]:
 def audited(base_model_dir: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Cloud, Enforcement]]:
     marker = request.node.get_closest_marker("stack_parameters")
     with (
-        deployed_cloud(base_model_dir, dict(marker.kwargs) if marker else None) as cloud,
+        deployed_cloud(base_model_dir, dict(marker.kwargs) if marker else None, enforce_iam=False) as cloud,
         mock.patch.object(ScriptedJobs, "__call__", _downloading_inputs),
         iam_enforcement("audit") as enforcement,
     ):
@@ -299,7 +299,10 @@ def test_every_part_of_a_run_acts_as_its_own_role(
 
 def test_a_run_needs_nothing_the_template_does_not_grant(base_model_dir: Path, reversal_lines: list[str]) -> None:
     # GIVEN the stack with IAM enforced (no deployment)
-    with deployed_cloud(base_model_dir) as cloud, mock.patch.object(ScriptedJobs, "__call__", _downloading_inputs):
+    with (
+        deployed_cloud(base_model_dir, enforce_iam=False) as cloud,
+        mock.patch.object(ScriptedJobs, "__call__", _downloading_inputs),
+    ):
         with iam_enforcement("enforce") as enforcement:
             # WHEN an upload runs the pipeline
             execution = _upload_and_wait(cloud, reversal_lines)
@@ -329,7 +332,7 @@ def test_a_sync_task_needs_the_managed_rule_of_the_integration(
     base_model_dir: Path, reversal_lines: list[str]
 ) -> None:
     # GIVEN the stack, its state machine's role without the statement for the .sync integration's EventBridge rule
-    with deployed_cloud(base_model_dir) as cloud:
+    with deployed_cloud(base_model_dir, enforce_iam=False) as cloud:
         iam = boto3.client("iam")
         role = cloud.deployment.resources["PipelineStateMachineRole"]
         for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:

@@ -49,7 +49,7 @@ def _zip(text: str) -> bytes:
 def function(tmp_path: Path) -> Iterator[str]:
     """A function whose code folder (tagged, as deploy does) holds HANDLER; yields its ARN."""
     (tmp_path / "app.py").write_text(HANDLER)
-    with local_cloud(time_scale=0.01):
+    with local_cloud(time_scale=0.01, enforce_iam=False):
         role = boto3.client("iam").create_role(
             RoleName="fn", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
         )["Role"]["Arn"]
@@ -125,7 +125,7 @@ def test_retry_and_wait_times_are_compressed(function: str) -> None:
 
 
 def test_s3_events_reach_the_default_bus_only() -> None:
-    with local_cloud():
+    with local_cloud(enforce_iam=False):
         # GIVEN a bucket with EventBridge notifications on, and a catch-all rule on the default and on a custom bus
         s3, events, sqs = boto3.client("s3"), boto3.client("events"), boto3.client("sqs")
         s3.create_bucket(Bucket="data")
@@ -168,7 +168,7 @@ def _receive(sqs: Any, url: str) -> list[dict[str, Any]]:
 
 def test_eventbridge_delivers_to_lambda_and_step_functions_targets(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(RECORDER)
-    with local_cloud():
+    with local_cloud(enforce_iam=False):
         events, sqs, lam, sfn = (boto3.client(name) for name in ("events", "sqs", "lambda", "stepfunctions"))
         role = boto3.client("iam").create_role(
             RoleName="any", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})

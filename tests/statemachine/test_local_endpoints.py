@@ -111,7 +111,7 @@ def _content(answer: dict[str, Any]) -> str:
 @pytest.fixture
 def endpoints(tmp_path: Path) -> Iterator[Endpoints]:
     backend = ScriptedEndpointBackend(reply=_answer_file, start_error=_broken_models)
-    with local_cloud(endpoint_backend=backend, work_root=tmp_path):
+    with local_cloud(endpoint_backend=backend, work_root=tmp_path, enforce_iam=False):
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         yield Endpoints(backend, boto3.client("sagemaker"), boto3.client("sagemaker-runtime"))
 
@@ -336,10 +336,15 @@ def test_delete_stops_the_server(endpoints: Endpoints) -> None:
     assert endpoints.wait("gone")["EndpointStatus"] == "InService"
     server = endpoints.backend.servers[-1]
     assert server.alive()
+    active_endpoints().delete_seconds = 0.2  # this fixture's clock is not compressed
     # WHEN it is deleted
     endpoints.sagemaker.delete_endpoint(EndpointName="gone")
-    # THEN its server is stopped and the endpoint is gone
+    # THEN its server is stopped at once, and the endpoint is Deleting for a while, then gone
     assert not server.alive()
+    assert endpoints.describe("gone")["EndpointStatus"] == "Deleting"
+    deadline = time.monotonic() + 5
+    while endpoints.sagemaker.list_endpoints()["Endpoints"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     with pytest.raises(ClientError):
         endpoints.describe("gone")
     with pytest.raises(KeyError):
@@ -349,7 +354,7 @@ def test_delete_stops_the_server(endpoints: Endpoints) -> None:
 def test_leaving_the_local_cloud_stops_every_server(tmp_path: Path) -> None:
     # GIVEN a local cloud with one endpoint in service and one still starting
     backend = ScriptedEndpointBackend(reply=_answer_file)
-    with local_cloud(endpoint_backend=backend, work_root=tmp_path):
+    with local_cloud(endpoint_backend=backend, work_root=tmp_path, enforce_iam=False):
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         endpoints = Endpoints(backend, boto3.client("sagemaker"), boto3.client("sagemaker-runtime"))
         endpoints.deploy("a", "x")
@@ -376,7 +381,7 @@ def test_transformers_serve_answers_a_chat(base_model_dir: Path, tmp_path: Path)
     shutil.copytree(base_model_dir, model_dir)
     write_tiny_weights(model_dir)
     started = time.monotonic()
-    with local_cloud(work_root=tmp_path / "work"):
+    with local_cloud(work_root=tmp_path / "work", enforce_iam=False):
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         for path in model_dir.iterdir():

@@ -354,7 +354,7 @@ def test_the_hook_refuses_a_call_that_moto_alone_accepts() -> None:
 
 def test_local_cloud_refuses_a_direct_boto3_call() -> None:
     # GIVEN the local cloud WHEN a boto3 client made inside it sends an invalid request
-    with local_cloud(executor=lambda job: pytest.fail("no job may start")):
+    with local_cloud(executor=lambda job: pytest.fail("no job may start"), enforce_iam=False):
         with pytest.raises(ClientError) as refused:
             boto3.client("sagemaker").create_training_job(**_training_job(name="a_b"))
     # THEN AWS's refusal comes back
@@ -377,7 +377,7 @@ def test_local_cloud_checks_the_calls_of_the_state_machine_interpreter() -> None
             }
         },
     }
-    with local_cloud(executor=lambda job: pytest.fail("no job may start")):
+    with local_cloud(executor=lambda job: pytest.fail("no job may start"), enforce_iam=False):
         sfn = boto3.client("stepfunctions")
         machine = sfn.create_state_machine(
             name="probe", definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/sfn"

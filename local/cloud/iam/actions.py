@@ -693,10 +693,10 @@ def checks(call: Call, facts: Facts) -> list[Check]:
     mapper = MAPPERS.get(call.service, {}).get(call.operation)
     if mapper is None:
         raise UnmappedOperation(f"no IAM mapping for {call.service}:{call.operation} (local/cloud/iam/actions.py)")
-    return [_with_resource_tags(check, facts) for check in mapper(call, facts)]
+    return [with_resource_tags(check, facts) for check in mapper(call, facts)]
 
 
-def _with_resource_tags(check: Check, facts: Facts) -> Check:
+def with_resource_tags(check: Check, facts: Facts) -> Check:
     if not check.existing or check.resource == "*" or check.resource.endswith("/*"):
         return check
     tags = facts.tags(check.resource) or {}

@@ -36,9 +36,10 @@ from botocore.model import OperationModel, ServiceModel
 from moto.iam.exceptions import NotFoundException
 from moto.iam.models import iam_backends
 
-from local.cloud.iam.actions import Call, Check, UnmappedOperation, checks
+from local.cloud.iam.actions import Call, Check, UnmappedOperation, checks, with_resource_tags
 from local.cloud.iam.evaluate import Decision, Request, evaluate
 from local.cloud.iam.moto_state import MotoFacts, identity_policies, is_operator_call, resource_policy
+from local.cloud.iam.probes import probe_checks
 
 
 @dataclass(frozen=True)
@@ -168,14 +169,30 @@ def _access_denied(service_model: ServiceModel, operation: str, message: str) ->
 _exceptions: dict[str, Any] = {}
 
 
+def _validation_error(service_model: ServiceModel, operation: str, denied: str) -> ClientError:
+    response: Any = {
+        "Error": {"Code": "ValidationException", "Message": f"Permission validation failed: {denied}"},
+        "ResponseMetadata": {"HTTPStatusCode": 400},
+    }
+    return ClientError(response, operation)
+
+
 def message(principal: Principal, check: Check, decision: Decision, service: str) -> str:
     resource = f'"{check.resource}"' if service == "s3" else check.resource
     caller = f"User: {principal.session_arn} is not authorized to perform: {check.action}"
     return f"{caller} on resource: {resource} {decision.reason}"
 
 
-def authorize(service_model: ServiceModel, operation: str, needed: Sequence[Check], region: str, secure: bool) -> None:
-    """Evaluate ``needed`` as the acting principal; raise the service's AccessDenied for the first denied check."""
+def authorize(
+    service_model: ServiceModel,
+    operation: str,
+    needed: Sequence[Check],
+    region: str,
+    secure: bool,
+    probe: bool = False,
+) -> None:
+    """Evaluate ``needed`` as the acting principal; raise the service's AccessDenied for the first denied check (for
+    a ``probe``, one the service makes as the caller before it accepts the request: its ValidationException)."""
     principal, enforcement = _acting.get(), _active
     if principal is None or enforcement is None:
         return
@@ -188,6 +205,8 @@ def authorize(service_model: ServiceModel, operation: str, needed: Sequence[Chec
         enforcement.record(
             Denial(principal.session_arn, check.action, check.resource, decision.reason, f"{prefix}:{operation}")
         )
+        if enforcement.mode == "enforce" and probe:
+            raise _validation_error(service_model, operation, message(principal, check, decision, service))
         if enforcement.mode == "enforce":
             raise _access_denied(service_model, operation, message(principal, check, decision, service))
 
@@ -238,6 +257,9 @@ def _check_call(model: OperationModel, params: Mapping[str, Any], context: dict[
         return
     secure = str(params.get("url", "https://")).startswith("https://")
     authorize(service_model, model.name, needed, region, secure)
+    facts = MotoFacts(region, principal.account)
+    probes = [with_resource_tags(check, facts) for check in probe_checks(call)]
+    authorize(service_model, model.name, probes, region, secure, probe=True)
 
 
 _HANDLERS = [("before-parameter-build", _remember_params), ("before-call", _check_call)]

@@ -24,7 +24,7 @@ from unittest import mock
 from moto.applicationautoscaling.responses import ApplicationAutoScalingResponse
 from moto.stepfunctions.parser.backend.execution import Execution
 
-from local.cloud.endpoints import EndpointRegistry
+from local.cloud.endpoints import EndpointRegistry, model_execution_role
 from local.cloud.iam.enforce import acting_as
 from local.cloud.iam.moto_state import scalable_target_tags
 
@@ -39,16 +39,8 @@ def _start_as_state_machine_role(self: Execution) -> None:
 _original_launch = EndpointRegistry._launch
 
 
-def _model_role(backend: Any, config_name: str) -> str | None:
-    """The execution role of the endpoint config's first variant's model (None: no such config or model)."""
-    config = backend.endpoint_configs.get(config_name)
-    variants = config.production_variants if config is not None else []
-    model = backend._models.get(variants[0]["ModelName"]) if variants else None
-    return getattr(model, "execution_role_arn", None)
-
-
 def _launch_as_model_role(self: EndpointRegistry, endpoint: Any, backend: Any, config_name: str) -> Any:
-    with acting_as(_model_role(backend, config_name), "SageMaker"):
+    with acting_as(model_execution_role(backend, config_name), "SageMaker"):
         return _original_launch(self, endpoint, backend, config_name)
 
 

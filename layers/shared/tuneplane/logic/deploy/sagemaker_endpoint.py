@@ -4,6 +4,8 @@ one. The state machine calls ``begin``, then ``poll`` until ready, then ``smoke`
 
 from __future__ import annotations
 
+import math
+
 from tuneplane.adapters import endpoints
 from tuneplane.config import DeploySettings
 from tuneplane.errors import EndpointDeployFailed, InvalidConfiguration
@@ -19,6 +21,7 @@ from tuneplane.logic.deploy.context import (
 from tuneplane.models.deploy import Deployment
 
 _SETTLED = {"InService", "Failed"}
+POLL_INTERVAL_S = 30  # the state machine's DeployWait between two polls
 
 
 def begin(settings: DeploySettings, run: RunArtifacts) -> Deployment:
@@ -67,9 +70,17 @@ def begin(settings: DeploySettings, run: RunArtifacts) -> Deployment:
         endpoints.create_endpoint(name, resource, resource_tags)
         return deployment.model_copy(update={"mode": "create", "notes": [f"creating endpoint {name}"]})
     previous = str(existing["EndpointConfigName"])
-    endpoints.update_endpoint(name, resource, serving.deployment_config(settings, name))
+    guardrails = serving.deployment_config(settings, name)
+    endpoints.update_endpoint(name, resource, guardrails)
     note = f"updating endpoint {name} blue/green from {previous}; rolls back on {five_xx} or {latency}"
-    return deployment.model_copy(update={"mode": "update", "previous_endpoint_config_name": previous, "notes": [note]})
+    # An update cannot be stopped: a run that gave up on it while SageMaker still bakes would report a failure (and
+    # roll nothing back) although the new model then takes over. So it is polled until SageMaker has decided it:
+    # by MaximumExecutionTimeoutInSeconds SageMaker has completed the update or rolled it back itself.
+    timeout = int(guardrails["BlueGreenUpdatePolicy"]["MaximumExecutionTimeoutInSeconds"])
+    polls = max(settings.max_polls, math.ceil(timeout / POLL_INTERVAL_S) + 1)
+    return deployment.model_copy(
+        update={"mode": "update", "previous_endpoint_config_name": previous, "notes": [note], "max_polls": polls}
+    )
 
 
 def poll(settings: DeploySettings, deployment: Deployment) -> Deployment:
