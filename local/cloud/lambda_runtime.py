@@ -41,6 +41,7 @@ from types import ModuleType
 from typing import Any
 from unittest import mock
 
+import botocore.utils
 from moto.awslambda.models import LambdaFunction
 
 from local.cloud.iam.enforce import acting_as
@@ -224,12 +225,34 @@ def _invoke_unhandled(self: LambdaFunction, body: str, request_headers: Any, res
     return payload
 
 
+def _environment_proxies() -> dict[str, str]:
+    """``urllib.request.getproxies()`` (what botocore asks when it creates a client), read from a snapshot of the
+    environment: the original iterates ``os.environ`` while another thread's invocation may be removing its
+    variables, and a key gone mid-iteration raised ``KeyError`` out of ``boto3.client()``."""
+    snapshot = list(os.environ._data.items())  # type: ignore[attr-defined]  # a plain dict's copy: atomic under the GIL
+    environ = {os.environ.decodekey(k): os.environ.decodevalue(v) for k, v in snapshot}
+    proxies: dict[str, str] = {}  # urllib's own two passes, over the snapshot
+    for name, value in environ.items():
+        if value and name.lower()[-6:] == "_proxy":
+            proxies[name.lower()[:-6]] = value
+    if "REQUEST_METHOD" in environ:
+        proxies.pop("http", None)
+    for name, value in environ.items():
+        if name[-6:] == "_proxy":
+            if value:
+                proxies[name.lower()[:-6]] = value
+            else:
+                proxies.pop(name.lower()[:-6], None)
+    return proxies
+
+
 @contextmanager
 def patched_lambda_runtime() -> Iterator[None]:
     """Within this block every moto Lambda invocation runs in process (see the module docstring)."""
     with (
         mock.patch.object(LambdaFunction, "_invoke_lambda", _invoke_in_process),
         mock.patch.object(LambdaFunction, "invoke", _invoke_unhandled),
+        mock.patch.object(botocore.utils, "getproxies", _environment_proxies),
     ):
         reset_shared_package_caches()
         try:

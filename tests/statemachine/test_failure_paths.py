@@ -171,13 +171,6 @@ def _assert_reports_what_is_left(outcome: dict[str, Any], endpoint: str) -> None
 # An update whose smoke test fails
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RollbackNotReported,
-    reason="defect: RecordFailure reports only $.error (the smoke test's failure); the DeployRollback's result "
-    "($.rollback.deployment.notes: 'rolling endpoint <name> back to <previous config>') reaches neither the Stage "
-    "Failed/Run Failed events nor the ledger, so the user is not told which model now serves",
-)
 @pytest.mark.stack_parameters(DeployTarget="vllm", DeployBakeTimeSeconds="30")
 def test_an_update_whose_smoke_test_fails_puts_the_previous_config_back(
     cloud: Cloud, reversal_lines: list[str]
@@ -272,13 +265,6 @@ def test_a_deployment_in_progress_refuses_the_next_run_of_the_dataset_and_leaves
 # The poll budget runs out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RollbackNotReported,
-    reason="defect: when DeployMaxPolls runs out while the endpoint is Creating, DeployRollback's DeleteEndpoint is "
-    "refused (SageMaker deletes no in-progress endpoint), its Catch goes on to RecordFailure, and Run Failed only "
-    "says the deployment gave up: the endpoint stays, may come into service untested, and costs money unannounced",
-)
 @pytest.mark.stack_parameters(DeployTarget="vllm", DeployMaxPolls="2")
 def test_the_poll_budget_running_out_fails_the_run_and_accounts_for_the_endpoint(
     cloud: Cloud, reversal_lines: list[str]
@@ -354,13 +340,6 @@ def test_the_smoke_test_is_tried_as_often_as_its_retry_allows_then_the_new_endpo
 # A rollback that fails
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RollbackNotReported,
-    reason="defect: DeployRollback's Catch (ResultPath $.rollback_error) goes to DeployFailed/RecordFailure, which "
-    "reports only the smoke test's failure: the endpoint the rollback could not delete keeps serving the model that "
-    "failed its smoke test and keeps costing money, and neither Run Failed nor the ledger says so",
-)
 @pytest.mark.stack_parameters(DeployTarget="vllm")
 def test_a_rollback_that_fails_is_reported_with_what_is_still_deployed(
     cloud: Cloud, reversal_lines: list[str]

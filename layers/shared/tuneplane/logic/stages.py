@@ -18,6 +18,7 @@ from tuneplane.config import PipelineSettings
 from tuneplane.errors import DatasetNotFound, InvalidConfiguration
 from tuneplane.logic import job_requests, retention
 from tuneplane.logic.registry import registration
+from tuneplane.logic.rollback_report import rollback_notes
 from tuneplane.models.events import PipelineEvent, Stage, Status
 from tuneplane.models.pipeline import EvaluationOverrides, JobSpec, StageOutcome, StageRequest, TrainingOverrides
 from tuneplane.observability import logger
@@ -406,12 +407,16 @@ def _end_badly(stage: Stage, run: _RunView, settings: PipelineSettings, status: 
         if stage is Stage.VALIDATE and status is Status.REJECTED:
             summary = _validation_report_uris(run, settings)
             outcome = StageOutcome(stage=stage, message=cause, artifacts=summary)
+    if stage is Stage.DEPLOY:
+        outcome = outcome.model_copy(update={"notes": [*outcome.notes, *rollback_notes(run.state, one_line_cause)]})
     stopped = sagemaker.stop_running_jobs(job_requests.job_prefix(run.run_id)) if status is Status.FAILED else []
     if stopped:
         logger.warning("stopped jobs of the failed run", run_id=run.run_id, jobs=stopped)
         outcome = outcome.model_copy(update={"notes": [*outcome.notes, f"stopped {', '.join(stopped)}"]})
     _record(settings, run, stage, status, outcome, error=error)
-    _finish_run(settings, run, status, f"{stage.value}: {cause}", error, outcome.metrics, outcome.artifacts)
+    _finish_run(
+        settings, run, status, f"{stage.value}: {cause}", error, outcome.metrics, outcome.artifacts, outcome.notes
+    )
     return {"status": status.value, "stage": stage.value, "error": error, "cause": cause, "stopped_jobs": stopped}
 
 
@@ -431,6 +436,7 @@ def _finish_run(
     error: str | None,
     metrics: dict[str, Any],
     artifacts: dict[str, str],
+    notes: list[str] | None = None,
 ) -> PipelineEvent:
     retention.mark_intermediates(settings, run.run_id)
     finished = _now()
@@ -446,6 +452,7 @@ def _finish_run(
         artifacts=artifacts,
         message=message,
         error=error,
+        notes=notes or [],
     )
     ledger.put_stage(
         settings.ledger_table,
