@@ -7,6 +7,10 @@
   ``Catch``, so the execution fails at once (the Step Functions developer guide, "Error names"). moto instead compares
   a placeholder and takes the rule as false, so a Pass state that drops a field goes unnoticed and the Choice quietly
   takes its ``Default``.
+- **``States.ALL`` catches too much.** The Step Functions developer guide ("Error names"): "The States.ALL error type
+  can't catch the States.DataLimitExceeded terminal error type and runtime error types" (``States.Runtime``). moto
+  lets ``States.ALL`` match them, so a run whose state output passed the 256 KiB limit went down its Catch instead of
+  failing. Here only a Retry or Catch that names them takes them.
 - **The error names of ``aws-sdk:`` integrations.** Step Functions names an SDK integration's error
   ``<ServiceName>.<ExceptionName>`` in the service's Pascal case (``SageMaker.SageMakerException`` for an error the
   SDK has no class for, as the Step Functions developer guide's "AWS SDK service integrations" page writes them);
@@ -22,6 +26,7 @@ from typing import Any, cast
 from unittest import mock
 
 from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
+from moto.stepfunctions.parser.asl.component.common.error_name.error_equals_decl import ErrorEqualsDecl
 from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
     FailureEvent,
     FailureEventException,
@@ -69,12 +74,28 @@ def _eval_comparison(self: ComparisonVariable, env: Any) -> None:
 SDK_ERROR_SERVICE_NAMES = {"sagemaker": "SageMaker"}
 
 
+_UNCATCHABLE_BY_ALL = {StatesErrorNameType.StatesRuntime, StatesErrorNameType.StatesStatesDataLimitExceeded}
+_original_error_equals = ErrorEqualsDecl._eval_body
+
+
+def _error_equals(self: ErrorEqualsDecl, env: Any) -> None:
+    error_name = env.stack[-1]
+    terminal = isinstance(error_name, StatesErrorName) and error_name.typ in _UNCATCHABLE_BY_ALL
+    if terminal and error_name not in self.error_names:
+        env.stack.pop()
+        env.stack.append(False)
+        return
+    _original_error_equals(self, env)
+
+
 @contextmanager
 def strict_choice_rules() -> Iterator[None]:
-    """Within this block a Choice comparison on a missing path fails the execution with ``States.Runtime``, and
-    SDK integration errors carry the service's name as Step Functions spells it."""
+    """Within this block a Choice comparison on a missing path fails the execution with ``States.Runtime``,
+    ``States.ALL`` does not catch ``States.Runtime`` or ``States.DataLimitExceeded``, and SDK integration errors carry
+    the service's name as Step Functions spells it."""
     with (
         mock.patch.object(ComparisonVariable, "_eval_body", _eval_comparison),
+        mock.patch.object(ErrorEqualsDecl, "_eval_body", _error_equals),
         mock.patch.dict(aws_sdk_service._SERVICE_ERROR_NAMES, SDK_ERROR_SERVICE_NAMES),
     ):
         yield

@@ -29,6 +29,8 @@ class Boom(Exception):
 def handler(event, context):
     if event.get("fail"):
         raise Boom("it went boom: " + event["fail"])
+    if event.get("bytes"):
+        return {"blob": "x" * event["bytes"]}
     return {
         "greeting": os.environ["GREETING"],
         "memory": context.memory_limit_in_mb,
@@ -235,3 +237,42 @@ def test_eventbridge_delivers_to_lambda_and_step_functions_targets(tmp_path: Pat
         events.put_events(Entries=[{"Source": "test.app", "DetailType": "T", "Detail": json.dumps({"n": 3})}])
         assert _receive(sqs, seen) == [] and _receive(sqs, dlq) == []
         assert len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 1
+
+
+def _run_machine(definition: dict[str, Any], name: str) -> dict[str, Any]:
+    sfn = boto3.client("stepfunctions")
+    role = boto3.client("iam").create_role(
+        RoleName=f"sfn-{name}", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
+    )["Role"]["Arn"]
+    machine = sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=role)["stateMachineArn"]
+    arn = sfn.start_execution(stateMachineArn=machine, name="one", input="{}")["executionArn"]
+    deadline = time.monotonic() + 20
+    while (execution := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return dict(execution)
+
+
+@pytest.mark.parametrize(("catch", "status"), [("States.ALL", "FAILED"), ("States.DataLimitExceeded", "SUCCEEDED")])
+def test_a_result_over_256_kib_is_caught_only_by_name(function: str, catch: str, status: str) -> None:
+    # GIVEN a task whose result passes Step Functions' 256 KiB limit, with a Catch on States.ALL or on the name
+    definition = {
+        "StartAt": "Big",
+        "States": {
+            "Big": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {"FunctionName": function, "Payload": {"bytes": 300 * 1024}},
+                "Catch": [{"ErrorEquals": [catch], "ResultPath": "$.error", "Next": "Caught"}],
+                "End": True,
+            },
+            "Caught": {"Type": "Pass", "Result": "caught", "End": True},
+        },
+    }
+    # WHEN it runs
+    execution = _run_machine(definition, "big")
+    # THEN States.ALL does not catch the terminal States.DataLimitExceeded (the Step Functions guide: "The States.ALL
+    # error type can't catch the States.DataLimitExceeded terminal error type"); a Catch naming it does
+    assert execution["status"] == status, execution
+    if status == "FAILED":
+        assert execution["error"] == "States.DataLimitExceeded"
