@@ -254,9 +254,11 @@ def _failures(shape: Shape, value: Any) -> list[str]:
     if (kind in ("string", "list", "map") and isinstance(value, str | list | tuple | Mapping)) or (
         kind == "blob" and isinstance(value, bytes | bytearray)
     ):
-        if "max" in meta and len(value) > meta["max"]:
+        # Java measures a string in UTF-16 code units (a character outside the BMP counts 2), as AWS's services do.
+        length = len(value.encode("utf-16-le")) // 2 if isinstance(value, str) else len(value)
+        if "max" in meta and length > meta["max"]:
             failed.append(f"Member must have length less than or equal to {meta['max']}")
-        if "min" in meta and len(value) < meta["min"]:
+        if "min" in meta and length < meta["min"]:
             failed.append(f"Member must have length greater than or equal to {meta['min']}")
     if (
         kind in ("integer", "long", "float", "double")

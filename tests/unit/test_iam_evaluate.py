@@ -242,3 +242,12 @@ def test_null_false_with_for_all_values_closes_the_missing_key_gap() -> None:
     assert _outcome(_request("iam:TagRole", "*"), _allow(), deny) == "allow"
     assert _outcome(_request("iam:TagRole", "*", aws__TagKeys=["key1a", "key2b"]), _allow(), deny) == "explicit_deny"
     assert _outcome(_request("iam:TagRole", "*", aws__TagKeys=["key1a", "key3"]), _allow(), deny) == "allow"
+
+
+def test_arn_like_with_a_bare_wildcard_matches_any_value() -> None:
+    # GIVEN ArnLike on "*" (not an ARN): WHEN evaluated THEN it matches any value, as a wildcard does
+    from local.cloud.iam.conditions import _arn_like
+
+    assert _arn_like("*", "arn:aws:s3:::bucket")
+    assert _arn_like("arn:aws:s3:::*", "arn:aws:s3:::bucket")
+    assert not _arn_like("arn:aws:s3:::other", "arn:aws:s3:::bucket")

@@ -400,3 +400,16 @@ def test_local_cloud_checks_the_calls_of_the_state_machine_interpreter() -> None
     assert failed["status"] == "FAILED"
     assert "Value 'a_b' at 'modelPackageGroupName' failed to satisfy constraint" in failed["cause"]
     assert succeeded["status"] == "SUCCEEDED"
+
+
+def test_lengths_count_utf16_code_units_as_java_does() -> None:
+    # GIVEN a SageMaker tag value of 200 characters outside the BMP: 400 UTF-16 code units, over the 256 allowed
+    from local.cloud.request_checks import model_violations
+
+    model = botocore.session.get_session().get_service_model("sagemaker").operation_model("AddTags")
+    tags = [{"Key": "k", "Value": "\U0001d400" * 200}]
+    found = model_violations(
+        model, {"ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/e", "Tags": tags}
+    )
+    # WHEN checked THEN the value is too long
+    assert any("length less than or equal to 256" in str(v) for v in found), found

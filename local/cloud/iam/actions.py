@@ -535,7 +535,13 @@ CLOUDWATCH: dict[str, Mapper] = {
     "DeleteAlarms": lambda call, facts: [
         Check("cloudwatch:DeleteAlarms", call.arn("cloudwatch", f"alarm:{name}")) for name in call.params["AlarmNames"]
     ],
-    "DescribeAlarms": _same_name("cloudwatch", lambda call: "*"),
+    "DescribeAlarms": lambda call, facts: (
+        [  # on each named alarm (the reference's alarm resource), else on "*"
+            Check("cloudwatch:DescribeAlarms", call.arn("cloudwatch", f"alarm:{name}"))
+            for name in call.params.get("AlarmNames") or []
+        ]
+        or [Check("cloudwatch:DescribeAlarms", "*")]
+    ),
     "PutMetricData": lambda call, facts: [
         Check("cloudwatch:PutMetricData", "*", {"cloudwatch:namespace": [call.params["Namespace"]]})
     ],
@@ -583,7 +589,8 @@ def _bedrock_id(kind: str, param: str) -> Callable[[Call], str]:
 def _model_import_job(call: Call, facts: Facts) -> list[Check]:
     job = call.arn("bedrock", "model-import-job/*")  # the job id is generated
     tags = _tag_list(call.params.get("jobTags")) | _tag_list(call.params.get("importedModelTags"))
-    checks = [Check("bedrock:CreateModelImportJob", job, _tag_context(tags), existing=False)]
+    # The Service Authorization Reference lists no resource type for CreateModelImportJob: it is authorized on "*".
+    checks = [Check("bedrock:CreateModelImportJob", "*", _tag_context(tags), existing=False)]
     if tags:
         checks.append(Check("bedrock:TagResource", job, _tag_context(tags), existing=False))
     return checks + _pass_role(call, call.params.get("roleArn"), "bedrock", job)

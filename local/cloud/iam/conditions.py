@@ -45,8 +45,11 @@ def wildcard_match(pattern: str, value: str, ignore_case: bool = False) -> bool:
 
 
 def _arn_like(pattern: str, value: str) -> bool:
+    """ARN parts matched one by one; a pattern that is not an ARN (``"*"``) is matched against the whole value."""
     patterns, values = pattern.split(":", 5), value.split(":", 5)
-    return len(patterns) == len(values) == 6 and all(map(wildcard_match, patterns, values))
+    if len(patterns) != 6:
+        return wildcard_match(pattern, value)
+    return len(values) == 6 and all(map(wildcard_match, patterns, values))
 
 
 def _number(text: str) -> float:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 
 # GPU/accelerator families with NVMe instance storage whose names do not carry the "d" attribute.
-_NVME_FAMILIES = frozenset({"g5", "g6", "g6e", "gr6", "p5", "p5e", "p5en", "p6", "p6e", "trn1", "trn1n", "trn2"})
+_NVME_FAMILIES = frozenset(
+    {"dl1", "g5", "g6", "g6e", "gr6", "p5", "p5e", "p5en", "p6", "p6e", "trn1", "trn1n", "trn2"}
+)
 # ml.<family>.<size>; family = series letters, generation digits, attribute letters (c5d: "c", "5", "d"), and a
 # variant after a hyphen (p6-b200, p6e-gb200) that names the accelerator, not the storage.
 _INSTANCE_TYPE = re.compile(
