@@ -39,3 +39,14 @@ def test_no_retained_resource_has_a_fixed_name() -> None:
         for logical_id, resource in retained.items()
     }
     assert not {logical_id: props for logical_id, props in fixed.items() if props}
+
+
+def test_no_lifecycle_rule_of_the_data_bucket_removes_an_upload() -> None:
+    # GIVEN the data bucket's lifecycle rules
+    template = load_cfn_yaml(ROOT / "template.yaml")
+    rules = template["Resources"]["DataBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    # THEN every rule that expires objects or versions is limited to runs/ (uploads live under incoming/, and every
+    # version of them is what some run trained on)
+    expiring = [rule for rule in rules if {"ExpirationInDays", "NoncurrentVersionExpiration"} & set(rule)]
+    assert expiring
+    assert all(str(rule.get("Prefix", "")).startswith("runs/") for rule in expiring), expiring
