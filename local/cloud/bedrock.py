@@ -3,6 +3,11 @@
 completes after ``polls_to_complete`` checks (or fails with ``fail_with``), and the imported model answers chats
 through ``answer``, after ``cold_start_chats`` chats answered with ModelNotReadyException (as the adapter reports it).
 What it cannot show about the real service is listed in the README ("Bedrock: not exercised").
+
+IAM: starting an import (``CreateModelImportJob``, with the role it passes), checking it (``GetModelImportJob``) and
+listing imported models are authorized as the caller when the local cloud enforces IAM, with the request the real
+adapter sends. The calls on an imported model (get, delete, invoke) are not: their policy keys on the model's tags,
+which this stand-in does not keep as Bedrock would.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from unittest import mock
 import boto3
 from botocore.exceptions import ClientError
 
+from local.cloud.iam.actions import Call, checks
+from local.cloud.iam.enforce import acting_principal, require
+from local.cloud.iam.moto_state import MotoFacts
 from tuneplane.adapters import bedrock_import
 from tuneplane.adapters.bedrock_import import ImportedModel, ImportJob
 from tuneplane.errors import DeployServiceError, ModelNotReady, SmokeTestFailed
@@ -27,6 +35,19 @@ _ACCOUNT_REGION = "us-east-1:123456789012"
 
 def _echo(messages: list[dict[str, str]]) -> str:
     return f"(local imported model) you said: {messages[-1]['content']}"
+
+
+def _authorize(operation: str, params: dict[str, object], failure: str) -> None:
+    """The caller's permission for the Bedrock call the real adapter makes; denied: the adapter's own error."""
+    principal = acting_principal()
+    if principal is None:
+        return
+    region = boto3.session.Session().region_name or "us-east-1"
+    call = Call("bedrock", operation, params, region, principal.account)
+    try:
+        require("bedrock", operation, checks(call, MotoFacts(region, principal.account)), region)
+    except ClientError as exc:
+        raise DeployServiceError(f"{failure}: {exc}") from exc
 
 
 @dataclass
@@ -46,6 +67,16 @@ class LocalModelImport:
         self, job_name: str, model_name: str, role_arn: str, s3_uri: str, kms_key_arn: str | None, tags: dict[str, str]
     ) -> str:
         self.calls.append(("start_import", model_name))
+        tag_list = [{"key": key, "value": value} for key, value in tags.items()]
+        request: dict[str, object] = {
+            "jobName": job_name,
+            "importedModelName": model_name,
+            "roleArn": role_arn,
+            "modelDataSource": {"s3DataSource": {"s3Uri": s3_uri}},
+            "jobTags": tag_list,
+            "importedModelTags": tag_list,
+        }
+        _authorize("CreateModelImportJob", request, f"start Bedrock import {job_name}")
         if any(model.name == model_name for model in self.models.values()):
             raise DeployServiceError(f"start Bedrock import {job_name}: a model named {model_name} exists")
         bucket, _, prefix = s3_uri.removeprefix("s3://").partition("/")
@@ -63,6 +94,7 @@ class LocalModelImport:
 
     def import_job(self, job_arn: str) -> ImportJob:
         self.calls.append(("import_job", job_arn))
+        _authorize("GetModelImportJob", {"jobIdentifier": job_arn}, f"describe Bedrock import {job_arn}")
         job = self.jobs[job_arn]
         job["polls"] = int(str(job["polls"])) + 1
         if int(str(job["polls"])) < self.polls_to_complete:
@@ -77,6 +109,7 @@ class LocalModelImport:
 
     def imported_models(self, name_contains: str) -> list[ImportedModel]:
         self.calls.append(("imported_models", name_contains))
+        _authorize("ListImportedModels", {"nameContains": name_contains}, f"list imported models *{name_contains}*")
         return [model for model in self.models.values() if name_contains in model.name]
 
     def delete_imported_model(self, arn: str) -> None:

@@ -871,6 +871,26 @@ def vllm_served_names(environment: Mapping[str, str]) -> set[str]:
     return names
 
 
+def _check_autoscaled_instance_type(sagemaker: SageMakerModelBackend, record: Any, config: Any) -> None:
+    """SageMaker's guide, "Update endpoints that use auto scaling": "If the update would change the instance type for
+    any model that is a target for auto scaling, the update fails"; deregister the scalable target first."""
+    from moto.applicationautoscaling.models import applicationautoscaling_backends
+
+    current = sagemaker.endpoint_configs.get(record.endpoint_config_name)
+    old_types = {v["VariantName"]: v.get("InstanceType") for v in (current.production_variants if current else [])}
+    scaling = applicationautoscaling_backends[sagemaker.account_id][sagemaker.region_name]
+    registered = {t.resource_id for t in scaling.describe_scalable_targets("sagemaker", None, None)}
+    for variant in config.production_variants:
+        name = variant["VariantName"]
+        changed = name in old_types and old_types[name] != variant.get("InstanceType")
+        if changed and f"endpoint/{record.endpoint_name}/variant/{name}" in registered:
+            raise _validation_error(
+                f"The variant {name} of endpoint {record.endpoint_name} is registered with Application Auto Scaling: "
+                f"deregister its scalable target before changing its instance type from {old_types[name]} to "
+                f"{variant.get('InstanceType')}."
+            )
+
+
 def model_execution_role(backend: Any, config_name: str) -> str | None:
     """The execution role of the endpoint config's first variant's model (None: no such config or model)."""
     config = backend.endpoint_configs.get(config_name)
@@ -1025,6 +1045,7 @@ def local_endpoints(
             raise _validation_error(f'Could not find endpoint "{arn}".')
         config = sagemaker.describe_endpoint_config(endpoint_config_name)  # ValidationException when there is none
         _check_updatable(record, arn)
+        _check_autoscaled_instance_type(sagemaker, record, sagemaker.endpoint_configs[endpoint_config_name])
         cast_record: Any = record
         if not deployment_config and retain_deployment_config:  # "whether to reuse the last deployment configuration"
             deployment_config = getattr(cast_record, "last_deployment_config", None)

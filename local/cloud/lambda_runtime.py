@@ -51,7 +51,7 @@ CODE_DIR_TAG = "tuneplane:local:code-dir"
 Handler = Callable[[Any, Any], Any]
 
 _lock = threading.RLock()
-_warm: dict[tuple[str, str], Handler] = {}  # (function ARN, code sha256) -> loaded handler
+_warm: dict[tuple[str, str, str], Handler] = {}  # (function ARN, code sha256, environment) -> handler
 
 
 class _RuntimeError(Exception):
@@ -189,8 +189,11 @@ def _invoke_in_process(self: LambdaFunction, event: Any = None) -> tuple[str, bo
                 timeout_s=float(self.timeout),
             )
             with _environment(_function_environment(self, code_dir)), acting_as(self.role, self.function_name):
-                key = (self.function_arn, str(self.code_sha_256))
+                # A new code or configuration gives new execution environments (cold starts), as on Lambda: the
+                # shared package's cached settings and clients are dropped too.
+                key = (self.function_arn, str(self.code_sha_256), json.dumps(self.environment_vars, sort_keys=True))
                 if key not in _warm:
+                    reset_shared_package_caches()
                     _warm[key] = _load_handler(self, code_dir)
                 result = _warm[key](event, context)
             try:

@@ -294,3 +294,29 @@ def test_quantization_is_skipped_for_bedrock(cloud: Cloud, reversal_lines: list[
     assert not [name for name, _ in cloud.jobs.started if name.endswith("-quantize")]
     skipped = [e["detail"] for e in cloud.bus_events() if e["detail"]["stage"] == "quantize"]
     assert "Bedrock" in skipped[0]["message"]
+
+
+@pytest.mark.stack_parameters(DeployTarget="vllm", EndpointMinInstances="1", EndpointMaxInstances="3")
+def test_a_new_instance_type_for_an_autoscaled_endpoint_is_deployed(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN an endpoint deployed and autoscaled by a first run
+    assert _start(cloud, "run-one", reversal_lines)["status"] == "SUCCEEDED"
+    # AND the stack's endpoint instance type changed since (SageMaker refuses to change the instance type of a variant
+    # registered with autoscaling)
+    lam = boto3.client("lambda")
+    name = cloud.deployment.function_names["DeployFunction"]
+    variables = lam.get_function_configuration(FunctionName=name)["Environment"]["Variables"]
+    changed = {key: str(value) for key, value in {**variables, "ENDPOINT_INSTANCE_TYPE": "ml.g6e.2xlarge"}.items()}
+    lam.update_function_configuration(FunctionName=name, Environment={"Variables": changed})
+    # WHEN the next run deploys
+    execution = _start(cloud, "run-two", reversal_lines)
+    # THEN autoscaling was deregistered first, the update went through, and the new variant is autoscaled again
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    endpoint = _endpoint(cloud)
+    config = boto3.client("sagemaker").describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    assert config["ProductionVariants"][0]["InstanceType"] == "ml.g6e.2xlarge"
+    notes = [n for kind, d in _deploy_events(cloud) if kind == "Stage Succeeded" for n in d.get("notes") or []]
+    assert any("autoscaling of" in note and "deregistered" in note for note in notes), notes
+    [target] = boto3.client("application-autoscaling").describe_scalable_targets(ServiceNamespace="sagemaker")[
+        "ScalableTargets"
+    ]
+    assert target["ResourceId"] == f"endpoint/{endpoint['EndpointName']}/variant/AllTraffic"

@@ -171,13 +171,45 @@ def put_alarm(
         raise DeployServiceError(f"put alarm {name}: {exc}") from exc
 
 
+SCALABLE_DIMENSION: Final = "sagemaker:variant:DesiredInstanceCount"
+
+
+def stop_scaling(endpoint: str) -> bool:
+    """Deregister the endpoint variant's scalable target (Application Auto Scaling deletes its scaling policies with
+    it); False when none is registered."""
+    resource = f"endpoint/{endpoint}/variant/{VARIANT}"
+    try:
+        targets = _autoscaling().describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])
+        if not targets["ScalableTargets"]:
+            return False
+        _autoscaling().deregister_scalable_target(
+            ServiceNamespace="sagemaker",
+            ResourceId=resource,
+            ScalableDimension="sagemaker:variant:DesiredInstanceCount",
+        )
+    except ClientError as exc:
+        raise DeployServiceError(f"stop autoscaling of {endpoint}: {exc}") from exc
+    return True
+
+
+def endpoint_config_instance_type(config_name: str) -> str | None:
+    """The instance type of an endpoint config's variant (None when it has none)."""
+    try:
+        variants = _sagemaker().describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+    except ClientError as exc:
+        raise DeployServiceError(f"describe endpoint config {config_name}: {exc}") from exc
+    return next(
+        (str(v["InstanceType"]) for v in variants if v.get("VariantName") == VARIANT and "InstanceType" in v), None
+    )
+
+
 def scale_between(
     endpoint: str, minimum: int, maximum: int, invocations_per_instance: float, tags: list[dict[str, str]]
 ) -> None:
     """Target tracking on invocations per instance; registering again updates the bounds. The scalable target
     carries the stack's tags: the Deploy function may change only targets that do."""
     resource = f"endpoint/{endpoint}/variant/{VARIANT}"
-    dimension: Final = "sagemaker:variant:DesiredInstanceCount"
+    dimension: Final = SCALABLE_DIMENSION
     try:
         _autoscaling().register_scalable_target(
             ServiceNamespace="sagemaker",

@@ -71,15 +71,21 @@ def begin(settings: DeploySettings, run: RunArtifacts) -> Deployment:
         return deployment.model_copy(update={"mode": "create", "notes": [f"creating endpoint {name}"]})
     previous = str(existing["EndpointConfigName"])
     guardrails = serving.deployment_config(settings, name)
+    notes: list[str] = []
+    old_type = endpoints.endpoint_config_instance_type(previous)
+    # SageMaker refuses an update that changes the instance type of a variant registered with autoscaling; the
+    # smoke test's step registers the new one again.
+    if old_type != plan.instance_type and endpoints.stop_scaling(name):
+        notes.append(f"autoscaling of {name} deregistered: the instance type changes from {old_type}")
     endpoints.update_endpoint(name, resource, guardrails)
-    note = f"updating endpoint {name} blue/green from {previous}; rolls back on {five_xx} or {latency}"
+    notes.append(f"updating endpoint {name} blue/green from {previous}; rolls back on {five_xx} or {latency}")
     # An update cannot be stopped: a run that gave up on it while SageMaker still bakes would report a failure (and
     # roll nothing back) although the new model then takes over. So it is polled until SageMaker has decided it:
     # by MaximumExecutionTimeoutInSeconds SageMaker has completed the update or rolled it back itself.
     timeout = int(guardrails["BlueGreenUpdatePolicy"]["MaximumExecutionTimeoutInSeconds"])
     polls = max(settings.max_polls, math.ceil(timeout / POLL_INTERVAL_S) + 1)
     return deployment.model_copy(
-        update={"mode": "update", "previous_endpoint_config_name": previous, "notes": [note], "max_polls": polls}
+        update={"mode": "update", "previous_endpoint_config_name": previous, "notes": notes, "max_polls": polls}
     )
 
 
@@ -132,6 +138,7 @@ def rollback(deployment: Deployment) -> Deployment:
     if described is None:
         note = f"endpoint {name} does not exist: nothing to roll back"
     elif deployment.mode == "create":
+        endpoints.stop_scaling(name)  # registered if the failure came after the smoke test's autoscaling step
         endpoints.delete_endpoint(name)
         note = f"deleted the new endpoint {name}"
     elif described.get("EndpointConfigName") != deployment.endpoint_config_name:
