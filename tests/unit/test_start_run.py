@@ -183,6 +183,7 @@ def test_training_and_evaluation_sections_parse() -> None:
         (b'{"training": {"instance_types": []}}', "training.instance_types: List should have at least 1 item"),
         (b'{"evaluation": {"primary_metric": "bleu"}}', "evaluation.primary_metric: Input should be"),
         (b'{"validation": {}}\xff', "not UTF-8 text (byte 18)"),
+        (b'{"validation": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     ],
 )
 def test_other_sidecar_problems_are_explained(raw: bytes, message: str) -> None:

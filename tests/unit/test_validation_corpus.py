@@ -498,3 +498,19 @@ def test_source_file_is_never_modified(tmp_path: Path) -> None:
     assert result.report.passed
     assert source.read_bytes() == original
     assert source.stat().st_mtime_ns == 1_600_000_000_000_000_000
+
+
+@pytest.mark.parametrize("where", ["record", "message"])
+def test_a_huge_key_is_reported_without_being_copied(tmp_path: Path, where: str) -> None:
+    # GIVEN lines whose only (or an extra message) key is 100 KB long
+    key = "k" * 100_000
+    record = {key: 1} if where == "record" else {"messages": [{"role": "user", "content": "hi", key: 1}]}
+    path = tmp_path / "keys.jsonl"
+    path.write_text("\n".join(json.dumps(record) for _ in range(20)) + "\n")
+    # WHEN it is validated
+    report = validate(path).report
+    # THEN every line is reported, and no problem repeats the key: the report stays small
+    assert not report.passed
+    text = report.model_dump_json()
+    assert len(text) < 100_000, len(text)
+    assert key not in text

@@ -101,8 +101,12 @@ def parse_sidecar(raw: bytes) -> DatasetSettings:
         raise InvalidConfiguration(f"not UTF-8 text (byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise InvalidConfiguration(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:  # the parser recurses per nesting level: thousands of [ or { exhaust the stack
+        raise InvalidConfiguration("nested too deeply to be a settings file") from exc
     try:
         return DatasetSettings.model_validate(document)
+    except RecursionError as exc:
+        raise InvalidConfiguration("nested too deeply to be a settings file") from exc
     except ValidationError as exc:
         raise InvalidConfiguration("; ".join(_problem(error) for error in exc.errors())) from exc
 

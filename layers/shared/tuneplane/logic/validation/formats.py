@@ -31,6 +31,12 @@ def preview(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def key_label(key: str, limit: int = 40) -> str:
+    """A record key as a problem's path shows it: as it is when short, else cut (a key of a megabyte must not make
+    every message, the report and the events a megabyte)."""
+    return key if len(key) <= limit and key.isprintable() else preview(key, limit)
+
+
 def type_name(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), "number"
@@ -102,11 +108,15 @@ def _check_message(index: int, message: Any, findings: list[Finding]) -> Message
         for key in sorted(keys - MESSAGE_KEYS):
             if key in TOOL_KEYS:
                 findings.append(
-                    Finding(Code.TOOLS_NOT_SUPPORTED, f"{path}.{key}", "tool calling is not supported yet")
+                    Finding(Code.TOOLS_NOT_SUPPORTED, f"{path}.{key_label(key)}", "tool calling is not supported yet")
                 )
             else:
                 findings.append(
-                    Finding(Code.MESSAGE_UNRECOGNIZED_KEY, f"{path}.{key}", "only 'role' and 'content' are accepted")
+                    Finding(
+                        Code.MESSAGE_UNRECOGNIZED_KEY,
+                        f"{path}.{key_label(key)}",
+                        "only 'role' and 'content' are accepted",
+                    )
                 )
     ok = True
     for key in ("role", "content"):

@@ -15,6 +15,8 @@ from tuneplane.logic.validation.formats import (
     Message,
     content_path,
     detect_format,
+    key_label,
+    preview,
     type_name,
 )
 from tuneplane.logic.validation.pii import find_pii, may_contain_pii
@@ -131,7 +133,7 @@ class FileScanner:
     def _check_record(self, line: int, record: dict[str, Any]) -> list[Message] | None:
         found = detect_format(record)
         if found is None:
-            keys = ", ".join(repr(k) for k in list(record)[:5]) or "none"
+            keys = ", ".join(preview(k) for k in list(record)[:5]) or "none"
             if self.outcome.format is DatasetFormat.CHAT:  # e.g. a 'message' typo in a chat file
                 self._line_problem(
                     line,
@@ -184,7 +186,7 @@ def _unpaired_surrogate(value: Any, path: str = "") -> tuple[str | None, str]:
             return path or None, value[exc.start]
     elif isinstance(value, dict):
         for key, item in value.items():
-            found = _unpaired_surrogate(item, f"{path}.{key}" if path else str(key))
+            found = _unpaired_surrogate(item, f"{path}.{key_label(str(key))}" if path else key_label(str(key)))
             if found[0] is not None or found[1]:
                 return found
     elif isinstance(value, list):
