@@ -276,9 +276,8 @@ def run(data: Path, keep_serving: bool = False) -> int:
             endpoint = str(deployed["artifacts"]["endpoint"])
             url = endpoint_url(endpoint)
             eval_key = f"runs/{run_id}/data/eval.jsonl"
-            eval_lines = (
-                s3.get_object(Bucket=deployment.bucket_name, Key=eval_key)["Body"].read().decode().splitlines()
-            )
+            eval_text = s3.get_object(Bucket=deployment.bucket_name, Key=eval_key)["Body"].read().decode()
+            eval_lines = [line for line in eval_text.split("\n") if line.strip()]  # lines end at "\n" only
             question, expected, answer = ask_endpoint(endpoint, eval_lines)
             print(f"\n6/6 the deployed endpoint {endpoint} ({url}) answers a held-out question:")
             print(f"    question: {question}\n    expected: {expected}\n    answer:   {answer}")

@@ -64,7 +64,9 @@ def texts_of(jsonl: Path) -> list[str]:
             for item in value:
                 walk(item)
 
-    for line in jsonl.read_text().splitlines():
+    # Lines end at "\n" only, as the validator and the containers read them (containers/common/jobkit.py
+    # iter_jsonl): str.splitlines() would also cut at U+2028, U+2029 and U+0085, legal inside a JSON string.
+    for line in jsonl.read_text(encoding="utf-8-sig").split("\n"):
         if line.strip():
             walk(json.loads(line))
     return texts

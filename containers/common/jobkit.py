@@ -21,7 +21,7 @@ import shutil
 import sys
 import tarfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeVar
 
@@ -168,17 +168,40 @@ def jsonl_files(location: str) -> list[Path]:
     return sorted(path.glob("*.jsonl")) if path.is_dir() else [path] if path.is_file() else []
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def iter_jsonl(file: Path) -> Iterator[tuple[int, Any]]:
+    r"""(1-based line number, parsed value) of every non-blank line of a JSONL file: the one definition of a line
+    that every container reads with, the Validate stage's (tuneplane/logic/validation/reader.py), so a file it
+    accepted is read back record for record.
+
+    A line is the bytes up to b"\n" (one "\r" before it, or at the end of the file, is a CRLF ending; a UTF-8 BOM
+    before the first line is dropped); blank means empty or ASCII whitespace only, as the validator counts it.
+    Never str.splitlines(): it also ends a line at "\r", "\v", "\f", "\x1c"-"\x1e", U+0085, U+2028 and U+2029,
+    and U+0085/U+2028/U+2029 are legal raw inside a JSON string (RFC 8259 requires escaping only U+0000-U+001F),
+    "\r" between tokens, so it cut valid records in two. Streams the file (binary iteration splits on b"\n" only)."""
+    with file.open("rb") as stream:
+        for number, line in enumerate(stream, 1):
+            if number == 1 and line.startswith(UTF8_BOM):
+                line = line[len(UTF8_BOM) :]
+            line = line.removesuffix(b"\n").removesuffix(b"\r")
+            if not line or line.isspace():
+                continue
+            try:
+                yield number, json.loads(line.decode("utf-8"))
+            except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError: say where
+                raise ValueError(f"{file.name} line {number}: not a JSON line ({exc})") from None
+
+
 def read_chat_jsonl(location: str, limit: int = 0) -> list[list[dict[str, Any]]]:
     """The `messages` of every `{"messages": [...]}` line (the first `limit` if > 0) of a .jsonl file or of a
     directory's .jsonl files (sorted)."""
     conversations: list[list[dict[str, Any]]] = []
     for file in jsonl_files(location):
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        for number, record in iter_jsonl(file):
             if limit and len(conversations) >= limit:
                 return conversations
-            if not line.strip():
-                continue
-            record = json.loads(line)
             if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
                 raise ValueError(f'{file.name} line {number}: expected {{"messages": [...]}}')
             conversations.append(record["messages"])

@@ -396,12 +396,9 @@ def read_eval(location: str, limit: int) -> tuple[list[list[dict[str, Any]]], li
     prompts: list[list[dict[str, Any]]] = []
     references: list[str] = []
     for file in files:
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        for number, record in jobkit.iter_jsonl(file):
             if limit and len(prompts) >= limit:
                 return prompts, references
-            if not line.strip():
-                continue
-            record = json.loads(line)
             messages = record.get("messages") if isinstance(record, dict) else None
             if not isinstance(messages, list) or len(messages) < 2:
                 raise ValueError(f'{file.name} line {number}: expected {{"messages": [...]}} with a prompt and answer')

@@ -457,6 +457,33 @@ def test_sagemaker_contract(tmp_path: Path, task: dict[str, Path]) -> None:
         assert all(float(v) == float(v) for v in values)  # parseable, not NaN
 
 
+def test_entrypoint_trains_on_lines_that_str_splitlines_would_cut(tmp_path: Path, task: dict[str, Path]) -> None:
+    # GIVEN channels whose records hold U+2028, U+2029 and U+0085 raw in strings and CR between tokens, with CRLF
+    # endings and a BOM: JSON lines the validator accepts, which str.splitlines() cut in two (issue 15)
+    breaks = ["\u2028", "\u2029", "\x85", "\r", "\x0b", "\x1c"]
+    channels = dict(task)
+    for name, rows in (("train", TRAIN[:12]), ("eval", EVAL[:4])):
+        channels[name] = tmp_path / "channels" / name
+        channels[name].mkdir(parents=True)
+        lines = []
+        for index, row in enumerate(rows):
+            user, answer = row["messages"]
+            content = user["content"].replace(" ", breaks[index % len(breaks)], 1)
+            record = {"messages": [{**user, "content": content}, answer]}
+            lines.append(json.dumps(record, ensure_ascii=False, separators=(",\r", ":")).encode())
+        (channels[name] / f"{name}.jsonl").write_bytes(b"\xef\xbb\xbf" + b"".join(line + b"\r\n" for line in lines))
+    # WHEN SageMaker runs `train.py train` for one step
+    hyperparameters = {"max_steps": "1", "lora_r": "4", "max_seq_length": "128", "logging_steps": "1"}
+    result = run_entrypoint(tmp_path, hyperparameters, sagemaker_env(tmp_path, channels))
+    # THEN it trains on every example of each channel, whole
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())
+    assert (summary["train_examples"], summary["eval_examples"], summary["global_step"]) == (12, 4, 1)
+    assert train.read_chat_rows(str(channels["train"]))[0]["messages"][0]["content"] == (
+        TRAIN[0]["messages"][0]["content"].replace(" ", "\u2028", 1)
+    )
+
+
 def test_gpu_benchmark_smoke_runs_on_cpu() -> None:
     bench = Path(__file__).resolve().parents[2] / "bench" / "train_gpu.py"
     result = subprocess.run(

@@ -103,7 +103,8 @@ def plan_splits(ledgers: dict[Source, Ledger], options: ValidationOptions, probl
 
 
 def write_splits(ledgers: dict[Source, Ledger], plan: SplitPlan, out_dir: Path) -> tuple[Path, Path | None]:
-    """Pass two: copy each kept example from the spill files into train.jsonl / eval.jsonl."""
+    """Pass two: copy each kept example from the spill files into train.jsonl / eval.jsonl. A spilled line ends at
+    its b"\\n" only (binary iteration splits there and nowhere else) and holds no other line break (Ledger.append)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     train_path, eval_path = (out_dir / name for name in SPLIT_FILES)
     with train_path.open("wb") as train_out, eval_path.open("wb") as eval_out:
