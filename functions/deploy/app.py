@@ -7,14 +7,16 @@ from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tuneplane.adapters import bedrock_import
+from tuneplane.bounds import bounded_errors
 from tuneplane.config import deploy_settings
 from tuneplane.logic.deploy import handle
 from tuneplane.models.deploy import DeployRequest
 from tuneplane.observability import logger, tracer
 
 
+@bounded_errors
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)  # the response quotes the data (masked): not traced
 @event_parser(model=DeployRequest)
 def handler(event: DeployRequest, context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(run_id=event.state.get("run_id"), action=event.action, target=event.target)

@@ -1,4 +1,6 @@
-"""StartRun Lambda: an S3 ``Object Created`` event (via EventBridge) for incoming/*.jsonl[.gz] starts one run."""
+"""StartRun Lambda: an S3 ``Object Created`` event (via EventBridge) for incoming/<name>.jsonl[.gz] starts one run;
+any other upload under incoming/ is ignored (sidecars) or answered with a Run Rejected event (a name that starts
+nothing)."""
 
 from typing import Any
 
@@ -12,7 +14,12 @@ from tuneplane.logic.start_run import start_run
 from tuneplane.models.run import ObjectVersion
 from tuneplane.observability import logger, metrics, tracer
 
-_METRIC = {"started": "RunsStarted", "duplicate": "DuplicateDeliveries", "ignored": "IgnoredObjects"}
+_METRIC = {
+    "started": "RunsStarted",
+    "duplicate": "DuplicateDeliveries",
+    "ignored": "IgnoredObjects",
+    "rejected": "UploadsRejected",
+}
 
 
 @logger.inject_lambda_context(log_event=False)
@@ -29,6 +36,8 @@ def handler(event: S3EventNotificationEventBridgeModel, context: LambdaContext) 
         etag=detail.object.etag,
         sequencer=detail.object.sequencer,
     )
-    result = start_run(uploaded, start_run_settings())
+    # The event's time is the upload's: a sidecar is waited for only shortly after it (not on a late redelivery).
+    time_left_s = context.get_remaining_time_in_millis() / 1000
+    result = start_run(uploaded, start_run_settings(), uploaded_at=event.time, time_left_s=time_left_s)
     metrics.add_metric(name=_METRIC[result.status], unit=MetricUnit.Count, value=1)
     return result.model_dump(mode="json")

@@ -5,7 +5,8 @@ is not edited (its intervals are integers of at least 1 s); instead the two plac
 scaled: ``RetrierDecl`` sleeps with ``time.sleep(interval)``, and ``WaitFunction._wait_interval`` waits on the
 execution's ``program_state_event`` (set when the execution is stopped, which must still end the wait early).
 Task ``TimeoutSeconds``/``HeartbeatSeconds`` are not scaled. Other emulated waits of AWS (Lambda's asynchronous
-retries, ``lambda_async``) sleep through ``sleep()``, which applies the scale in force.
+retries, ``lambda_async``) sleep through ``sleep()``, which applies the scale in force; so does StartRun's wait for a
+late sidecar (``tuneplane.logic.start_run._sleep``).
 """
 
 from __future__ import annotations
@@ -57,5 +58,7 @@ def _scaled_moto_waits(scale: float) -> Iterator[None]:
     with (
         mock.patch.object(retrier_decl, "time", scaled_time),
         mock.patch.object(WaitFunction, "_wait_interval", wait_interval),
+        # StartRun's wait for a sidecar uploaded just after its dataset (seconds of AWS time per look)
+        mock.patch("tuneplane.logic.start_run._sleep", scaled_time.sleep),
     ):
         yield

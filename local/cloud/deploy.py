@@ -36,6 +36,8 @@ KNOWN_SKIPPED_TYPES = (
     "AWS::SQS::QueuePolicy",
     "AWS::Lambda::EventInvokeConfig",
     "AWS::CloudWatch::Alarm",
+    "AWS::SNS::TopicPolicy",
+    "AWS::SNS::Subscription",
 )
 
 
@@ -125,6 +127,9 @@ def _repair(stack_name: str, transformed: TransformedTemplate, account_id: str, 
     }
     for logical_id, resource in transformed.template["Resources"].items():
         kind = resource["Type"]
+        if kind == "AWS::SNS::Subscription" and moto_fixes.condition_holds(stack, resource):
+            moto_fixes.subscribe(moto_fixes.resolved_properties(stack, transformed.template, logical_id), region)
+            continue
         if kind not in REPAIRED_TYPES:
             continue
         if not physical.get(logical_id):  # its Condition is false: not created

@@ -24,6 +24,11 @@ its source and by deploying the template):
 - ``AWS::IAM::Role``: inline ``Policies`` are stored as Python objects, so ``GetRolePolicy`` answers their ``repr``;
   they are stored again as JSON (``fix_role``).
 - ``AWS::CloudWatch::Alarm`` is skipped (with a warning): nothing here would ever set it off.
+- ``AWS::SNS::TopicPolicy`` is skipped (with a warning): the only publisher it admits is CloudWatch, which never
+  publishes here (the alarms are skipped); a test publishes to the alarm topic itself.
+- ``AWS::SNS::Subscription`` is unknown to moto's CloudFormation: ``subscribe`` makes each one (whose Condition
+  holds) through moto's SNS API, so the alarm topic reaches the Notify function (moto invokes a ``lambda``
+  endpoint through the in-process runtime).
 - ``AWS::StepFunctions::StateMachine``: ``DefinitionSubstitutions``, ``LoggingConfiguration``,
   ``TracingConfiguration`` and ``StateMachineType`` are ignored and the machine is created in the backend that
   never executes anything. It is re-created here, substitutions applied, in the executing backend, same ARN.
@@ -214,3 +219,19 @@ def model_package_group_support() -> Iterator[None]:
 
     with mock.patch.object(cf_parsing, "get_model_map", with_model_package_group):
         yield
+
+
+def condition_holds(stack: Stack, resource: Mapping[str, Any]) -> bool:
+    """Whether the resource's ``Condition`` (if any) is true in the created stack."""
+    condition = resource.get("Condition")
+    return not condition or bool(stack.resource_map.lazy_condition_map[condition])
+
+
+def subscribe(properties: Mapping[str, Any], region: str) -> None:
+    """Create an ``AWS::SNS::Subscription`` from its resolved properties."""
+    boto3.client("sns", region_name=region).subscribe(
+        TopicArn=str(properties["TopicArn"]),
+        Protocol=str(properties["Protocol"]),
+        Endpoint=str(properties["Endpoint"]),
+        ReturnSubscriptionArn=True,
+    )

@@ -1,5 +1,6 @@
 """Regenerate the byte-exact fixtures under tests/data: gzip, BOM and CRLF variants of valid/chat.jsonl, and the
-bad files whose defect is in the bytes (not UTF-8, UTF-16, bzip2, xz, zip, a truncated gzip).
+bad files whose defect is in the bytes (not UTF-8, UTF-16, CR line endings, bzip2, xz, zip, a truncated gzip, a gzip
+bomb).
 
     python tests/data/make_binary_fixtures.py
 
@@ -52,6 +53,12 @@ def build(data: Path = DATA) -> dict[str, bytes]:
         "bad/unsupported_compression_zip_suffix.jsonl.zip": _zip("chat.jsonl", chat),
         # what some Windows editors save: UTF-16 with a byte order mark
         "bad/unsupported_encoding_utf16.jsonl": chat.decode("utf-8").encode("utf-16"),
+        # saved without a byte order mark: named from where the NULs sit, not reported line by line
+        "bad/unsupported_encoding_utf16_no_bom.jsonl": chat.decode("utf-8").encode("utf-16-le"),
+        # old Mac line endings: a lone CR ends each line
+        "bad/unsupported_line_endings_cr.jsonl": chat.replace(b"\n", b"\r"),
+        # 16 MiB of padding in 16 KB of gzip: a decompression bomb, stopped by its expansion
+        "bad/compression_ratio_too_high.jsonl.gz": gzip.compress(chat + b"\n" * (16 << 20), mtime=0),
         # the 8-byte trailer (CRC32 and size) cut off: every line decompresses, then the stream ends early
         "bad/unsupported_compression_truncated.jsonl.gz": gzipped[:-8],
     }

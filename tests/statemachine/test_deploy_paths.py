@@ -269,9 +269,9 @@ def test_a_dataset_can_turn_deploying_off(cloud: Cloud, reversal_lines: list[str
     assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
 
 
-@pytest.mark.stack_parameters(DeployTarget="vllm")
+@pytest.mark.stack_parameters(DeployTarget="vllm", AllowedDeployTargets="vllm,bedrock")
 def test_a_dataset_can_choose_another_deploy_target(cloud: Cloud, reversal_lines: list[str]) -> None:
-    # GIVEN a stack deploying to vLLM, and a dataset whose sidecar says deploy.target=bedrock
+    # GIVEN a stack deploying to vLLM that allows Bedrock too, and a dataset whose sidecar says deploy.target=bedrock
     # WHEN its run passes the gate
     execution = _start_with_deploy_target(cloud, "run-one", reversal_lines, "bedrock")
 

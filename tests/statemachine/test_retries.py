@@ -226,7 +226,7 @@ SCENARIOS: list[tuple[dict[str, str], list[Run]]] = [
         [Run("happy-bedrock", "SUCCEEDED", None, "Run Succeeded", deploys="bedrock")],
     ),
     (
-        {"DeployTarget": "none", "ModelApprovalStatus": "PendingManualApproval"},
+        {"DeployTarget": "none", "ModelApprovalStatus": "PendingManualApproval", "AllowedDeployTargets": "vllm"},
         [
             Run("skip-deploy", "SUCCEEDED", None, "Run Succeeded"),
             Run("dataset-skips-deploy", "SUCCEEDED", None, "Run Succeeded", deploy_target="none"),

@@ -36,6 +36,7 @@ def test_upload_starts_a_run_that_succeeds(cloud: Cloud, reversal_lines: list[st
         "key": "incoming/demo.jsonl",
         "version_id": version,
         "eval_key": None,
+        "eval_version_id": None,
         "overrides": {},
         "training": {},
         "evaluation": {},

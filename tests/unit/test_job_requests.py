@@ -177,12 +177,15 @@ def test_hyperparameters_are_strings_from_the_overrides_with_the_stack_default_s
     )
 
 
-def test_a_sidecar_sequence_length_wins_over_the_stack_default() -> None:
-    overrides = TrainingOverrides(max_seq_length=4096)
-    hyperparameters = training_job(_settings(max_seq_length=1024), RUN_ID, DATA, overrides, 0).request[
+def test_a_sidecar_sequence_length_wins_over_the_stack_default_up_to_it() -> None:
+    overrides = TrainingOverrides(max_seq_length=1024)
+    hyperparameters = training_job(_settings(max_seq_length=4096), RUN_ID, DATA, overrides, 0).request[
         "HyperParameters"
     ]
-    assert hyperparameters == {"max_seq_length": "4096"}
+    assert hyperparameters == {"max_seq_length": "1024"}
+    # the stack's MaxSeqLength is also the cap: a longer one is never requested
+    with pytest.raises(InvalidConfiguration, match="training.max_seq_length: 8192 is over the stack's MaxSeqLength"):
+        training_job(_settings(max_seq_length=4096), RUN_ID, DATA, TrainingOverrides(max_seq_length=8192), 0)
 
 
 def test_spot_training_waits_for_capacity_within_max_wait() -> None:
@@ -275,7 +278,7 @@ def test_each_attempt_uses_the_next_instance_type_and_knows_whether_another_is_l
 
 def test_the_sidecar_instance_list_replaces_the_stack_list() -> None:
     overrides = TrainingOverrides(instance_types=["ml.g6e.xlarge"])
-    spec = training_job(_settings(), RUN_ID, DATA, overrides, 0)
+    spec = training_job(_settings(allowed_training_instance_types="ml.g6e.xlarge"), RUN_ID, DATA, overrides, 0)
     assert spec.instance_type == "ml.g6e.xlarge" and spec.has_fallback is False
     assert "instance_types" not in spec.request["HyperParameters"]
 
@@ -284,7 +287,8 @@ def test_an_attempt_beyond_the_instance_list_is_a_configuration_error() -> None:
     with pytest.raises(InvalidConfiguration, match="no training instance type left after 3 attempts"):
         training_job(_settings(), RUN_ID, DATA, TrainingOverrides(), attempt=3)
     with pytest.raises(InvalidConfiguration, match="after 1 attempts"):
-        training_job(_settings(), RUN_ID, DATA, TrainingOverrides(instance_types=["ml.g5.xlarge"]), attempt=1)
+        overrides = TrainingOverrides(instance_types=["ml.g5.xlarge"])
+        training_job(_settings(allowed_training_instance_types="ml.g5.xlarge"), RUN_ID, DATA, overrides, attempt=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,13 @@ import tracemalloc
 
 import pytest
 
-from tuneplane.logic.validation.reader import LongLine, UnsupportedCompressionError, iter_lines, open_stream
+from tuneplane.logic.validation.reader import (
+    BlankLines,
+    LongLine,
+    UnsupportedCompressionError,
+    iter_lines,
+    open_stream,
+)
 
 
 class _Generated:
@@ -47,7 +53,7 @@ def test_gzip_is_recognised_by_content_and_line_endings_are_normalised() -> None
     # WHEN read
     lines = list(iter_lines(open_stream(io.BytesIO(body), "data.jsonl"), max_line_bytes=100))
     # THEN BOM and CR are gone, the blank line keeps its number and the last line needs no newline
-    assert lines == [(1, b'{"a": 1}'), (2, b""), (3, b'{"b": 2}')]
+    assert lines == [(1, b'{"a": 1}'), (2, BlankLines(1)), (3, b'{"b": 2}')]
 
 
 @pytest.mark.parametrize(
@@ -78,5 +84,9 @@ def test_a_utf16_file_gets_one_file_level_error(tmp_path) -> None:  # noqa: ANN0
     # THEN one file-level error says what the encoding is and what to do, instead of an error per line
     assert not report.passed
     assert [(p.code, p.line, p.message) for p in report.problems] == [
-        (Code.UNSUPPORTED_ENCODING, None, "the file is UTF-16; save it as UTF-8")
+        (
+            Code.UNSUPPORTED_ENCODING,
+            None,
+            "the file is UTF-16LE; save it as UTF-8, e.g. `iconv -f UTF-16LE -t UTF-8 in.jsonl > out.jsonl`",
+        )
     ]

@@ -99,6 +99,7 @@ def _pipeline_settings() -> PipelineSettings:
         train_image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/tuneplane-dev/train:0.1.0",
         merge_image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/tuneplane-dev/merge:0.1.0",
         evaluate_image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/tuneplane-dev/evaluate:0.1.0",
+        training_instance_types="ml.g5.2xlarge,ml.g6.2xlarge",  # samconfig.toml dev: the types a sidecar may choose
     )
 
 

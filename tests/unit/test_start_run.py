@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -20,7 +21,9 @@ from tuneplane.adapters import s3 as s3_adapter
 from tuneplane.adapters import stepfunctions as sfn_adapter
 from tuneplane.config import ValidateSettings, start_run_settings
 from tuneplane.errors import InvalidConfiguration, InvalidTrainingData
-from tuneplane.logic.start_run import dataset_stem, parse_sidecar, run_name, sidecar_key
+from tuneplane.logic import start_run as start_run_logic
+from tuneplane.logic import validate_stage as validate_stage_logic
+from tuneplane.logic.start_run import classify_upload, dataset_stem, parse_sidecar, run_name, sidecar_key
 from tuneplane.logic.validate_stage import run_validate_stage
 from tuneplane.models.run import ObjectVersion
 from tuneplane.models.stage import ValidateRequest
@@ -34,6 +37,7 @@ CONTEXT = SimpleNamespace(
     memory_limit_in_mb=256,
     invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:start-run",
     aws_request_id="req-1",
+    get_remaining_time_in_millis=lambda: 29_000,
 )
 
 
@@ -278,6 +282,7 @@ def test_the_sample_event_starts_an_execution_with_the_object_version(aws: Simpl
         "key": "incoming/demo.jsonl",
         "version_id": "3HL4kqtJlcpXroDTDmjVBH40Nrjfkd",
         "eval_key": None,
+        "eval_version_id": None,
         "overrides": {},
         "training": {},
         "evaluation": {},
@@ -291,6 +296,7 @@ def test_the_sample_event_starts_an_execution_with_the_object_version(aws: Simpl
 def test_sidecar_settings_go_into_the_execution_input(aws: SimpleNamespace) -> None:
     # GIVEN a sidecar next to a gzip dataset
     sidecar = {"validation": {"min_examples": 50}, "eval_file": "incoming/demo.eval.jsonl"}
+    eval_version = aws.s3.put_object(Bucket=BUCKET, Key="incoming/demo.eval.jsonl", Body=b"{}\n")["VersionId"]
     version = aws.s3.put_object(Bucket=BUCKET, Key="incoming/demo.tuneplane.json", Body=json.dumps(sidecar))
     # WHEN the dataset's event arrives
     result = aws.handler(_event("incoming/demo.jsonl.gz"), CONTEXT)
@@ -301,6 +307,8 @@ def test_sidecar_settings_go_into_the_execution_input(aws: SimpleNamespace) -> N
     assert run_input["sidecar_key"] == "incoming/demo.tuneplane.json"
     assert run_input["sidecar_version_id"] == version["VersionId"]
     assert run_input["sidecar_error"] is None
+    # AND the eval file's version current at run start is pinned
+    assert run_input["eval_version_id"] == eval_version
 
 
 def test_the_sidecars_deploy_target_goes_into_the_execution_input(aws: SimpleNamespace) -> None:
@@ -404,3 +412,191 @@ def test_a_malformed_event_is_refused(aws: SimpleNamespace) -> None:
     del event["detail"]["object"]["key"]
     with pytest.raises(ValidationError):
         aws.handler(event, CONTEXT)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Upload names, late sidecars, the eval file's version (issue 15)
+
+
+@pytest.mark.parametrize(
+    ("key", "stem"),
+    [
+        ("incoming/Support.JSONL", "incoming/Support"),
+        ("incoming/x.jsonl.GZ", "incoming/x"),
+        ("incoming/x.Jsonl.Gz", "incoming/x"),
+        ("incoming/a/b.JSONL", "incoming/a/b"),
+    ],
+)
+def test_a_differently_cased_suffix_is_a_dataset(key: str, stem: str) -> None:
+    # GIVEN a dataset whose suffix is in another case WHEN it is classified THEN it is a dataset with that stem
+    assert dataset_stem(key) == stem
+    assert classify_upload(key) == ("dataset", "a dataset")
+    assert sidecar_key(key) == stem + ".tuneplane.json"
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("incoming/.jsonl", "rename it to incoming/<name>.jsonl"),
+        ("incoming/team/.JSONL.gz", "rename it to incoming/team/<name>.JSONL.gz"),
+        ("incoming/data.json", "rename it to incoming/data.jsonl"),
+        ("incoming/data.csv", "named incoming/data.jsonl or .jsonl.gz"),
+        ("incoming/data.jsonl.zip", "compress it with gzip as incoming/data.jsonl.gz"),
+        ("incoming/data.Tuneplane.JSON", "rename it to incoming/data.tuneplane.json (lower case)"),
+    ],
+)
+def test_a_name_that_starts_nothing_is_rejected_saying_what_to_rename_it_to(key: str, expected: str) -> None:
+    kind, problem = classify_upload(key)
+    assert kind == "rejected"
+    assert key in problem and expected in problem
+
+
+@pytest.mark.parametrize(
+    "key", ["incoming/demo.tuneplane.json", "incoming/sub/", "incoming/.DS_Store", "runs/x/data/train.jsonl"]
+)
+def test_sidecars_folder_markers_and_hidden_files_are_ignored(key: str) -> None:
+    assert classify_upload(key)[0] == "ignored"
+
+
+def test_a_rejected_name_is_cut_in_the_message() -> None:
+    kind, problem = classify_upload("incoming/" + "x" * 1000 + ".csv")
+    assert kind == "rejected" and len(problem) < 600
+
+
+@pytest.fixture
+def bus(aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The stack's bus with a rule copying every event to a queue; EVENT_BUS_NAME set as the template sets it."""
+    from tuneplane.adapters import events as events_adapter
+
+    events, sqs = boto3.client("events"), boto3.client("sqs")
+    events.create_event_bus(Name="tuneplane-test-events")
+    queue = sqs.create_queue(QueueName="bus")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="all", EventBusName="tuneplane-test-events", EventPattern='{"source": ["tuneplane"]}')
+    events.put_targets(Rule="all", EventBusName="tuneplane-test-events", Targets=[{"Id": "q", "Arn": arn}])
+    monkeypatch.setenv("EVENT_BUS_NAME", "tuneplane-test-events")
+    events_adapter.events_client.cache_clear()
+    start_run_settings.cache_clear()
+    yield queue
+    events_adapter.events_client.cache_clear()
+
+
+def _bus_events(queue: str) -> list[dict[str, Any]]:
+    messages = boto3.client("sqs").receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(message["Body"]) for message in messages]
+
+
+def test_an_upload_with_no_name_is_answered_with_run_rejected(aws: SimpleNamespace, bus: str) -> None:
+    # WHEN incoming/.jsonl arrives
+    result = aws.handler(_event("incoming/.jsonl"), CONTEXT)
+    # THEN no execution started, and a Run Rejected event on the bus says what to rename it to
+    assert result["status"] == "rejected" and "rename it to incoming/<name>.jsonl" in result["problem"]
+    assert aws.sfn.list_executions(stateMachineArn=aws.machine)["executions"] == []
+    [event] = _bus_events(bus)
+    assert event["detail-type"] == "Run Rejected"
+    detail = event["detail"]
+    assert detail["dataset"] == "incoming/.jsonl" and detail["status"] == "rejected" and detail["stage"] == "run"
+    assert detail["message"] == result["problem"] and detail["metrics"] == {"failed_stage": "upload"}
+    assert detail["run_id"] == result["run_id"]
+
+
+def test_an_upper_case_suffix_starts_a_run(aws: SimpleNamespace, bus: str) -> None:
+    result = aws.handler(_event("incoming/Support.JSONL"), CONTEXT)
+    assert result["status"] == "started" and result["run_id"].startswith("Support-")
+    assert _bus_events(bus) == []
+
+
+def test_a_sidecar_upload_is_ignored_without_an_event(aws: SimpleNamespace, bus: str) -> None:
+    assert aws.handler(_event("incoming/demo.tuneplane.json"), CONTEXT)["status"] == "ignored"
+    assert _bus_events(bus) == []
+
+
+def _fresh_event(key: str = "incoming/demo.jsonl") -> Any:
+    event = _event(key)
+    event["time"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return event
+
+
+def test_a_sidecar_uploaded_just_after_the_dataset_is_waited_for(
+    aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a dataset just uploaded without its sidecar, which arrives while StartRun waits (as with aws s3 sync)
+    slept: list[float] = []
+
+    def sidecar_arrives(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 2:
+            aws.s3.put_object(
+                Bucket=BUCKET, Key="incoming/demo.tuneplane.json", Body=b'{"validation": {"min_examples": 7}}'
+            )
+
+    monkeypatch.setattr(start_run_logic, "_sleep", sidecar_arrives)
+    # WHEN its event arrives
+    result = aws.handler(_fresh_event(), CONTEXT)
+    # THEN StartRun looked again until the sidecar was there, and the run has its settings and version
+    assert slept == [start_run_logic.SIDECAR_POLL_S] * 2
+    run_input = _execution_input(aws, result["execution_arn"])
+    assert run_input["overrides"] == {"min_examples": 7}
+    assert run_input["sidecar_key"] == "incoming/demo.tuneplane.json" and run_input["sidecar_version_id"]
+
+
+def test_the_wait_for_a_sidecar_is_bounded(aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a fresh dataset that never gets a sidecar, and SIDECAR_WAIT_S=3
+    slept: list[float] = []
+    monkeypatch.setattr(start_run_logic, "_sleep", slept.append)
+    monkeypatch.setenv("SIDECAR_WAIT_S", "3")
+    start_run_settings.cache_clear()
+    # WHEN its event arrives THEN StartRun looks again for at most 3 s, then starts the run without settings
+    result = aws.handler(_fresh_event(), CONTEXT)
+    assert 2 <= len(slept) <= 3
+    assert _execution_input(aws, result["execution_arn"])["sidecar_key"] is None
+
+
+def test_an_old_event_and_little_remaining_time_do_not_wait() -> None:
+    now = datetime.now(UTC)
+    assert start_run_logic.sidecar_wait(now - timedelta(minutes=5), 10, None) == 0
+    assert start_run_logic.sidecar_wait(now, 10, 7.0) == pytest.approx(2.0, abs=0.1)
+    assert start_run_logic.sidecar_wait(now, 10, 3.0) == 0
+    assert start_run_logic.sidecar_wait(now, 10, None) == pytest.approx(10, abs=0.1)
+
+
+def test_a_sample_event_of_long_ago_does_not_wait(aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(start_run_logic, "_sleep", slept.append)
+    assert aws.handler(_event(), CONTEXT)["status"] == "started"
+    assert slept == []
+
+
+def test_a_missing_eval_file_is_a_sidecar_problem_naming_it(aws: SimpleNamespace) -> None:
+    # GIVEN a sidecar naming an eval file that was never uploaded
+    sidecar = {"eval_file": "incoming/demo.eval.jsonl"}
+    aws.s3.put_object(Bucket=BUCKET, Key="incoming/demo.tuneplane.json", Body=json.dumps(sidecar))
+    # WHEN the dataset arrives
+    result = aws.handler(_event(), CONTEXT)
+    # THEN the run starts with the problem, for the Validate stage to reject (the uploader's to fix)
+    run_input = _execution_input(aws, result["execution_arn"])
+    assert "eval_file incoming/demo.eval.jsonl does not exist" in run_input["sidecar_error"]
+    assert run_input["eval_key"] is None and run_input["eval_version_id"] is None
+    request = ValidateRequest.model_validate(run_input)
+    settings = ValidateSettings(data_bucket=BUCKET, base_model_s3_uri="s3://models/tiny/")
+    with pytest.raises(InvalidTrainingData, match="eval_file incoming/demo.eval.jsonl does not exist"):
+        run_validate_stage(request, settings)
+
+
+def test_the_validate_stage_reads_the_pinned_eval_version(aws: SimpleNamespace) -> None:
+    # GIVEN an eval file pinned at run start, then overwritten with another version
+    first = aws.s3.put_object(Bucket=BUCKET, Key="incoming/demo.eval.jsonl", Body=b"first version\n")["VersionId"]
+    aws.s3.put_object(Bucket=BUCKET, Key="incoming/demo.eval.jsonl", Body=b"second, longer version\n")
+    # WHEN the Validate stage builds the eval file's source from the request
+    request = ValidateRequest(
+        run_id="demo-1",
+        bucket=BUCKET,
+        key="incoming/demo.jsonl",
+        eval_key="incoming/demo.eval.jsonl",
+        eval_version_id=first,
+    )
+    source = validate_stage_logic._source(request.bucket, str(request.eval_key), request.eval_version_id)
+    # THEN it is the pinned version
+    assert source.size == len(b"first version\n")
+    body = source.open()
+    assert body.read() == b"first version\n"

@@ -8,6 +8,8 @@ from pathlib import Path
 import cfnlint.data.schemas
 from local.cfn_yaml import load_cfn_yaml
 
+from tuneplane.config import RunLimitSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(cfnlint.data.schemas.__file__).parent / "resources"
 
@@ -50,3 +52,41 @@ def test_no_lifecycle_rule_of_the_data_bucket_removes_an_upload() -> None:
     expiring = [rule for rule in rules if {"ExpirationInDays", "NoncurrentVersionExpiration"} & set(rule)]
     assert expiring
     assert all(str(rule.get("Prefix", "")).startswith("runs/") for rule in expiring), expiring
+
+
+def test_every_parameter_is_in_exactly_one_parameter_group() -> None:
+    # GIVEN the template's parameters and the console's parameter groups
+    template = load_cfn_yaml(ROOT / "template.yaml")
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [name for group in groups for name in group["Parameters"]]
+    # THEN each parameter is shown once, in a group (the run limits included)
+    assert sorted(grouped) == sorted(template["Parameters"])
+    assert {"AllowedTrainingInstanceTypes", "MaxTrainingSteps", "MaxTrainingEpochs", "MaxRunCostUsd"} <= set(grouped)
+
+
+def test_validate_and_stage_functions_enforce_the_same_run_limits() -> None:
+    # GIVEN the settings both functions read for the run limits (the Validate stage rejects, the Stage function
+    # refuses to build a job request outside them)
+    template = load_cfn_yaml(ROOT / "template.yaml")
+    resources = template["Resources"]
+    validate = resources["ValidateFunction"]["Properties"]["Environment"]["Variables"]
+    stage = resources["StageFunction"]["Properties"]["Environment"]["Variables"]
+    # THEN every limit the Stage function checks again reaches both from the same template expression (the
+    # evaluate container's own floors, which have no parameter, excepted)
+    without_parameter = {"max_regression_vs_production", "min_stop_rate"}
+    stage_checks = {
+        "training_instance_types",
+        "allowed_training_instance_types",
+        "max_training_steps",
+        "max_training_epochs",
+        "max_seq_length",
+        "min_score",
+        "min_improvement_over_base",
+        "deploy_target",
+        "allowed_deploy_targets",
+    }
+    assert stage_checks <= set(RunLimitSettings.model_fields) - without_parameter
+    for field in set(RunLimitSettings.model_fields) - without_parameter:
+        assert field.upper() in validate, field
+    for field in stage_checks:
+        assert validate[field.upper()] == stage[field.upper()], field

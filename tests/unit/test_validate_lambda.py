@@ -133,3 +133,26 @@ def test_missing_object_is_dataset_not_found(aws: Any) -> None:
     handler = _load_handler().handler
     with pytest.raises(DatasetNotFound, match="incoming/nope.jsonl"):
         handler({"run_id": "run-5", "bucket": BUCKET, "key": "incoming/nope.jsonl"}, CONTEXT)
+
+
+def test_the_lambdas_remaining_time_bounds_validation_with_a_clear_rejection(
+    aws: Any, reversal_lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneplane.logic.validation import scanner
+
+    # GIVEN a valid upload, a Lambda with 31 s left (1 s of budget after the 30 s margin) and a clock that jumps
+    # 10 s at every look, so the budget is spent before the first chunk is checked
+    aws.put_object(Bucket=BUCKET, Key="incoming/slow.jsonl", Body="\n".join(reversal_lines).encode())
+    context = SimpleNamespace(**vars(CONTEXT), get_remaining_time_in_millis=lambda: 31_000)
+    clock = iter(range(0, 1_000_000, 10))
+    monkeypatch.setattr(scanner, "_now", lambda: float(next(clock)))
+    handler = _load_handler().handler
+    # WHEN the Validate Lambda runs
+    with pytest.raises(InvalidTrainingData) as raised:
+        handler({"run_id": "run-6", "bucket": BUCKET, "key": "incoming/slow.jsonl"}, context)
+    # THEN it is rejected as too large to validate in that time, said to be the platform's limit, with a report
+    message = str(raised.value)
+    assert "too_large_to_validate x1" in message and "the 1 s this validation may take ran out" in message
+    assert "a limit of the platform, not an error in the data" in message
+    report = json.loads(_read(aws, "runs/run-6/validation/report.json"))
+    assert [p["code"] for p in report["problems"]] == ["too_large_to_validate"]

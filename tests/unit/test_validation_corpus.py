@@ -36,7 +36,8 @@ TOKENIZER_CODES = {
     Code.NO_TRAINED_TOKENS,
     Code.EOS_NOT_TRAINED,
 }
-NOT_IN_CORPUS = TOKENIZER_CODES | {Code.TOO_MANY_INVALID}
+# too_large_to_validate is the machine's budget, not a property of a file: test_validation_bounds.py covers it
+NOT_IN_CORPUS = TOKENIZER_CODES | {Code.TOO_MANY_INVALID, Code.TOO_LARGE_TO_VALIDATE}
 
 VALID_FILES = ["alpaca.jsonl", "chat.jsonl", "chat_pii_near_misses.jsonl", "prompt_completion.jsonl"]
 ENCODING_VARIANTS = ["chat.jsonl.gz", "chat_bom.jsonl", "chat_crlf.jsonl"]

@@ -7,17 +7,18 @@ read-only checks of a deployed stack.
     tuneplane doctor --stack-name tuneplane-dev --region us-east-1 --json
 
 Exit codes: 0 valid (or staged, or no error found), 1 invalid (or an error found), 2 usage error (bad arguments,
-missing file, unusable base model, a refused or failed staging).
+missing, unreadable or wrong kind of file, unusable base model, a refused or failed staging), 3 AWS could not be
+used (no credentials or region, AWS unreachable, a call refused): one line on stderr says which, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,12 @@ from tuneplane.models.validation import Code, Severity, ValidationOptions
 if TYPE_CHECKING:  # the validator (numpy, tokenizers) is imported only when a command needs it
     from tuneplane.logic.validation import DatasetSource
 
-EXIT_VALID, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_VALID, EXIT_INVALID, EXIT_USAGE, EXIT_AWS = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
+
+
+class UsageError(Exception):
+    """A path or argument the command cannot use; the message says what is wrong with it."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -155,11 +161,22 @@ def _source(location: str) -> DatasetSource:
         from tuneplane.adapters import s3
 
         bucket, key = s3.parse_s3_uri(location)
-        return DatasetSource(location, partial(s3.open_object, bucket, key), s3.object_size(bucket, key))
-    path = Path(location)
+        return DatasetSource.s3(bucket, key)
+    return DatasetSource.local(readable_file(location))
+
+
+def readable_file(location: str) -> Path:
+    """``location`` as a file this process can read, or UsageError saying why not (missing, a directory, ...)."""
+    path = Path(location).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{location} is a directory, not a dataset file: give the .jsonl or .jsonl.gz file in it")
+    if not path.exists():
+        raise UsageError(f"{location}: no such file")
     if not path.is_file():
-        raise FileNotFoundError(f"{location}: no such file")
-    return DatasetSource.local(path)
+        raise UsageError(f"{location} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{location}: permission denied (cannot read it)")
+    return path
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -229,14 +246,53 @@ def _model_directory(source: str, revision: str | None) -> tuple[Path, str | Non
     return model_hub.download(source, commit, [*stage.HUB_METADATA_PATTERNS, *weights]), commit
 
 
+def _aws_problem(exc: Exception) -> str | None:
+    """One line for an AWS SDK error (no credentials, no region, unreachable, refused), or None for anything else."""
+    from botocore import exceptions as aws
+
+    if isinstance(exc, aws.NoCredentialsError | aws.PartialCredentialsError | aws.CredentialRetrievalError):
+        return (
+            f"no usable AWS credentials ({exc}): s3:// paths and AWS commands need them; configure them "
+            "(aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) or use local files"
+        )
+    if isinstance(exc, aws.ProfileNotFound):
+        return f"{exc}: check AWS_PROFILE (aws configure list-profiles)"
+    if isinstance(exc, aws.NoRegionError):
+        return "no AWS region: set AWS_REGION (or pass --region where the command has it)"
+    if isinstance(exc, aws.EndpointConnectionError | aws.ConnectTimeoutError | aws.ReadTimeoutError):
+        return f"cannot reach AWS: {exc}"
+    if isinstance(exc, aws.ClientError):
+        error = exc.response.get("Error", {})
+        return f"AWS refused {exc.operation_name}: {error.get('Code', '?')}: {error.get('Message', '')}".rstrip(": ")
+    if isinstance(exc, aws.BotoCoreError):
+        return f"AWS: {exc}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"stage-model": _stage_model, "doctor": _doctor, "validate": _validate}
         return commands[args.command](args)
-    except (TuneplaneError, FileNotFoundError, ValidationError, json.JSONDecodeError) as exc:
+    except (TuneplaneError, UsageError, FileNotFoundError, ValidationError, json.JSONDecodeError) as exc:
         print(f"tuneplane: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except IsADirectoryError as exc:
+        print(f"tuneplane: error: {exc.filename} is a directory, not a file", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # PermissionError, a full disk for --out-dir, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tuneplane: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("tuneplane: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        problem = _aws_problem(exc)
+        if problem is None:
+            raise
+        print(f"tuneplane: error: {problem}", file=sys.stderr)
+        return EXIT_AWS
 
 
 if __name__ == "__main__":

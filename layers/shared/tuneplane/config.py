@@ -14,7 +14,71 @@ from tuneplane.models.validation import Severity
 _Settings = TypeVar("_Settings", bound=BaseSettings)
 
 
-class ValidateSettings(BaseSettings):
+_INSTANCE_TYPE = r"ml\.[a-z0-9-]+\.[a-z0-9]+"
+_INSTANCE_TYPES = rf"^{_INSTANCE_TYPE}(,{_INSTANCE_TYPE})*$"
+_DEPLOY_TARGET = r"(none|vllm|bedrock)"
+
+
+class RunLimitSettings(BaseSettings):
+    """The stack's policy for one run, which a dataset's sidecar file may tighten but never loosen (see
+    tuneplane.logic.run_limits): read by the Validate function, which enforces it before any job starts, and by the
+    Stage function, which refuses to build a job request outside it (defence in depth). The template gives both
+    functions the same values (template.yaml, ValidateFunction and StageFunction environments)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    training_instance_types: str = Field(
+        default="ml.g5.2xlarge",
+        pattern=_INSTANCE_TYPES,
+        description="TrainingInstanceType then FallbackTrainingInstanceTypes: the default list, tried in order.",
+    )
+    allowed_training_instance_types: str = Field(
+        default="",
+        pattern=rf"^$|{_INSTANCE_TYPES}",
+        description="AllowedTrainingInstanceTypes: more types a sidecar may choose (the default list always may).",
+    )
+    max_training_steps: int = Field(default=20_000, ge=1, description="MaxTrainingSteps: cap on training.max_steps.")
+    max_training_epochs: float = Field(
+        default=10.0, gt=0, description="MaxTrainingEpochs: cap on training.num_train_epochs."
+    )
+    max_run_cost_usd: float = Field(default=100.0, gt=0, description="MaxRunCostUsd: the estimate's budget per run.")
+    processing_instance_type: str = Field(default="ml.g5.2xlarge", pattern=rf"^{_INSTANCE_TYPE}$")
+    use_spot: bool = True
+    max_training_runtime_s: int = Field(default=24 * 3600, ge=1, le=28 * 24 * 3600)
+    max_processing_runtime_s: int = Field(default=4 * 3600, ge=1, le=5 * 24 * 3600)
+    max_seq_length: int = Field(default=2048, ge=16, description="MaxSeqLength: cap on training.max_seq_length.")
+    quantize: bool = False
+    min_improvement_over_base: float = 0.0
+    min_score: float = Field(default=0.0, ge=0, le=1)
+    # No template parameter (yet): the evaluate container's own defaults, the floor a sidecar may only tighten.
+    max_regression_vs_production: float = Field(default=0.0, ge=0)
+    min_stop_rate: float = Field(default=0.9, ge=0, le=1)
+    deploy_target: str = Field(default="none", pattern=rf"^{_DEPLOY_TARGET}$")
+    allowed_deploy_targets: str = Field(
+        default="",
+        pattern=rf"^$|^{_DEPLOY_TARGET}(,{_DEPLOY_TARGET})*$",
+        description="AllowedDeployTargets: targets a sidecar may choose; empty: DeployTarget (none always may).",
+    )
+
+    @property
+    def instance_types(self) -> list[str]:
+        """The stack's default training instance types, in the order they are tried."""
+        return self.training_instance_types.split(",")
+
+    @property
+    def allowed_instance_types(self) -> list[str]:
+        """Every training instance type a run may use: the default list, then AllowedTrainingInstanceTypes."""
+        extra = [t for t in self.allowed_training_instance_types.split(",") if t]
+        return list(dict.fromkeys(self.instance_types + extra))
+
+    @property
+    def allowed_targets(self) -> list[str]:
+        """Deploy targets a run may use: AllowedDeployTargets (default: DeployTarget), and "none" always."""
+        listed = [t for t in self.allowed_deploy_targets.split(",") if t] or [self.deploy_target]
+        return list(dict.fromkeys([*listed, "none"]))
+
+
+class ValidateSettings(RunLimitSettings):
     """What the Validate Lambda reads from its environment (see template.yaml ValidateFunction)."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
@@ -22,12 +86,14 @@ class ValidateSettings(BaseSettings):
     data_bucket: str = Field(min_length=3)
     base_model_s3_uri: str = Field(pattern=r"^s3://[^/]+/.*$", description="Prefix holding tokenizer.json etc.")
     runs_prefix: str = "runs/"
-    max_seq_length: int = Field(default=2048, ge=16)
     min_examples: int = Field(default=10, ge=1)
     max_invalid_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     pii_severity: Severity = Severity.WARNING
-    training_instance_type: str = "ml.g5.2xlarge"
     pricing_table_s3_uri: str | None = Field(default=None, pattern=r"^s3://[^/]+/.+$")
+    # For the deploy part of the cost estimate (the Deploy function reads the same variables).
+    endpoint_instance_type: str = Field(default="ml.g5.2xlarge", pattern=rf"^{_INSTANCE_TYPE}$")
+    endpoint_min_instances: int = Field(default=1, ge=1, le=100)
+    bake_time_s: int = Field(default=300, ge=0, le=3600)
 
 
 def _from_environment(settings: type[_Settings], function: str) -> _Settings:
@@ -42,7 +108,7 @@ def validate_settings() -> ValidateSettings:
     return _from_environment(ValidateSettings, "Validate")
 
 
-class PipelineSettings(BaseSettings):
+class PipelineSettings(RunLimitSettings):
     """What the Stage Lambda reads from its environment (see template.yaml StageFunction): where runs live, the
     images and instance types of the SageMaker stages, and the stack's defaults that a sidecar file may override."""
 
@@ -60,27 +126,11 @@ class PipelineSettings(BaseSettings):
     merge_image_uri: str = Field(min_length=1)
     evaluate_image_uri: str = Field(min_length=1)
     quantize_image_uri: str | None = None
-    training_instance_types: str = Field(
-        default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+(,ml\.[a-z0-9-]+\.[a-z0-9]+)*$"
-    )
-    processing_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
-    use_spot: bool = True
-    max_training_runtime_s: int = Field(default=24 * 3600, ge=1, le=28 * 24 * 3600)
-    max_processing_runtime_s: int = Field(default=4 * 3600, ge=1, le=5 * 24 * 3600)
     job_wait_margin_s: int = Field(
         default=15 * 60, ge=0, description="The state machine waits this much longer than a job may run."
     )
     volume_size_gb: int = Field(default=100, ge=1, le=16384)
-    max_seq_length: int = Field(default=2048, ge=16)
-    quantize: bool = False
-    min_improvement_over_base: float = 0.0
-    min_score: float = Field(default=0.0, ge=0, le=1)
     primary_metric: str = "exact_match"
-    deploy_target: str = Field(default="none", pattern=r"^(none|vllm|bedrock)$")
-
-    @property
-    def instance_types(self) -> list[str]:
-        return self.training_instance_types.split(",")
 
 
 @cache
@@ -138,6 +188,12 @@ class StartRunSettings(BaseSettings):
     state_machine_arn: str = Field(pattern=r"^arn:aws[a-z-]*:states:[a-z0-9-]+:[0-9]{12}:stateMachine:[A-Za-z0-9_-]+$")
     incoming_prefix: str = Field(default="incoming/", pattern=r"^[^/].*/$")
     max_sidecar_bytes: int = Field(default=64 * 1024, ge=1)
+    event_bus_name: str | None = Field(
+        default=None, description="Where an upload that starts nothing is answered with Run Rejected; None: logged."
+    )
+    sidecar_wait_s: float = Field(
+        default=10.0, ge=0, le=20, description="How long a fresh dataset without a sidecar waits for one to arrive."
+    )
 
 
 @cache

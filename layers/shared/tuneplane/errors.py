@@ -29,6 +29,12 @@ class StorageError(TuneplaneError):
     """S3 refused or failed a read or write; usually transient or a permissions problem."""
 
 
+class PlatformLimitExceeded(TuneplaneError):
+    """A limit of the machine doing the work (e.g. the Validate Lambda's /tmp filling up), not an error in the data,
+    stopped it. Retrying the same input on the same machine would fail the same way, so the state machine does not
+    retry it; the uploader is not told to fix the data."""
+
+
 class RunAlreadyStarted(TuneplaneError):
     """An execution with this run's name exists already: a duplicate delivery of the same object version."""
 
@@ -114,3 +120,18 @@ class ServiceUnavailable(TuneplaneError):
     def __init__(self, message: str, *, permission: str) -> None:
         super().__init__(message)
         self.permission = permission
+
+
+class RunSuperseded(TuneplaneError):
+    """A newer upload of the same dataset started a run: this older one stops before training or deploying, so the
+    newest upload's model is the one that serves. An outcome, not a failure."""
+
+
+class DeploymentInProgress(TuneplaneError):
+    """Another run of the same dataset holds the dataset's deployment lease: this run waits (the state machine
+    retries) instead of colliding with that deployment on the same endpoint."""
+
+
+class SameContent(TuneplaneError):
+    """The upload has the same examples and settings as an earlier run that succeeded or is still running: nothing
+    is trained again unless the sidecar asks for it (``rerun: true``). An outcome, not a failure."""

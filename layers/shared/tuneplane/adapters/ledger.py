@@ -2,6 +2,10 @@
 
 Key: ``run_id`` (partition) and ``stage`` (sort), so one Query returns a run's whole history. Numbers are stored
 as DynamoDB numbers (Decimal); NaN and infinities, which DynamoDB refuses, are stored as strings.
+
+Every string written is cut to ``TEXT_MAX`` characters with a visible marker (``tuneplane.bounds``): the AWS docs
+("Service, account, and table quotas in Amazon DynamoDB") limit an item to 400 KB, and a cause or a model's answer
+can be larger. A refused write would leave the run's item saying ``started`` for ever.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.exceptions import ClientError
 
+from tuneplane.bounds import bound_text
 from tuneplane.errors import StorageError
 
 if TYPE_CHECKING:
@@ -27,8 +32,14 @@ def dynamodb() -> DynamoDBServiceResource:
     return boto3.resource("dynamodb")
 
 
+TEXT_MAX = 8000  # characters of one string attribute (or map value): a few of them stay far below 400 KB
+KEYS_MAX = 200  # entries of one map or list attribute
+
+
 def _to_item(value: Any) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, str):
+        return bound_text(value, TEXT_MAX)
+    if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
         return Decimal(value)
@@ -37,10 +48,10 @@ def _to_item(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
-        return {str(k): _to_item(v) for k, v in value.items()}
+        return {bound_text(str(k), TEXT_MAX): _to_item(v) for k, v in list(value.items())[:KEYS_MAX]}
     if isinstance(value, list | tuple):
-        return [_to_item(v) for v in value]
-    return str(value)
+        return [_to_item(v) for v in list(value)[:KEYS_MAX]]
+    return bound_text(str(value), TEXT_MAX)
 
 
 def _from_item(value: Any) -> Any:

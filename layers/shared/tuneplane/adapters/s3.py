@@ -49,13 +49,43 @@ def object_size(bucket: str, key: str, version_id: str | None = None) -> int:
         raise _error(exc, f"s3://{bucket}/{key}") from exc
 
 
-def open_object(bucket: str, key: str, version_id: str | None = None) -> Any:
-    """A streaming body (read(n), close()); the object is read once, front to back."""
+def current_version(bucket: str, key: str) -> str | None:
+    """The version id of the object's current version (None in a bucket that never had versioning on);
+    DatasetNotFound when there is no such object (or its current version is a delete marker)."""
+    try:
+        return s3_client().head_object(Bucket=bucket, Key=key).get("VersionId")
+    except ClientError as exc:
+        raise _error(exc, f"s3://{bucket}/{key}") from exc
+
+
+def open_object(
+    bucket: str, key: str, version_id: str | None = None, *, start: int = 0, if_match: str | None = None
+) -> Any:
+    """A streaming body (read(n), close()); the object is read once, front to back.
+
+    ``start`` > 0 reads from that byte on (a ranged GET, to resume a read that failed midway); ``if_match`` (an ETag)
+    makes S3 refuse with 412 PreconditionFailed if the object has been replaced since, so that a resumed read never
+    splices two different objects.
+    """
     extra: dict[str, Any] = {"VersionId": version_id} if version_id else {}
+    if start:
+        extra["Range"] = f"bytes={start}-"
+    if if_match:
+        extra["IfMatch"] = if_match
     try:
         return s3_client().get_object(Bucket=bucket, Key=key, **extra)["Body"]
     except ClientError as exc:
         raise _error(exc, f"s3://{bucket}/{key}") from exc
+
+
+def object_etag_and_size(bucket: str, key: str, version_id: str | None = None) -> tuple[str | None, int]:
+    """The object's ETag and size (one HEAD request)."""
+    extra: dict[str, Any] = {"VersionId": version_id} if version_id else {}
+    try:
+        head = s3_client().head_object(Bucket=bucket, Key=key, **extra)
+    except ClientError as exc:
+        raise _error(exc, f"s3://{bucket}/{key}") from exc
+    return head.get("ETag"), int(head["ContentLength"])
 
 
 def read_if_exists(bucket: str, key: str, limit: int) -> tuple[bytes, str | None] | None:

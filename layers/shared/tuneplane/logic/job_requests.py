@@ -13,6 +13,7 @@ from typing import Any
 
 from tuneplane.config import PipelineSettings
 from tuneplane.errors import InvalidConfiguration
+from tuneplane.logic import run_limits
 from tuneplane.logic.instance_storage import has_local_storage
 from tuneplane.models.events import Stage
 from tuneplane.models.pipeline import EvaluationOverrides, JobSpec, TrainingOverrides
@@ -83,12 +84,24 @@ def training_job(
     overrides: TrainingOverrides,
     attempt: int,
 ) -> JobSpec:
-    """The training job of attempt ``attempt`` (0-based): attempt n uses the n-th instance type of the list."""
+    """The training job of attempt ``attempt`` (0-based): attempt n uses the n-th instance type of the list.
+
+    Never outside the stack's caps, even if the Validate stage were bypassed (an execution started by hand): a
+    sidecar's instance type, steps, epochs or sequence length beyond them is an error, and with neither epochs nor
+    steps set the job gets the container's default epochs only where MaxTrainingEpochs allows them.
+    """
+    problems = run_limits.training_problems(overrides, settings)
+    if problems:
+        raise InvalidConfiguration(f"training request outside the stack's limits: {'; '.join(problems)}")
     instance_types = overrides.instance_types or settings.instance_types
     if attempt >= len(instance_types):
         raise InvalidConfiguration(f"no training instance type left after {len(instance_types)} attempts")
     instance_type = instance_types[attempt]
     hyperparameters = {"max_seq_length": str(settings.max_seq_length), **overrides.hyperparameters()}
+    if overrides.max_steps is None and overrides.num_train_epochs is None:
+        epochs = run_limits.effective_epochs(overrides, settings)
+        if epochs < run_limits.DEFAULT_EPOCHS:
+            hyperparameters["num_train_epochs"] = str(epochs)
     channels = [_s3_channel("train", str(data["train_uri"])), _s3_channel("model", settings.base_model_s3_uri)]
     if data.get("eval_uri"):
         channels.append(_s3_channel("eval", str(data["eval_uri"])))
@@ -217,6 +230,9 @@ def evaluate_job(
     eval_uri: str,
     overrides: EvaluationOverrides,
 ) -> JobSpec:
+    problems = run_limits.evaluation_problems(overrides, settings)
+    if problems:  # the Validate stage rejects these first; a request is never built with a looser gate
+        raise InvalidConfiguration(f"evaluation request looser than the stack's gate: {'; '.join(problems)}")
     inputs = {"candidate": candidate_uri, "base": settings.base_model_s3_uri, "eval": eval_uri}
     outputs = {"evaluation": run_uri(settings, run_id, "evaluation", "")}
     arguments = {

@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from tuneplane.adapters import events, ledger, s3, sagemaker
+from tuneplane.bounds import bound_text
 from tuneplane.config import PipelineSettings
 from tuneplane.errors import DatasetNotFound, InvalidConfiguration
-from tuneplane.logic import job_requests, retention
+from tuneplane.logic import job_requests, retention, run_limits
 from tuneplane.logic.registry import registration
 from tuneplane.logic.rollback_report import rollback_notes
 from tuneplane.models.events import PipelineEvent, Stage, Status
@@ -48,6 +49,11 @@ def handle(request: StageRequest, settings: PipelineSettings) -> dict[str, Any]:
         return _start(request.stage, run, settings)
     if action == "finish":
         outcome = outcome_of(request.stage, run, settings)
+        if outcome.passed is False:
+            # An evaluation below the gate did not succeed: the Gate sends the run to RejectEvaluate, which records
+            # and publishes the stage's one outcome (Stage Failed, rejected). Publishing Stage Succeeded here too gave
+            # the stage two outcomes.
+            return outcome.model_dump(mode="json")
         _record(settings, run, request.stage, Status.SUCCEEDED, outcome)
         return outcome.model_dump(mode="json")
     if action == "skip":
@@ -106,20 +112,60 @@ def _now() -> datetime:
 
 
 def _event(run: _RunView, stage: Stage, status: Status, **fields: Any) -> PipelineEvent:
+    """The event, every text in it within its bound (a cut one says so): an event that cannot be built or is
+    refused for its size would leave the run without its outcome."""
     return PipelineEvent(
         run_id=run.run_id,
         stage=stage,
         status=status,
-        dataset=run.key,
-        bucket=run.bucket,
-        version_id=run.version_id,
-        execution_arn=run.execution_arn,
-        **fields,
+        **events.bounded_fields(
+            {
+                "dataset": run.key,
+                "bucket": run.bucket,
+                "version_id": run.version_id,
+                "execution_arn": run.execution_arn,
+                **fields,
+            }
+        ),
     )
 
 
-def _started_at(settings: PipelineSettings, run: _RunView, stage: Stage) -> datetime | None:
-    item = ledger.get_stage(settings.ledger_table, run.run_id, stage.value) or {}
+def _published_marker(event: PipelineEvent, occurrence: int | None = None) -> str:
+    """The ledger attribute that records ``event`` as published on its (run, stage) item, e.g.
+    ``published_stage_failed``; ``occurrence`` tells apart events a stage legitimately publishes more than once (the
+    Stage Started of each training attempt)."""
+    name = "published_" + event.detail_type.lower().replace(" ", "_")
+    return name if occurrence is None else f"{name}_{occurrence}"
+
+
+def _publish_once(
+    settings: PipelineSettings,
+    run: _RunView,
+    event: PipelineEvent,
+    item: dict[str, Any],
+    occurrence: int | None = None,
+) -> None:
+    """Publish ``event`` unless the ledger item of its stage (``item``, read before) records it as published.
+
+    A Lambda task that fails after publishing (the next event refused, a ledger write throttled) is retried by the
+    state machine and runs again from the start; EventBridge has no idempotency token (the AWS docs, "PutEvents"), so
+    without the record every retry would publish the same event again (and Slack would post it again: the notifier
+    deduplicates on the EventBridge event id, which is new for every PutEvents). An event published whose record then
+    failed to be written is published again on the retry: at least once, as EventBridge delivers.
+    """
+    marker = _published_marker(event, occurrence)
+    if item.get(marker):
+        logger.info("event already published by an earlier attempt", detail_type=event.detail_type, marker=marker)
+        return
+    event_id = events.publish(settings.event_bus_name, event)
+    ledger.put_stage(settings.ledger_table, run.run_id, event.stage.value, {marker: event_id or "published"})
+
+
+def _item(settings: PipelineSettings, run: _RunView, stage: Stage) -> dict[str, Any]:
+    return ledger.get_stage(settings.ledger_table, run.run_id, stage.value) or {}
+
+
+def _started_at(item: dict[str, Any]) -> datetime | None:
     started = item.get("started_at")
     return datetime.fromisoformat(started) if isinstance(started, str) else None
 
@@ -133,7 +179,8 @@ def _record(
     error: str | None = None,
 ) -> PipelineEvent:
     finished = _now()
-    started = _started_at(settings, run, stage)
+    item = _item(settings, run, stage)
+    started = _started_at(item)
     event = _event(
         run,
         stage,
@@ -155,13 +202,13 @@ def _record(
             "status": status.value,
             "finished_at": finished,
             "duration_s": event.duration_s,
-            "metrics": outcome.metrics,
+            "metrics": event.metrics,  # the event's: PII masked (models/events.py)
             "artifacts": outcome.artifacts,
-            "message": outcome.message,
-            "error": error,
+            "message": event.message,
+            "error": event.error,
         },
     )
-    events.publish(settings.event_bus_name, event)
+    _publish_once(settings, run, event, item)
     return event
 
 
@@ -181,6 +228,8 @@ def _start(stage: Stage, run: _RunView, settings: PipelineSettings) -> dict[str,
                 "execution_arn": run.execution_arn,
             },
         )
+    if stage is Stage.DEPLOY:  # Validate rejected a target the stack does not allow; never deploy to one anyway
+        run_limits.require_deploy_target(run.result("pipeline").get("deploy_target"), settings)
     spec = job_spec(stage, run, settings) if stage in _JOB_STAGES else None
     fields: dict[str, Any] = {"status": Status.STARTED.value, "started_at": now}
     notes: list[str] = []
@@ -190,14 +239,28 @@ def _start(stage: Stage, run: _RunView, settings: PipelineSettings) -> dict[str,
             _, cause = one_line_cause(run.result("error"))
             note = f"attempt {spec.attempt + 1} on {spec.instance_type}: the previous instance type had no capacity"
             notes.append(f"{note} ({cause})")
+    if stage is Stage.VALIDATE:
+        notes += settings_notes(run.state)
+    item = _item(settings, run, stage)  # before this attempt's write: what an earlier attempt published
     ledger.put_stage(settings.ledger_table, run.run_id, stage.value, fields)
     metrics: dict[str, Any] = {"instance_type": spec.instance_type} if spec else {}
-    events.publish(
-        settings.event_bus_name, _event(run, stage, Status.STARTED, started_at=now, metrics=metrics, notes=notes)
-    )
+    event = _event(run, stage, Status.STARTED, started_at=now, metrics=metrics, notes=notes)
+    _publish_once(settings, run, event, item, occurrence=spec.attempt if spec else None)
     if stage is Stage.REGISTER:
         return registration(run.run_id, run.key)
     return spec.model_dump(mode="json") if spec else {}
+
+
+def settings_notes(state: dict[str, Any]) -> list[str]:
+    """The run's first event says which sidecar version (and eval file version) StartRun used, so an uploader who
+    changed one just after the dataset sees whether the run has it."""
+    sidecar, eval_key = state.get("sidecar_key"), state.get("eval_key")
+    if not sidecar:
+        return ["settings: no sidecar file, the stack's defaults apply"]
+    notes = [f"settings: {sidecar} (version {state.get('sidecar_version_id') or 'unversioned'})"]
+    if eval_key:
+        notes.append(f"eval file: {eval_key} (version {state.get('eval_version_id') or 'unversioned'})")
+    return notes
 
 
 def _job_name(spec: JobSpec) -> str:
@@ -377,7 +440,7 @@ def one_line_cause(error: dict[str, Any] | None) -> tuple[str, str]:
         cause = _job_cause(parsed) or parsed.get("errorMessage") or parsed.get("Cause") or cause
         name = str(parsed.get("errorType") or name)
     line = " ".join(str(cause).split()) or name
-    return name, line[:CAUSE_MAX]
+    return bound_text(name, events.ERROR_MAX), bound_text(line, CAUSE_MAX)
 
 
 def _job_cause(description: dict[str, Any]) -> str | None:
@@ -440,7 +503,8 @@ def _finish_run(
 ) -> PipelineEvent:
     retention.mark_intermediates(settings, run.run_id)
     finished = _now()
-    started = _started_at(settings, run, Stage.RUN)
+    item = _item(settings, run, Stage.RUN)
+    started = _started_at(item)
     event = _event(
         run,
         Stage.RUN,
@@ -462,11 +526,11 @@ def _finish_run(
             "status": status.value,
             "finished_at": finished,
             "duration_s": event.duration_s,
-            "message": message,
-            "error": error,
+            "message": event.message,
+            "error": event.error,
         },
     )
-    events.publish(settings.event_bus_name, event)
+    _publish_once(settings, run, event, item)
     return event
 
 

@@ -3,50 +3,90 @@
 from __future__ import annotations
 
 import tempfile
-from functools import partial
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from tuneplane.adapters import s3
 from tuneplane.config import ValidateSettings
 from tuneplane.errors import InvalidTrainingData
+from tuneplane.logic import run_limits
 from tuneplane.logic.base_model import load_model_context
-from tuneplane.logic.cost import PricingTable
-from tuneplane.logic.validation import DatasetSource, validate_dataset
+from tuneplane.logic.cost import PricingTable, estimate_run
+from tuneplane.logic.validation import DatasetSource, ResourceBudget, validate_dataset
 from tuneplane.logic.validation.summary import headline, render_summary
+from tuneplane.models.pipeline import EvaluationOverrides, TrainingOverrides
 from tuneplane.models.stage import ValidateRequest, ValidateSummary
-from tuneplane.models.validation import Code, ValidationOptions, ValidationReport
+from tuneplane.models.validation import Code, CostEstimate, ValidationOptions, ValidationReport
 from tuneplane.observability import logger
 
 _TOP_ERRORS_IN_MESSAGE = 3
 
 
 def build_options(
-    settings: ValidateSettings, overrides: dict[str, object], sidecar: str | None = None
+    settings: ValidateSettings,
+    overrides: dict[str, Any],
+    sidecar: str | None = None,
+    training: TrainingOverrides | None = None,
 ) -> ValidationOptions:
-    """Deployment defaults from the environment, then the dataset's own overrides (from ``sidecar``) on top."""
-    defaults: dict[str, object] = {
-        "max_seq_length": settings.max_seq_length,
-        "min_examples": settings.min_examples,
-        "max_invalid_fraction": settings.max_invalid_fraction,
-        "instance_type": settings.training_instance_type,
-        "severity_overrides": {Code.PII_DETECTED: settings.pii_severity},
-    }
+    """The stack's settings from the environment, then the dataset's own (from ``sidecar``) on top as far as
+    tuneplane.logic.run_limits allows (stricter, never looser); the estimate's inputs come from the run's real
+    training settings (``training``), and the token check uses the max_seq_length the run trains with."""
+    training = training or TrainingOverrides()
     try:
-        return ValidationOptions.model_validate(defaults | overrides)
+        ValidationOptions.model_validate(overrides)  # the sidecar's own fields, reported as the sidecar's
+        stack: dict[str, Any] = {
+            "min_examples": settings.min_examples,
+            "max_invalid_fraction": settings.max_invalid_fraction,
+            "severity_overrides": {Code.PII_DETECTED: settings.pii_severity},
+            "instance_type": (training.instance_types or settings.instance_types)[0],
+            "epochs": run_limits.effective_epochs(training, settings),
+            "spot": settings.use_spot,
+        }
+        merged, problems = run_limits.validation_options(
+            stack, overrides, run_limits.effective_seq_len(training, settings)
+        )
+        if problems:
+            raise _over_limits(problems, sidecar)
+        return ValidationOptions.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         where = f"validation settings in {sidecar}" if sidecar else "sidecar file"
-        raise InvalidTrainingData(f"invalid dataset settings ({where}): {problems}") from exc
+        raise InvalidTrainingData(f"invalid dataset settings ({where}): {'; '.join(problems)}") from exc
+
+
+def _over_limits(problems: list[str], sidecar: str | None) -> InvalidTrainingData:
+    where = f"dataset settings file {sidecar}" if sidecar else "the run's dataset settings (no sidecar file)"
+    return InvalidTrainingData(
+        f"{where} go beyond this stack's limits: {'; '.join(problems)}. A sidecar may choose among what the stack "
+        "allows and make checks stricter, never looser; fix the settings file, then upload the dataset again."
+    )
+
+
+def _sidecar_sections(
+    request: ValidateRequest, settings: ValidateSettings, sidecar: str | None
+) -> tuple[TrainingOverrides, EvaluationOverrides]:
+    """The sidecar's training and evaluation sections, checked against the stack's caps before any data is read."""
+    try:
+        training = TrainingOverrides.model_validate(request.training or {})
+        evaluation = EvaluationOverrides.model_validate(request.evaluation or {})
+    except ValidationError as exc:
+        invalid = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidTrainingData(f"invalid dataset settings ({sidecar or 'sidecar file'}): {invalid}") from exc
+    problems = (
+        run_limits.training_problems(training, settings)
+        + run_limits.evaluation_problems(evaluation, settings)
+        + run_limits.deploy_problems(request.deploy_target, settings)
+    )
+    if problems:
+        raise _over_limits(problems, sidecar)
+    return training, evaluation
 
 
 def _source(bucket: str, key: str, version_id: str | None) -> DatasetSource:
-    return DatasetSource(
-        name=f"s3://{bucket}/{key}",
-        open=partial(s3.open_object, bucket, key, version_id),
-        size=s3.object_size(bucket, key, version_id),
-    )
+    return DatasetSource.s3(bucket, key, version_id)  # resumes a read that fails midway with a ranged GET
 
 
 def _pricing(settings: ValidateSettings) -> PricingTable:
@@ -59,31 +99,76 @@ def _pricing(settings: ValidateSettings) -> PricingTable:
 
 def _rejection(report: ValidationReport, report_uri: str) -> str:
     top = [f"{c.code.value} x{c.count} (first: {c.first_message})" for c in report.errors[:_TOP_ERRORS_IN_MESSAGE]]
+    top += report.cost.over_limits if report.cost else []
     return f"{headline(report)}; {'; '.join(top)}; full report: {report_uri}"
 
 
-def run_validate_stage(request: ValidateRequest, settings: ValidateSettings) -> ValidateSummary:
+def _run_estimate(
+    training_estimate: CostEstimate,
+    training: TrainingOverrides,
+    request: ValidateRequest,
+    settings: ValidateSettings,
+    parameters: int | None,
+    pricing: PricingTable,
+) -> CostEstimate:
+    """The run's estimate: training with its real epochs or steps, batch, sequence length and spot setting, then
+    merge, (quantize,) evaluate and deploy; checked against MaxRunCostUsd and MaxTrainingRuntimeSeconds.
+
+    A run may fall back to each of its instance types in turn when one has no capacity, so the budget is checked on
+    the costliest of them (the one shown); the first is shown when they all cost the same."""
+    shape = run_limits.run_shape(
+        training,
+        settings,
+        tokens_per_epoch=training_estimate.tokens_per_epoch,
+        parameters=parameters,
+        deploy_target=request.deploy_target or settings.deploy_target,
+        endpoint_instance_type=settings.endpoint_instance_type,
+        endpoint_instances=settings.endpoint_min_instances,
+        bake_time_s=settings.bake_time_s,
+    )
+    caps = run_limits.run_caps(settings)
+    candidates = [
+        estimate_run(replace(shape, instance_type=instance_type), caps, pricing)
+        for instance_type in dict.fromkeys(training.instance_types or settings.instance_types)
+    ]
+    costliest = max(candidates, key=lambda estimate: (estimate.total_cost_usd or 0.0, estimate.hours or 0.0))
+    unpriced = [warning for other in candidates if other is not costliest for warning in other.warnings]
+    warnings = list(dict.fromkeys([*costliest.warnings, *unpriced]))
+    return costliest.model_copy(update={"warnings": warnings, "known": all(c.known for c in candidates)})
+
+
+def run_validate_stage(
+    request: ValidateRequest, settings: ValidateSettings, budget: ResourceBudget | None = None
+) -> ValidateSummary:
     sidecar = f"s3://{request.bucket}/{request.sidecar_key}" if request.sidecar_key else None
     if request.sidecar_error:  # StartRun starts the run even with a broken sidecar file: it is rejected here
         raise InvalidTrainingData(
             f"invalid dataset settings file {sidecar or '(sidecar)'}: {request.sidecar_error}. "
             "Fix the settings file, then upload the dataset again to start a new run."
         )
-    options = build_options(settings, request.overrides, sidecar)
+    training, _ = _sidecar_sections(request, settings, sidecar)
+    options = build_options(settings, request.overrides, sidecar, training)
+    pricing = _pricing(settings)
     run_prefix = f"{settings.runs_prefix}{request.run_id}/"
     train = _source(request.bucket, request.key, request.version_id)
-    evaluation = _source(request.bucket, request.eval_key, None) if request.eval_key else None
+    evaluation = _source(request.bucket, request.eval_key, request.eval_version_id) if request.eval_key else None
     model = load_model_context(settings.base_model_s3_uri)
     with tempfile.TemporaryDirectory(prefix="validate-") as work:
         result = validate_dataset(
-            train, options, eval_source=evaluation, model=model, out_dir=Path(work), pricing=_pricing(settings)
+            train, options, eval_source=evaluation, model=model, out_dir=Path(work), pricing=pricing, budget=budget
         )
         report = result.report
-        if result.train_path and report.split:
+        if report.cost is not None:  # the whole run's estimate, on the run's real settings, checked against the caps
+            report.cost = _run_estimate(report.cost, training, request, settings, model.parameters, pricing)
+            for warning in report.cost.warnings:
+                logger.warning("cost estimate incomplete", run_id=request.run_id, problem=warning)
+            if report.cost.over_limits:  # nothing is uploaded for a run that will not train
+                report.passed = False
+        if report.passed and result.train_path and report.split:
             report.split.train_uri = s3.upload_file(
                 result.train_path, settings.data_bucket, f"{run_prefix}data/train.jsonl"
             )
-        if result.eval_path and report.split:
+        if report.passed and result.eval_path and report.split:
             report.split.eval_uri = s3.upload_file(
                 result.eval_path, settings.data_bucket, f"{run_prefix}data/eval.jsonl"
             )
@@ -115,5 +200,7 @@ def run_validate_stage(request: ValidateRequest, settings: ValidateSettings) -> 
         tokens_total=report.tokens.total if report.tokens else None,
         estimated_training_hours=report.cost.hours if report.cost else None,
         estimated_cost_usd=report.cost.cost_usd if report.cost else None,
+        estimated_run_cost_usd=report.cost.total_cost_usd if report.cost else None,
+        max_run_cost_usd=settings.max_run_cost_usd,
         headline=headline(report),
     )

@@ -3,16 +3,23 @@
 Source ``tuneplane``; detail types are ``Stage Started``, ``Stage Succeeded``, ``Stage Failed``, ``Stage Skipped``,
 ``Run Succeeded``, ``Run Rejected`` and ``Run Failed``. Subscribers (the Slack notifier, dashboards, other teams'
 rules) parse ``detail`` with ``PipelineEvent``; the README documents the fields.
+
+Its free text (``message``, ``error``, ``notes``, text ``metrics``) can quote the data: a validation problem, the
+smoke test's question and answer, a job's failure reason. So an event masks the PII in it (``redact``: the run's own
+identifiers are left alone) and bounds it instead of refusing it: an event that cannot be built is a stage that
+cannot be recorded (a 2,001-character message made a deployed, serving model's run end Failed).
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tuneplane.logic.validation.pii import redact
 from tuneplane.models.stage import RUN_ID_PATTERN
 
 EVENT_SOURCE = "tuneplane"
@@ -53,6 +60,22 @@ DETAIL_TYPES = frozenset({*_STAGE_DETAIL_TYPES.values(), *_RUN_DETAIL_TYPES.valu
 
 Number = int | float
 MetricValue = int | float | str | bool | None
+MESSAGE_MAX = 2000
+ERROR_MAX = 256
+NOTE_MAX = 1000
+METRIC_TEXT_MAX = 2000
+
+
+def _run_identifiers(run_id: Any) -> tuple[str, ...]:
+    """The run id and the hash every job, model and endpoint config name of the run carries (job_requests.job_prefix):
+    hex digits that are no phone number, whatever ``redact`` would think."""
+    if not isinstance(run_id, str) or not run_id:
+        return ()
+    return run_id, hashlib.sha256(run_id.encode()).hexdigest()[:10]
+
+
+def _redacted(value: Any, limit: int, keep: tuple[str, ...]) -> Any:
+    return redact(value, limit, keep) if isinstance(value, str) else value
 
 
 class PipelineEvent(BaseModel):
@@ -75,9 +98,27 @@ class PipelineEvent(BaseModel):
         description="The stage's key numbers: examples, tokens, cost estimate; loss, tokens/s; scores vs base.",
     )
     artifacts: dict[str, str] = Field(default_factory=dict, description="Name -> s3:// URI of what the stage wrote.")
-    message: str | None = Field(default=None, max_length=2000, description="One human line: headline or cause.")
-    error: str | None = Field(default=None, max_length=256, description="The error name, on failure.")
+    message: str | None = Field(
+        default=None, max_length=MESSAGE_MAX, description="One human line: headline or cause (PII masked)."
+    )
+    error: str | None = Field(default=None, max_length=ERROR_MAX, description="The error name, on failure.")
     notes: list[str] = Field(default_factory=list, description="Things worth knowing, e.g. an instance fallback.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mask_and_bound_text(cls, data: Any) -> Any:
+        """PII masked and lengths bounded (with a marker) in every free-text field, before the checks run."""
+        if not isinstance(data, dict):
+            return data
+        keep = _run_identifiers(data.get("run_id"))
+        data = dict(data)
+        for name, limit in (("message", MESSAGE_MAX), ("error", ERROR_MAX)):
+            data[name] = _redacted(data.get(name), limit, keep)
+        if isinstance(data.get("notes"), list):
+            data["notes"] = [_redacted(note, NOTE_MAX, keep) for note in data["notes"]]
+        if isinstance(data.get("metrics"), dict):
+            data["metrics"] = {name: _redacted(v, METRIC_TEXT_MAX, keep) for name, v in data["metrics"].items()}
+        return data
 
     @property
     def detail_type(self) -> str:

@@ -64,6 +64,9 @@ class RunInput(BaseModel):
     key: str
     version_id: str | None
     eval_key: str | None = None
+    eval_version_id: str | None = Field(
+        default=None, description="The eval file's version current at run start: the one the run evaluates on."
+    )
     overrides: dict[str, Any] = Field(default_factory=dict, description="The sidecar's validation settings.")
     training: dict[str, Any] = Field(default_factory=dict, description="The sidecar's training settings.")
     evaluation: dict[str, Any] = Field(default_factory=dict, description="The sidecar's evaluation settings.")
@@ -80,9 +83,10 @@ class RunInput(BaseModel):
 class StartRunResult(BaseModel):
     """What the StartRun function did with one event."""
 
-    status: Literal["started", "duplicate", "ignored"]
+    status: Literal["started", "duplicate", "ignored", "rejected"]
     run_id: str | None = None
     execution_arn: str | None = None
     key: str
     version_id: str | None = None
     sidecar_error: str | None = None
+    problem: str | None = Field(default=None, description="Why an upload started no run (status rejected).")

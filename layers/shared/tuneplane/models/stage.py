@@ -19,9 +19,17 @@ class ValidateRequest(BaseModel):
     key: str = Field(min_length=1)
     version_id: str | None = None
     eval_key: str | None = Field(default=None, description="Optional eval file in the same bucket.")
+    eval_version_id: str | None = Field(default=None, description="The eval file's version pinned at run start.")
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="ValidationOptions fields from the dataset's sidecar file."
     )
+    training: dict[str, Any] | None = Field(
+        default=None, description="The sidecar's training settings: checked against the stack's caps."
+    )
+    evaluation: dict[str, Any] | None = Field(
+        default=None, description="The sidecar's evaluation thresholds: they may only tighten the gate."
+    )
+    deploy_target: str | None = Field(default=None, description="The sidecar's deploy.target: one the stack allows.")
     sidecar_key: str | None = Field(default=None, description="The dataset's sidecar file, if it has one.")
     sidecar_error: str | None = Field(
         default=None, description="Set by StartRun when the sidecar file is unusable: the run is rejected."
@@ -48,5 +56,11 @@ class ValidateSummary(BaseModel):
     warnings: int
     tokens_total: int | None = None
     estimated_training_hours: float | None = None
-    estimated_cost_usd: float | None = None
+    estimated_cost_usd: float | None = Field(default=None, description="Training only.")
+    estimated_run_cost_usd: float | None = Field(
+        default=None, description="Training, merge, (quantize,) evaluate and deploy; priced stages only."
+    )
+    max_run_cost_usd: float | None = Field(
+        default=None, description="The stack's MaxRunCostUsd it was checked against."
+    )
     headline: str

@@ -19,8 +19,11 @@ class Code(StrEnum):
     # reading the file
     FILE_EMPTY = "file_empty"
     FILE_TOO_LARGE = "file_too_large"
+    COMPRESSION_RATIO_TOO_HIGH = "compression_ratio_too_high"
+    TOO_LARGE_TO_VALIDATE = "too_large_to_validate"  # a limit of the platform (time, memory, disk), not of the data
     UNSUPPORTED_COMPRESSION = "unsupported_compression"
     UNSUPPORTED_ENCODING = "unsupported_encoding"
+    UNSUPPORTED_LINE_ENDINGS = "unsupported_line_endings"
     NOT_UTF8 = "not_utf8"
     LINE_TOO_LONG = "line_too_long"
     BLANK_LINE = "blank_line"
@@ -69,8 +72,11 @@ FILE_LEVEL_CODES = frozenset(
     {
         Code.FILE_EMPTY,
         Code.FILE_TOO_LARGE,
+        Code.COMPRESSION_RATIO_TOO_HIGH,
+        Code.TOO_LARGE_TO_VALIDATE,
         Code.UNSUPPORTED_COMPRESSION,
         Code.UNSUPPORTED_ENCODING,
+        Code.UNSUPPORTED_LINE_ENDINGS,
         Code.TOO_FEW_EXAMPLES,
         Code.TOO_MANY_INVALID,
         Code.EOS_NOT_TRAINED,
@@ -121,6 +127,14 @@ class ValidationOptions(BaseModel):
     )
     max_line_bytes: int = Field(default=4 * 1024 * 1024, ge=64, description="Longest accepted line, in bytes.")
     max_file_bytes: int = Field(default=50 * 1024**3, ge=1, description="Largest accepted file, in bytes.")
+    max_decompressed_bytes: int = Field(
+        default=50 * 1024**3, ge=1, description="Largest accepted dataset once decompressed (gzip), in bytes."
+    )
+    max_decompression_ratio: float = Field(
+        default=200.0,
+        gt=1.0,
+        description="Largest accepted gzip expansion (decompressed / compressed bytes); checked from 8 MiB on.",
+    )
     max_seq_length: int = Field(default=2048, ge=16, description="Token budget of one training example.")
     eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="Held-out share when no eval file.")
     max_eval_examples: int = Field(default=500, ge=1, description="Cap on the held-out eval split.")
@@ -174,16 +188,42 @@ class TemplateCheck(BaseModel):
     end_of_turn_trained: bool
 
 
+class StageCost(BaseModel):
+    """One stage's part of a run's estimate; ``hours``/``cost_usd`` are None when the pricing table has no row for
+    its instance type."""
+
+    stage: Literal["train", "merge", "quantize", "evaluate", "deploy"]
+    instance_type: str | None
+    instances: int = 1
+    hours: float | None
+    price_per_hour_usd: float | None
+    cost_usd: float | None
+    basis: str = Field(description="How the hours were arrived at: an estimate, or the documented assumption.")
+
+
 class CostEstimate(BaseModel):
+    """Training time and cost (the first fields), and for a pipeline run the whole run's: every stage, the total,
+    and the stack's caps it was checked against. ``known`` is False when an instance type has no price: the figures
+    then cover the priced stages only (a lower bound) and ``warnings`` says which."""
+
     instance_type: str
     epochs: float
     tokens_per_epoch: int
-    throughput_tokens_per_second: float
-    hours: float
-    price_per_hour_usd: float
-    cost_usd: float
+    throughput_tokens_per_second: float | None
+    hours: float | None
+    price_per_hour_usd: float | None
+    cost_usd: float | None
     spot: bool
     assumptions: str
+    known: bool = True
+    max_steps: int | None = Field(default=None, description="Set: training is priced by steps, not epochs.")
+    tokens_trained: int | None = Field(default=None, description="Tokens the training job processes in all.")
+    stages: list[StageCost] = Field(default_factory=list, description="Train, merge, (quantize,) evaluate, deploy.")
+    total_cost_usd: float | None = Field(default=None, description="Sum of the priced stages.")
+    max_run_cost_usd: float | None = Field(default=None, description="The stack's MaxRunCostUsd.")
+    max_training_hours: float | None = Field(default=None, description="The stack's MaxTrainingRuntimeSeconds / 3600.")
+    over_limits: list[str] = Field(default_factory=list, description="Why the run exceeds the stack's caps.")
+    warnings: list[str] = Field(default_factory=list)
 
 
 class SplitSummary(BaseModel):

@@ -1,5 +1,10 @@
 """What a deployment needs from the run: its artifacts (from the execution state), the merge report and the
-smoke-test conversation (from S3), and the names of what it creates."""
+smoke-test conversation (from S3), and the names of what it creates.
+
+The smoke test's question and expected answer are the user's eval data, and the model's answer may repeat them: what
+the Deployment keeps of them (it goes on to the stage's event, the run ledger and Slack) is masked (``redact``, as
+every text drawn from the data) and bounded, and so is a failed smoke test's error message, which can quote the
+server's answer."""
 
 from __future__ import annotations
 
@@ -13,12 +18,17 @@ from typing import Any
 
 from tuneplane.adapters import s3
 from tuneplane.config import DeploySettings
-from tuneplane.errors import InvalidConfiguration, SmokeTestFailed, StorageError
+from tuneplane.errors import DeployServiceError, InvalidConfiguration, SmokeTestFailed, StorageError
 from tuneplane.logic.job_requests import job_prefix
+from tuneplane.logic.validation.pii import redact
 
 NAME_MAX = 63  # SageMaker endpoint/model/config names and Bedrock model names: [a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9]+")
 _SMOKE_LINE_MAX = 1 << 20
+# What the Deployment keeps of each smoke text: the deploy event's message ("<endpoint> answered: <answer>") must stay
+# within PipelineEvent's 2,000 characters, and Slack shows 600 characters of the answer, 200 of the question.
+SMOKE_TEXT_MAX = 500
+SMOKE_ERROR_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -121,16 +131,19 @@ def smoke_conversation(eval_uri: str | None) -> tuple[list[dict[str, str]], str 
 
 def ask_smoke_question(eval_uri: str | None, ask: Callable[[list[dict[str, str]]], str], who: str) -> dict[str, Any]:
     """The smoke test of either target: ``ask`` the eval split's first question; the Deployment fields it fills
-    (question, expected and actual answer, latency). An empty answer fails it."""
+    (question, expected and actual answer, masked and bounded; latency). An empty answer fails it."""
     messages, expected = smoke_conversation(eval_uri)
     asked = time.monotonic()
-    answer = ask(messages)
+    try:
+        answer = ask(messages)
+    except (SmokeTestFailed, DeployServiceError) as exc:  # ModelNotReady included: the state machine retries it
+        raise type(exc)(redact(str(exc), SMOKE_ERROR_MAX)) from None  # not chained: the cause quotes the answer too
     latency_ms = round((time.monotonic() - asked) * 1000, 1)
     if not answer.strip():
         raise SmokeTestFailed(f"{who} answered the smoke test with an empty message")
     return {
-        "question": messages[-1]["content"],
-        "expected": expected,
-        "answer": answer.strip(),
+        "question": redact(messages[-1]["content"], SMOKE_TEXT_MAX),
+        "expected": redact(expected, SMOKE_TEXT_MAX) if expected is not None else None,
+        "answer": redact(answer.strip(), SMOKE_TEXT_MAX),
         "smoke_latency_ms": latency_ms,
     }

@@ -5,10 +5,12 @@ one. The state machine calls ``begin``, then ``poll`` until ready, then ``smoke`
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from tuneplane.adapters import endpoints
+from tuneplane.bounds import bound_text
 from tuneplane.config import DeploySettings
-from tuneplane.errors import EndpointDeployFailed, InvalidConfiguration
+from tuneplane.errors import EndpointDeployFailed, InvalidConfiguration, TuneplaneError
 from tuneplane.logic.deploy import serving
 from tuneplane.logic.deploy.context import (
     RunArtifacts,
@@ -18,7 +20,7 @@ from tuneplane.logic.deploy.context import (
     run_resource_name,
     tags,
 )
-from tuneplane.models.deploy import Deployment
+from tuneplane.models.deploy import Deployment, ServingPlan
 
 _SETTLED = {"InService", "Failed"}
 POLL_INTERVAL_S = 30  # the state machine's DeployWait between two polls
@@ -32,6 +34,23 @@ def begin(settings: DeploySettings, run: RunArtifacts) -> Deployment:
     report = read_json(run.merged_uri + "merge_report.json")
     plan = serving.plan(settings, run, report, lora_name=name)  # refuses what vLLM cannot serve, before anything
     existing = endpoints.describe_endpoint(name)
+    if (
+        existing is not None
+        and existing.get("EndpointConfigName") == resource
+        and existing["EndpointStatus"] == "Creating"
+    ):
+        # An earlier attempt of this step created it and its answer was lost (a timeout, a throttled response):
+        # the retry carries on with it instead of refusing its own endpoint as "another deployment in progress".
+        return Deployment(
+            target="vllm",
+            max_polls=settings.max_polls,
+            endpoint_name=name,
+            endpoint_config_name=resource,
+            model_name=resource,
+            plan=plan,
+            mode="create",
+            notes=[f"creating endpoint {name} (created by an earlier attempt of this step)"],
+        )
     if existing is not None and existing["EndpointStatus"] not in _SETTLED:
         raise EndpointDeployFailed(
             f"endpoint {name} is {existing['EndpointStatus']}: another deployment of this dataset is in progress; "
@@ -42,10 +61,77 @@ def begin(settings: DeploySettings, run: RunArtifacts) -> Deployment:
             f"endpoint {name} is Failed from an earlier deployment ({existing.get('FailureReason')}) and cannot be "
             f"updated: delete it (aws sagemaker delete-endpoint --endpoint-name {name}) and upload again"
         )
+    done: set[str] = set()  # what this attempt changed, for the report of a failure
+    try:
+        return _create_or_update(settings, run, name, resource, plan, existing, done)
+    except TuneplaneError as exc:
+        try:
+            reported = _with_what_is_left(exc, settings, run, name, resource, existing, done)
+        except (TuneplaneError, TypeError):  # the report must not hide the failure it reports
+            raise exc from None
+        raise reported from exc
+
+
+def _with_what_is_left(
+    exc: TuneplaneError,
+    settings: DeploySettings,
+    run: RunArtifacts,
+    name: str,
+    resource: str,
+    existing: dict[str, Any] | None,
+    done: set[str],
+) -> TuneplaneError:
+    """``exc`` (same class: the state machine's Retry and Catch match its name) with what serves and what this
+    attempt left behind: ``begin`` has no rollback state after it, so the run's outcome must say it. The Deploy role
+    may not delete models or endpoint configs (they cost nothing); an endpoint created although the call failed is
+    not deleted (a retry of the step carries on with it) but named; autoscaling deregistered for an update is
+    registered again."""
+    left: list[str] = []
+    created = endpoints.describe_endpoint(name) if existing is None else None
+    if existing is None and created is not None and created.get("EndpointConfigName") == resource:
+        # Created although the call failed (its answer lost): a retry of this step carries on with it (see begin).
+        left.append(
+            f"endpoint {name} ({created.get('EndpointStatus')}) was created and is still deployed, costing money; "
+            f"undo it: aws sagemaker delete-endpoint --endpoint-name {name}"
+        )
+    elif existing is None:
+        left.append("nothing serves for this dataset")
+    else:
+        current = endpoints.describe_endpoint(name) or {}
+        serving = current.get("EndpointConfigName") or existing.get("EndpointConfigName")
+        left.append(f"endpoint {name} still serves {serving}")
+        if "scaling stopped" in done:
+            try:
+                endpoints.scale_between(
+                    name,
+                    settings.endpoint_min_instances,
+                    settings.endpoint_max_instances,
+                    settings.invocations_per_instance_target,
+                    tags(settings, run.run_id),
+                )
+                left.append("its autoscaling was registered again")
+            except TuneplaneError as failed:
+                left.append(f"its autoscaling is off: register it again ({bound_text(str(failed), 200)})")
+    left.append(
+        f"model and endpoint config {resource} may be left (no cost; aws sagemaker delete-endpoint-config "
+        f"--endpoint-config-name {resource}; aws sagemaker delete-model --model-name {resource})"
+    )
+    return type(exc)(f"{bound_text(str(exc), 200)}; deploy not begun: {'; '.join(left)}")
+
+
+def _create_or_update(
+    settings: DeploySettings,
+    run: RunArtifacts,
+    name: str,
+    resource: str,
+    plan: ServingPlan,
+    existing: dict[str, Any] | None,
+    done: set[str],
+) -> Deployment:
     resource_tags = tags(settings, run.run_id)
     endpoints.create_model(
         resource,
-        settings.serve_image_uri,
+        str(settings.serve_image_uri),  # checked by begin
         settings.sagemaker_role_arn,
         plan.model_data_uri,
         plan.environment,
@@ -76,6 +162,7 @@ def begin(settings: DeploySettings, run: RunArtifacts) -> Deployment:
     # SageMaker refuses an update that changes the instance type of a variant registered with autoscaling; the
     # smoke test's step registers the new one again.
     if old_type != plan.instance_type and endpoints.stop_scaling(name):
+        done.add("scaling stopped")
         notes.append(f"autoscaling of {name} deregistered: the instance type changes from {old_type}")
     endpoints.update_endpoint(name, resource, guardrails)
     notes.append(f"updating endpoint {name} blue/green from {previous}; rolls back on {five_xx} or {latency}")

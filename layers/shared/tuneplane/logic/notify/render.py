@@ -7,7 +7,9 @@ about it: a rejection is the uploader's to fix (the data, with the report's URI)
 
 Every metric is optional: a missing, ``None`` or non-numeric value leaves its field out instead of failing, so an
 event from an older or newer pipeline still renders. Text from the event is escaped for Slack's mrkdwn and cut to
-Block Kit's limits (header 150 characters, section text 3000, 10 fields per section).
+Block Kit's limits (header 150 characters, section text 3000, 10 fields per section). It arrives with its PII masked:
+``PipelineEvent`` masks every free-text field (message, error, notes, text metrics such as the smoke test's question
+and answer) when it is built or parsed, so what the data said is never posted as it was.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from tuneplane.logic.validation.pii import MASK_MARGIN, mask_head
 from tuneplane.models.validation import Code, DatasetFormat
 
 ROLES = ("system", "user", "assistant")
@@ -27,14 +28,18 @@ class Finding(NamedTuple):
 
 
 def preview(value: Any, limit: int = 40) -> str:
-    text = repr(value)
+    """A value from the data as a problem message quotes it: PII masked, then cut (masking first: a cut through an
+    email address or card number would leave a half that no longer looks like one, unmasked)."""
+    text = repr(mask_head(value, limit)) if isinstance(value, str) else mask_head(repr(value), limit)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def key_label(key: str, limit: int = 40) -> str:
     """A record key as a problem's path shows it: as it is when short, else cut (a key of a megabyte must not make
-    every message, the report and the events a megabyte)."""
-    return key if len(key) <= limit and key.isprintable() else preview(key, limit)
+    every message, the report and the events a megabyte); PII masked either way (a key is data too)."""
+    masked = mask_head(key, limit)
+    short = len(key) <= limit + MASK_MARGIN and len(masked) <= limit
+    return masked if short and masked.isprintable() else preview(masked, limit)
 
 
 def type_name(value: Any) -> str:

@@ -1,12 +1,20 @@
-"""Collects problems in constant memory: exact counts per code, the first lines of each, a capped list."""
+"""Collects problems in constant memory: exact counts per code, the first lines of each, a capped list.
+
+Every problem's message and path pass through ``redact`` here, the one way into the report: they quote values from
+the data (a role, a key, a template's error about a message), and the report's messages travel on to the summary,
+the Run Rejected event, the run ledger, Slack and the logs.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tuneplane.logic.validation.pii import redact
 from tuneplane.models.validation import Code, CodeCount, Problem, Severity, Source, ValidationOptions
 
 FIRST_LINES_KEPT = 5
+MESSAGE_MAX = 1000  # characters of a problem's message (a chat template's error may quote a whole conversation)
+PATH_MAX = 300
 DROPPED_LINES_KEPT = 1000
 
 
@@ -31,6 +39,8 @@ class ProblemLog:
         self, code: Code, message: str, *, source: Source, line: int | None = None, path: str | None = None
     ) -> Severity:
         severity = self._options.severity(code)
+        message = redact(message, MESSAGE_MAX)
+        path = redact(path, PATH_MAX) if path is not None else None
         tally = self._tallies.get((source, code))
         if tally is None:
             tally = self._tallies[(source, code)] = _Tally(severity, first_message=message)

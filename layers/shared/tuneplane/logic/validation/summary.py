@@ -3,6 +3,7 @@ and quoted by Slack."""
 
 from __future__ import annotations
 
+from tuneplane.logic.cost import render_estimate
 from tuneplane.models.validation import CodeCount, ValidationReport
 
 _MAX_LINES_SHOWN = 5
@@ -66,11 +67,5 @@ def render_summary(report: ValidationReport) -> str:
         s = report.split
         out.append(f"Split: {s.train_examples:,} train / {s.eval_examples:,} eval ({s.eval_source.replace('_', ' ')})")
     if report.cost:
-        c = report.cost
-        spot = " spot" if c.spot else ""
-        duration = f"{c.hours:.2f} h" if c.hours >= 1 else f"{c.hours * 60:.1f} min"
-        out.append(
-            f"Estimate: {c.epochs:g} epochs on {c.instance_type}{spot} ~ {duration} ~ ${c.cost_usd:,.2f} "
-            f"({c.assumptions})"
-        )
+        out += render_estimate(report.cost)
     return "\n".join(out)

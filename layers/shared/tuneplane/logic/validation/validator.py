@@ -4,10 +4,22 @@ Pass one streams each file once (eval file first, then train), checks every line
 examples with their fingerprints to a temporary file. The dataset-wide checks (duplicates, eval/train
 overlap, the seeded held-out split, minimum size) then run on the fingerprint arrays, and pass two copies
 the spilled examples into ``train.jsonl`` and ``eval.jsonl``.
+
+Temporary disk: the spill holds every usable example once, as normalised JSON (a chat line as it came, other
+formats rewritten as {"messages": [...]}, which for the tiniest prompt/completion lines is 2.3 times their size),
+and the splits hold it once more. bench/validation_bounds.py measured 2.0 bytes written per input byte for chat
+data and 4.6 for tiny prompt/completion lines, so the Validate Lambda's 10 GiB /tmp holds about 4.9 GiB of chat
+JSONL (2.1 GiB of the tiniest prompt/completion data), its 1 GB of memory about 5.4 million examples
+(scanner.MEMORY_PER_EXAMPLE_BYTES), and its 900 s whatever the throughput allows: the advertised 50 GiB
+(max_file_bytes) is not reachable there. ``ResourceBudget`` stops a scan with a clear too_large_to_validate
+rejection before the disk, the memory or the time runs out.
 """
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,14 +30,15 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from tuneplane.errors import InvalidConfiguration
+from tuneplane.adapters import s3
+from tuneplane.errors import InvalidConfiguration, PlatformLimitExceeded
 from tuneplane.logic.chat_template import ChatTokenizer
 from tuneplane.logic.cost import PricingTable, estimate_cost
 from tuneplane.logic.validation.formats import Message
 from tuneplane.logic.validation.ledger import Ledger
 from tuneplane.logic.validation.problems import ProblemLog
-from tuneplane.logic.validation.reader import Readable
-from tuneplane.logic.validation.scanner import FileScanner, ScanOutcome
+from tuneplane.logic.validation.reader import Readable, Reopen
+from tuneplane.logic.validation.scanner import FileScanner, Meter, ResourceBudget, ScanOutcome
 from tuneplane.logic.validation.splits import SPLIT_FILES, SplitPlan, plan_splits, write_splits
 from tuneplane.logic.validation.tokens import TokenStage
 from tuneplane.models.validation import (
@@ -43,15 +56,38 @@ from tuneplane.models.validation import (
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """A dataset to read: a display name (path or s3:// URI), how to open it, and its size if known."""
+    """A dataset to read: a display name (path or s3:// URI), how to open it, and its size if known.
+
+    ``reopen(offset)``, when given, opens the same bytes again from an offset, so that a read that fails for a
+    transient reason (an S3 read timeout, a reset connection) resumes where it stopped instead of failing the run.
+    """
 
     name: str
     open: Callable[[], Readable]
     size: int | None = None
+    reopen: Reopen | None = None
 
     @classmethod
     def local(cls, path: Path) -> DatasetSource:
-        return cls(str(path), lambda: path.open("rb"), path.stat().st_size)
+        def reopen(offset: int) -> Readable:
+            file = path.open("rb")
+            file.seek(offset)
+            return file
+
+        return cls(str(path), lambda: path.open("rb"), path.stat().st_size, reopen)
+
+    @classmethod
+    def s3(cls, bucket: str, key: str, version_id: str | None = None) -> DatasetSource:
+        """An S3 object; a resumed read is a ranged GET of the same version (or, unversioned, of the same ETag)."""
+        etag, size = s3.object_etag_and_size(bucket, key, version_id)
+        if_match = None if version_id else etag
+
+        def open_at(offset: int) -> Readable:
+            if offset >= size:  # failed on the very last read: nothing is left to fetch (S3 would answer 416)
+                return io.BytesIO()
+            return s3.open_object(bucket, key, version_id, start=offset, if_match=if_match)  # type: ignore[no-any-return]
+
+        return cls(f"s3://{bucket}/{key}", lambda: s3.open_object(bucket, key, version_id), size, open_at)
 
 
 @dataclass
@@ -77,13 +113,40 @@ def validate_dataset(
     model: ModelContext | None = None,
     out_dir: Path | None = None,
     pricing: PricingTable | None = None,
+    budget: ResourceBudget | None = None,
 ) -> ValidationResult:
-    """Validate `train` (and `eval_source`); when it passes and `out_dir` is given, write the splits there."""
+    """Validate `train` (and `eval_source`); when it passes and `out_dir` is given, write the splits there.
+
+    `budget` is what the machine allows (time, memory, temporary disk): a scan that would outrun it stops with a
+    too_large_to_validate rejection saying what was read. A full disk all the same raises PlatformLimitExceeded, a
+    source that stays unreadable after retries StorageError: neither is reported as a problem with the data.
+    """
+    try:
+        return _validate(train, options, eval_source, model, out_dir, pricing, budget or ResourceBudget())
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise PlatformLimitExceeded(
+                f"the temporary disk filled up while validating {train.name}: a limit of the platform, not an error "
+                "in the data"
+            ) from exc
+        raise
+
+
+def _validate(
+    train: DatasetSource,
+    options: ValidationOptions,
+    eval_source: DatasetSource | None,
+    model: ModelContext | None,
+    out_dir: Path | None,
+    pricing: PricingTable | None,
+    budget: ResourceBudget,
+) -> ValidationResult:
     started = time.perf_counter()
     if out_dir is not None:
         _refuse_to_overwrite(out_dir, [train, eval_source])
     problems = ProblemLog(options)
     with tempfile.TemporaryDirectory(prefix="tuneplane-validate-") as spill_dir, ExitStack() as stack:
+        meter = Meter(budget, _disk_copies(Path(spill_dir), out_dir), Path(spill_dir))
         tokens = TokenStage(model.tokenizer, options.max_seq_length, problems) if model else None
         if tokens is not None:
             stack.callback(tokens.shutdown)
@@ -97,9 +160,14 @@ def validate_dataset(
                 continue
             ledger = ledgers[role] = Ledger(Path(spill_dir) / f"{role}.jsonl", options.seed)
             stack.callback(ledger.close)
-            outcomes[role] = _scan(sources[role], role, options, problems, ledger, tokens)
+            if all(outcome.complete for outcome in outcomes.values()):
+                outcomes[role] = _scan(sources[role], role, options, problems, ledger, tokens, meter)
+            else:  # the eval file stopped the validation: the train file is not read
+                ledger.close()
+                outcomes[role] = ScanOutcome(complete=False)
         plan = plan_splits(ledgers, options, problems)
-        _check_sizes(plan, outcomes, options, problems)
+        if all(outcome.complete for outcome in outcomes.values()):  # counts of a partial read would mislead
+            _check_sizes(plan, outcomes, options, problems)
         template = _template_check(tokens, model, problems)
         passed = _passed(problems, outcomes, options)
         train_path = eval_path = None
@@ -150,8 +218,9 @@ def _scan(
     problems: ProblemLog,
     ledger: Ledger,
     tokens: TokenStage | None,
+    meter: Meter,
 ) -> ScanOutcome:
-    scanner = FileScanner(options, problems, role)
+    scanner = FileScanner(options, problems, role, meter)
 
     def usable(line: int, messages: list[Message], example_json: bytes) -> None:
         if tokens is None:
@@ -160,11 +229,22 @@ def _scan(
             tokens.add(line, messages, example_json, role, ledger.append)
 
     with source.open() as raw:  # type: ignore[attr-defined]
-        outcome = scanner.scan(source.name, raw, source.size, usable)
+        outcome = scanner.scan(source.name, raw, source.size, usable, reopen=source.reopen)
     if tokens is not None:
         tokens.flush(ledger.append)
     ledger.close()
     return outcome
+
+
+def _disk_copies(spill_dir: Path, out_dir: Path | None) -> int:
+    """How many copies of the usable examples the spill's filesystem holds at the end: the spill, and the splits
+    when they are written to the same filesystem (the Lambda writes both to /tmp)."""
+    if out_dir is None:
+        return 1
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return 2 if os.stat(existing).st_dev == os.stat(spill_dir).st_dev else 1
 
 
 def _check_sizes(
