@@ -49,7 +49,7 @@ def _prefix(path: Path, size_mb: float, out: Path) -> Path:
 
 def run_ours(data: Path, model_dir: str | None) -> dict[str, float]:
     from tuneplane.logic.base_model import load_model_context
-    from tuneplane.logic.validation import DatasetSource, validate_dataset
+    from tuneplane.logic.validation.validator import DatasetSource, validate_dataset
     from tuneplane.models.validation import ValidationOptions
 
     model = load_model_context(model_dir) if model_dir else None

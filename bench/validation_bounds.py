@@ -84,8 +84,8 @@ def generate(workload: str, size_mb: int) -> Path:
 
 def child(data: Path, limits: str) -> None:
     """Validate `data` once; print the report's numbers and the bytes written to temporary disk."""
-    from tuneplane.logic.validation import DatasetSource, validate_dataset
     from tuneplane.logic.validation.ledger import Ledger
+    from tuneplane.logic.validation.validator import DatasetSource, validate_dataset
     from tuneplane.models.validation import ValidationOptions
 
     spilled = [0]

@@ -15,7 +15,7 @@ from tuneplane.observability import logger, metrics, tracer
 
 
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)  # the Slack message quotes the run (masked)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if is_sns_event(event):  # the stack's alarm topic

@@ -15,7 +15,7 @@ from tuneplane.observability import logger, tracer
 
 @bounded_errors
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)  # the response quotes the data (masked): not traced
+@tracer.capture_lambda_handler(capture_response=False, capture_error=False)  # both may quote the data
 @event_parser(model=StageRequest)
 def handler(event: StageRequest, context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(run_id=event.state.get("run_id"), stage=event.stage.value, action=event.action)

@@ -23,7 +23,7 @@ _METRIC = {
 
 
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)  # names the uploaded key, which may quote the data
 @metrics.log_metrics
 @event_parser(model=S3EventNotificationEventBridgeModel)
 def handler(event: S3EventNotificationEventBridgeModel, context: LambdaContext) -> dict[str, Any]:

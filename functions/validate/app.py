@@ -9,14 +9,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from tuneplane.bounds import bounded_errors
 from tuneplane.config import validate_settings
 from tuneplane.logic.validate_stage import run_validate_stage
-from tuneplane.logic.validation import ResourceBudget
+from tuneplane.logic.validation.scanner import ResourceBudget
 from tuneplane.models.stage import ValidateRequest
 from tuneplane.observability import logger, metrics, tracer
 
 
 @bounded_errors
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)  # the response quotes the data (masked): not traced
+@tracer.capture_lambda_handler(capture_response=False, capture_error=False)  # both may quote the data
 @metrics.log_metrics
 @event_parser(model=ValidateRequest)
 def handler(event: ValidateRequest, context: LambdaContext) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -249,6 +250,13 @@ def _environment_proxies() -> dict[str, str]:
     return proxies
 
 
+def _environment_proxy_bypass(host: str) -> bool:
+    """``urllib.request.proxy_bypass`` (botocore's ``should_bypass_proxies`` asks it too), over the same snapshot:
+    the original reads the proxies from ``os.environ`` again, with the same race."""
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # typeshed has it off Linux only
+    return bool(bypass(host, _environment_proxies()))
+
+
 @contextmanager
 def patched_lambda_runtime() -> Iterator[None]:
     """Within this block every moto Lambda invocation runs in process (see the module docstring)."""
@@ -256,6 +264,7 @@ def patched_lambda_runtime() -> Iterator[None]:
         mock.patch.object(LambdaFunction, "_invoke_lambda", _invoke_in_process),
         mock.patch.object(LambdaFunction, "invoke", _invoke_unhandled),
         mock.patch.object(botocore.utils, "getproxies", _environment_proxies),
+        mock.patch.object(botocore.utils, "proxy_bypass", _environment_proxy_bypass),
     ):
         reset_shared_package_caches()
         try:

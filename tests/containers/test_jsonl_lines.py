@@ -30,8 +30,8 @@ from containers.train import train
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuneplane.logic.validation import DatasetSource, ValidationResult, validate_dataset
 from tuneplane.logic.validation.ledger import one_line
+from tuneplane.logic.validation.validator import DatasetSource, ValidationResult, validate_dataset
 from tuneplane.models.validation import Severity, ValidationOptions
 
 Messages = list[dict[str, Any]]

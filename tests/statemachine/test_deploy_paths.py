@@ -26,7 +26,13 @@ def _manual_runs_only(cloud: Cloud) -> None:
 
 def _start(cloud: Cloud, run_id: str, lines: list[str]) -> dict[str, Any]:
     version = cloud.upload(KEY, lines)
-    request = {"run_id": run_id, "bucket": cloud.deployment.bucket_name, "key": KEY, "version_id": version}
+    request = {
+        "run_id": run_id,
+        "bucket": cloud.deployment.bucket_name,
+        "key": KEY,
+        "version_id": version,
+        "rerun": True,
+    }
     return cloud.run(run_id, request)
 
 
@@ -81,9 +87,13 @@ def test_vllm_first_run_creates_the_endpoint_smoke_tests_and_scales_it(
     ]
     assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 3)
     assert target["ResourceId"] == f"endpoint/{endpoint['EndpointName']}/variant/AllTraffic"
-    # AND the rollback alarms exist for the next update
-    alarms = {a["AlarmName"] for a in boto3.client("cloudwatch").describe_alarms()["MetricAlarms"]}
-    assert alarms == {f"{endpoint['EndpointName']}-5xx", f"{endpoint['EndpointName']}-latency"}
+    # AND the rollback alarms exist for the next update, named under the stack and telling its alarm topic
+    described = boto3.client("cloudwatch").describe_alarms(AlarmNamePrefix="tuneplane-test-")["MetricAlarms"]
+    alarms = {a["AlarmName"]: a for a in described if endpoint["EndpointName"] in a["AlarmName"]}
+    name = endpoint["EndpointName"]
+    assert set(alarms) == {f"tuneplane-test-{name}-5xx", f"tuneplane-test-{name}-latency"}
+    topic = cloud.deployment.outputs["AlarmTopicArn"]
+    assert all(a["AlarmActions"] == [topic] and a["OKActions"] == [topic] for a in alarms.values())
 
 
 @pytest.mark.stack_parameters(DeployTarget="vllm")

@@ -327,7 +327,13 @@ def test_a_delete_takes_time_and_the_endpoint_is_deleting_meanwhile(endpoints: E
 
 def _start(cloud: Cloud, run_id: str, lines: list[str]) -> str:
     version = cloud.upload(KEY, lines)
-    request = {"run_id": run_id, "bucket": cloud.deployment.bucket_name, "key": KEY, "version_id": version}
+    request = {
+        "run_id": run_id,
+        "bucket": cloud.deployment.bucket_name,
+        "key": KEY,
+        "version_id": version,
+        "rerun": True,
+    }
     arn = cloud.sfn.start_execution(
         stateMachineArn=cloud.deployment.state_machine_arn, name=run_id, input=json.dumps(request)
     )["executionArn"]
@@ -378,7 +384,7 @@ def test_a_second_run_whose_update_an_alarm_rolls_back_fails_and_the_first_model
     while not _baking(tripped_in)(updating := _the_endpoint()):
         assert time.monotonic() < deadline, f"the update never baked: {updating}"
         time.sleep(0.02)
-    five_xx, _ = serving.alarm_names(name)
+    five_xx, _ = serving.alarm_names(name, cloud.deployment.stack_name)
     boto3.client("cloudwatch").set_alarm_state(AlarmName=five_xx, StateValue="ALARM", StateReason="5xx on run-two")
     execution = cloud.wait(execution_arn)
     # THEN the update used the product's DeploymentConfig, and SageMaker rolled it back

@@ -10,6 +10,7 @@ any other broken assertion of the test still fails it.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -51,7 +52,7 @@ def _manual_runs_only(cloud: Cloud) -> None:
 
 def _request(cloud: Cloud, run_id: str, lines: list[str]) -> dict[str, Any]:
     version = cloud.upload(KEY, lines)
-    return {"run_id": run_id, "bucket": cloud.deployment.bucket_name, "key": KEY, "version_id": version}
+    return {"run_id": run_id, "bucket": cloud.deployment.bucket_name, "key": KEY, "version_id": version, "rerun": True}
 
 
 def _start(cloud: Cloud, run_id: str, lines: list[str]) -> str:
@@ -225,11 +226,11 @@ def test_an_update_whose_smoke_test_fails_puts_the_previous_config_back(
 
 
 @pytest.mark.stack_parameters(DeployTarget="vllm", DeployBakeTimeSeconds="30")
-def test_a_deployment_in_progress_refuses_the_next_run_of_the_dataset_and_leaves_it_alone(
+def test_the_next_run_of_the_dataset_waits_for_a_deployment_in_progress_then_deploys(
     cloud: Cloud, reversal_lines: list[str]
 ) -> None:
     cloud.endpoints.reply = "olleh"
-    for deploying, refused, status in (("run-one", "run-two", "Creating"), ("run-three", "run-four", "Updating")):
+    for deploying, waiting, status in (("run-one", "run-two", "Creating"), ("run-three", "run-four", "Updating")):
         # GIVEN a run whose endpoint (created, or updated) is not healthy yet: its server waits on a gate
         gate = threading.Event()
         cloud.endpoints.gate = gate
@@ -238,27 +239,27 @@ def test_a_deployment_in_progress_refuses_the_next_run_of_the_dataset_and_leaves
         [name] = _endpoints()
 
         # WHEN the next run of the same dataset reaches the deploy stage meanwhile
-        second = cloud.run(refused, _request(cloud, refused, reversal_lines))
+        second = _start(cloud, waiting, reversal_lines)
+        at_deploy = functools.partial(lambda arn: "StartDeploy" in cloud.states_entered(arn), second)
+        _wait_for(at_deploy, "the next run at StartDeploy", timeout_s=30)
+        time.sleep(1.5)  # a few of its retries (a minute each, compressed)
 
-        # THEN it is refused before creating anything, saying another deployment is in progress, without rollback
-        assert second["status"] == "FAILED" and second["error"] == "RunFailed"
-        states = cloud.states_entered(second["executionArn"])
-        assert states[states.index("DeployBegin") :] == ["DeployBegin", "DeployFailed", "RecordFailure", "Failed"]
+        # THEN it waits for the dataset's deployment lease: nothing of its own is created, the first one is untouched
+        assert cloud.sfn.describe_execution(executionArn=second)["status"] == "RUNNING"
+        assert "DeployBegin" not in cloud.states_entered(second)
         sagemaker = boto3.client("sagemaker")
-        assert not [m for m in sagemaker.list_models()["Models"] if m["ModelName"].startswith(job_prefix(refused))]
-        # AND the first run's deployment goes on untouched: released, it passes its smoke test and serves
+        assert not [m for m in sagemaker.list_models()["Models"] if m["ModelName"].startswith(job_prefix(waiting))]
         assert _endpoint_status(name) == status
+        # WHEN the first deployment is released THEN it passes its smoke test and serves
         gate.set()
         assert cloud.wait(first)["status"] == "SUCCEEDED"
-        assert _endpoints()[name]["EndpointConfigName"] == f"{job_prefix(deploying)}-serve"
-        # AND each run published one outcome; the refused one names the reason
-        events = _run_events(cloud, {deploying, refused})
+        # AND then the waiting run deploys (blue/green onto the same endpoint) and serves in its turn
+        assert cloud.wait(second)["status"] == "SUCCEEDED"
+        assert _endpoints()[name]["EndpointConfigName"] == f"{job_prefix(waiting)}-serve"
+        # AND each run published one outcome, both succeeded
+        events = _run_events(cloud, {deploying, waiting})
         assert _outcome(events[deploying])["detail-type"] == "Run Succeeded"
-        assert _outcome(events[refused])["detail-type"] == "Run Failed"
-        failed = _deploy_failed(events[refused])
-        assert failed["error"] == "EndpointDeployFailed"
-        assert f"endpoint {name} is {status}: another deployment of this dataset is in progress" in failed["message"]
-        assert cloud.ledger(refused)["deploy"]["status"] == "failed"
+        assert _outcome(events[waiting])["detail-type"] == "Run Succeeded"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

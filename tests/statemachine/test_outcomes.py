@@ -54,7 +54,7 @@ def _manual_runs_only(cloud: Cloud) -> None:
 
 def _run(cloud: Cloud, lines: list[str]) -> dict[str, Any]:
     version = cloud.upload(KEY, lines)
-    request = {"run_id": RUN, "bucket": cloud.deployment.bucket_name, "key": KEY, "version_id": version}
+    request = {"run_id": RUN, "bucket": cloud.deployment.bucket_name, "key": KEY, "version_id": version, "rerun": True}
     return cloud.run(RUN, request)
 
 
@@ -420,7 +420,13 @@ def test_deploy_begin_failing_to_update_says_the_previous_model_still_serves(
     # GIVEN the dataset's endpoint serving an earlier run's model
     cloud.endpoints.reply = "olleh"
     version = cloud.upload(KEY, reversal_lines)
-    first = {"run_id": "run-zero", "bucket": cloud.deployment.bucket_name, "key": KEY, "version_id": version}
+    first = {
+        "run_id": "run-zero",
+        "bucket": cloud.deployment.bucket_name,
+        "key": KEY,
+        "version_id": version,
+        "rerun": True,
+    }
     assert cloud.run("run-zero", first)["status"] == "SUCCEEDED"
     [(name, endpoint)] = _endpoints().items()
     previous = endpoint["EndpointConfigName"]

@@ -7,6 +7,8 @@ executions themselves, with chosen run ids, so the upload trigger is off (test_s
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 import boto3
@@ -48,7 +50,13 @@ def _manual_runs_only(cloud: Cloud) -> None:
 
 def _start(cloud: Cloud, run_id: str, lines: list[str], key: str = "incoming/reverse.jsonl") -> dict[str, Any]:
     version = cloud.upload(key, lines)
-    request = {"run_id": run_id, "bucket": cloud.deployment.bucket_name, "key": key, "version_id": version}
+    request = {
+        "run_id": run_id,
+        "bucket": cloud.deployment.bucket_name,
+        "key": key,
+        "version_id": version,
+        "rerun": True,
+    }
     return cloud.run(run_id, request)
 
 
@@ -187,14 +195,68 @@ def test_out_of_memory_is_not_mistaken_for_no_capacity(cloud: Cloud, reversal_li
     assert "NextTrainInstance" not in cloud.states_entered(execution["executionArn"])
 
 
+@pytest.mark.stack_parameters(MaxCapacityWaitMinutes="0")
 def test_capacity_errors_with_no_fallback_left_fail_the_run(cloud: Cloud, reversal_lines: list[str]) -> None:
-    # GIVEN no capacity for the only instance type WHEN the pipeline runs
+    # GIVEN a stack that does not wait for capacity, and no capacity for the only instance type WHEN the pipeline runs
     cloud.jobs.no_capacity.add("ml.g5.2xlarge")
     execution = _start(cloud, "run-nocap", reversal_lines)
-    # THEN one attempt, then the failure path with the capacity error as the cause
+    # THEN one attempt, then the failure path: no capacity, naming the stack's setting and the last error
     assert execution["status"] == "FAILED"
+    assert "CapacityUnavailable" in execution["cause"] and "MaxCapacityWaitMinutes 0" in execution["cause"]
     assert "CapacityError" in execution["cause"]
     assert len([name for name, _ in cloud.jobs.started if "-train" in name]) == 1
+
+
+@pytest.mark.stack_parameters(FallbackTrainingInstanceTypes="ml.g6e.2xlarge", MaxCapacityWaitMinutes="120")
+def test_a_run_waits_for_capacity_visibly_and_trains_when_it_comes(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN no capacity for either instance type of the run, for a while (the account's quota is taken)
+    cloud.stage_function_environment(CAPACITY_RETRY_INTERVAL_S="60")  # 0.6 s at the local cloud's time scale
+    cloud.jobs.no_capacity |= {"ml.g5.2xlarge", "ml.g6e.2xlarge"}
+
+    def capacity_comes_back() -> None:  # during the second wait (the ledger counts them), not as a job starts
+        deadline = time.monotonic() + 60
+        while cloud.ledger("run-queued").get("train", {}).get("capacity_waits") != 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cloud.jobs.no_capacity.clear()
+
+    threading.Thread(target=capacity_comes_back, daemon=True).start()
+    # WHEN the pipeline runs
+    execution = _start(cloud, "run-queued", reversal_lines)
+    # THEN it tried both types, waited, tried both again, waited, and trained on the first type of the third round
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    trains = [(name.rsplit("-", 1)[-1], kind) for name, kind in cloud.jobs.started if "-train" in name]
+    assert trains == [
+        ("train0", "ml.g5.2xlarge"),
+        ("train1", "ml.g6e.2xlarge"),
+        ("train2", "ml.g5.2xlarge"),
+        ("train3", "ml.g6e.2xlarge"),
+        ("train4", "ml.g5.2xlarge"),
+    ]
+    assert cloud.states_entered(execution["executionArn"]).count("WaitForCapacity") == 2
+    # AND each wait was said: two Stage Waiting events naming the error and the time left, then one Run Succeeded
+    events = [(e["detail-type"], e["detail"]) for e in cloud.bus_events()]
+    waiting = [detail for kind, detail in events if kind == "Stage Waiting"]
+    assert [detail["stage"] for detail in waiting] == ["train", "train"]
+    assert "CapacityError" in waiting[0]["message"] and "wait 1;" in waiting[0]["message"]
+    assert "wait 2;" in waiting[1]["message"]
+    assert [kind for kind, detail in events if detail["stage"] == "run"] == ["Run Succeeded"]
+    assert cloud.ledger("run-queued")["train"]["capacity_waits"] == 2
+
+
+@pytest.mark.stack_parameters(MaxCapacityWaitMinutes="3")
+def test_the_wait_for_capacity_is_bounded(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a stack that waits at most 3 minutes in all, rounds 1 minute apart, and capacity that never comes
+    cloud.stage_function_environment(CAPACITY_RETRY_INTERVAL_S="60")
+    cloud.jobs.no_capacity.add("ml.g5.2xlarge")
+    # WHEN the pipeline runs
+    execution = _start(cloud, "run-never", reversal_lines)
+    # THEN it waited within the bound, then failed saying so (for the platform team: quota or instance types)
+    assert execution["status"] == "FAILED"
+    assert "CapacityUnavailable" in execution["cause"] and "MaxCapacityWaitMinutes 3" in execution["cause"]
+    waits = cloud.states_entered(execution["executionArn"]).count("WaitForCapacity")
+    assert 1 <= waits <= 3
+    outcomes = [e["detail-type"] for e in cloud.bus_events() if e["detail"]["stage"] == "run"]
+    assert outcomes == ["Run Failed"]
 
 
 def test_a_model_below_the_gate_is_rejected_and_not_registered(cloud: Cloud, reversal_lines: list[str]) -> None:

@@ -97,7 +97,10 @@ RETRY_PAIRS = _retry_pairs()
 
 # Pairs that cannot be made to fire here, with the reason. A Retry whose error the state's code never raises is
 # dead configuration: it is listed rather than faked.
-NOT_INJECTABLE: dict[tuple[str, str], str] = {}
+NOT_INJECTABLE: dict[tuple[str, str], str] = {
+    ("StartDeploy", "DeploymentInProgress"): "not a one-shot fault but another run of the dataset holding its "
+    "deployment lease: test_dataset_runs_pipeline.py and test_failure_paths.py hold one and see the run wait",
+}
 
 # The product's errors: the first call of this AWS operation (the moto backend method) made while the state's
 # handler runs is refused, and the adapter turns the refusal into the error. (state or function logical id, error)
@@ -190,6 +193,8 @@ class Run:
     smoke_fails: bool = False
     no_faults_in: frozenset[str] = frozenset()
     deploys: str | None = None  # the target DeployBegin deploys to, if the run gets there
+    rerun: bool = True  # the runs share their examples: each trains unless it tests the same-content stop
+    waits_for_capacity: bool = False  # its first training attempt finds no capacity (QueueForCapacity, one round)
 
 
 # Stacks (template parameters) and their runs, in order: the happy path of each deploy target first, so that the
@@ -231,6 +236,9 @@ SCENARIOS: list[tuple[dict[str, str], list[Run]]] = [
             Run("skip-deploy", "SUCCEEDED", None, "Run Succeeded"),
             Run("dataset-skips-deploy", "SUCCEEDED", None, "Run Succeeded", deploy_target="none"),
             Run("awaiting-approval", "SUCCEEDED", None, "Run Succeeded", deploy_target="vllm"),
+            Run("waits-for-capacity", "SUCCEEDED", None, "Run Succeeded", waits_for_capacity=True),
+            # the same examples and settings as the runs before: RecordStop ends it (Run Skipped)
+            Run("same-content", "SUCCEEDED", None, "Run Skipped", rerun=False),
         ],
     ),
 ]
@@ -492,6 +500,9 @@ def _execute(cloud: Cloud, faults: Faults, run: Run) -> RunResult:
     lines = _misspelled_role(_lines()) if run.invalid_data else _lines()
     request: dict[str, Any] = {"run_id": run.run_id, "bucket": cloud.deployment.bucket_name, "key": run.key}
     request["version_id"] = cloud.upload(run.key, lines)
+    request["rerun"] = run.rerun
+    if run.waits_for_capacity:
+        _no_capacity_for_the_first_attempt(cloud, run.run_id)
     if run.deploy_target is not None:
         request["deploy_target"] = run.deploy_target
     execution = cloud.run(run.run_id, request)
@@ -521,6 +532,23 @@ def _execute(cloud: Cloud, faults: Faults, run: Run) -> RunResult:
         },
         imported_models=[model.name for model in cloud.bedrock.models.values()],
     )
+
+
+def _no_capacity_for_the_first_attempt(cloud: Cloud, run_id: str) -> None:
+    """The run's first training attempt finds no capacity for the stack's only instance type; capacity is back for
+    the next round (after QueueForCapacity and a wait of a minute of AWS time)."""
+    cloud.stage_function_environment(CAPACITY_RETRY_INTERVAL_S="60")
+    cloud.jobs.no_capacity.add("ml.g5.2xlarge")
+
+    def capacity_comes_back() -> None:  # once the run waits (the ledger says so), not as its first job starts
+        deadline = time.monotonic() + 60
+        while cloud.ledger(run_id).get("train", {}).get("status") != "waiting":
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        cloud.jobs.no_capacity.discard("ml.g5.2xlarge")
+
+    threading.Thread(target=capacity_comes_back, daemon=True).start()
 
 
 def _wait_until_settled(sagemaker: Any, timeout_s: float = 10.0) -> None:
@@ -666,10 +694,19 @@ def test_a_run_with_retried_faults_records_and_leaves_what_a_clean_run_does(camp
     # AND exactly one Run outcome event was published, the expected one, and no retried state published twice
     kinds = [(e["detail-type"], e["detail"]["stage"]) for e in result.bus]
     assert [kind for kind, _ in kinds if kind.startswith("Run ")] == [run.outcome]
-    assert [kind for kind, count in Counter(kinds).items() if count > 1] == []
+    counted = Counter(kinds)
+    if run.waits_for_capacity:  # one Stage Started per training attempt (the first had no capacity)
+        assert counted.pop(("Stage Started", "train")) == 2
+    assert [kind for kind, count in counted.items() if count > 1] == []
     assert {e["detail"]["run_id"] for e in result.bus} == {run.run_id}
     # AND the ledger's run item agrees, and no stage is left "started"
-    expected = {"Run Succeeded": "succeeded", "Run Failed": "failed", "Run Rejected": "rejected"}[run.outcome]
+    expected = {
+        "Run Succeeded": "succeeded",
+        "Run Failed": "failed",
+        "Run Rejected": "rejected",
+        "Run Skipped": "skipped",
+        "Run Superseded": "superseded",
+    }[run.outcome]
     assert result.ledger["run"]["status"] == expected
     assert {stage: item["status"] for stage, item in result.ledger.items() if item["status"] == "started"} == {}
     # AND a vLLM deployment created one model and one endpoint config (a retried DeployBegin did not make two)

@@ -58,7 +58,8 @@ def _start(cloud: Cloud, run_id: str, lines: list[str]) -> dict[str, Any]:
     cloud.disable_trigger()
     version = cloud.upload(KEY, lines)
     return cloud.run(
-        run_id, {"run_id": run_id, "bucket": cloud.deployment.bucket_name, "key": KEY, "version_id": version}
+        run_id,
+        {"run_id": run_id, "bucket": cloud.deployment.bucket_name, "key": KEY, "version_id": version, "rerun": True},
     )
 
 

@@ -30,6 +30,8 @@ def test_upload_starts_a_run_that_succeeds(cloud: Cloud, reversal_lines: list[st
     assert run_id.startswith("demo-") and len(run_id) <= 80
     # AND its input names the uploaded object version; there was no sidecar
     run_input = json.loads(str(execution["input"]))
+    # (the S3 event's sequencer orders the dataset's uploads: hex, as S3 writes it)
+    assert int(run_input.pop("sequencer"), 16) > 0
     assert run_input == {
         "run_id": run_id,
         "bucket": cloud.deployment.bucket_name,
@@ -44,6 +46,7 @@ def test_upload_starts_a_run_that_succeeds(cloud: Cloud, reversal_lines: list[st
         "sidecar_key": None,
         "sidecar_version_id": None,
         "sidecar_error": None,
+        "rerun": False,
     }
     assert f"runs/{run_id}/data/train.jsonl" in cloud.keys(f"runs/{run_id}/")
     assert cloud.dead_letters() == []

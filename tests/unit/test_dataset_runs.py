@@ -77,12 +77,12 @@ def test_newest_upload_wins_whatever_the_delivery_order(sequencers: list[int], o
             dataset_runs.record_upload(TABLE, BUCKET, KEY, run_id, sequencer)
         # THEN the upload with the greatest sequencer is the newest, and only its run may go on
         newest = f"run-{max(sequencers):x}"
-        for run_id in runs:
+        for run_id, sequencer in runs.items():
             if run_id == newest:
-                dataset_runs.ensure_newest(TABLE, BUCKET, KEY, run_id)
+                dataset_runs.ensure_newest(TABLE, BUCKET, KEY, run_id, sequencer)
             else:
                 with pytest.raises(RunSuperseded, match=newest):
-                    dataset_runs.ensure_newest(TABLE, BUCKET, KEY, run_id)
+                    dataset_runs.ensure_newest(TABLE, BUCKET, KEY, run_id, sequencer)
     ledger.dynamodb.cache_clear()
 
 
@@ -92,7 +92,17 @@ def test_datasets_do_not_supersede_each_other(table: str) -> None:
     dataset_runs.record_upload(table, BUCKET, "incoming/other.jsonl", "run-b", "02")
     # WHEN the first dataset's run checks it is the newest
     # THEN it is: datasets are independent
-    dataset_runs.ensure_newest(table, BUCKET, KEY, "run-a")
+    dataset_runs.ensure_newest(table, BUCKET, KEY, "run-a", "01")
+
+
+def test_a_run_started_by_hand_is_outside_the_order_of_uploads(table: str) -> None:
+    # GIVEN a run started by hand (no S3 event, so no sequencer), then an upload of the dataset
+    assert dataset_runs.record_upload(table, BUCKET, KEY, "by-hand", None) == "by-hand"
+    dataset_runs.record_upload(table, BUCKET, KEY, "uploaded", "0062A1B2C3D4E5F601")
+    # WHEN each checks it may go on
+    # THEN neither is superseded: the hand-started run is not ordered against uploads, and it never blocks one
+    dataset_runs.ensure_newest(table, BUCKET, KEY, "by-hand", None)
+    dataset_runs.ensure_newest(table, BUCKET, KEY, "uploaded", "0062A1B2C3D4E5F601")
 
 
 def test_deploy_lease_is_held_by_one_run_until_released_or_expired(table: str) -> None:
@@ -163,3 +173,26 @@ def test_only_one_of_many_identical_uploads_trains(table: str) -> None:
         # THEN exactly the first trains
         assert winners == [permutation[0]]
         assert dataset_claims.content_owner(table, partition, digest) == permutation[0]
+
+
+def test_a_newer_upload_of_the_same_content_trains_when_it_will_supersede_the_older_run(table: str) -> None:
+    # GIVEN an older upload's run that claimed the content and is still training (before StartRegister)
+    digest = dataset_runs.content_digest({"train": "aa"}, {})
+    dataset_runs.claim_content(table, BUCKET, KEY, "older", digest, rerun=False, sequencer="01")
+    _set_status("older", "started")
+    # WHEN the same bytes are uploaded again (a newer upload, which will supersede the older run)
+    dataset_runs.claim_content(table, BUCKET, KEY, "newer", digest, rerun=False, sequencer="02")
+    # THEN the newer run takes the content over: the older one stops at its next check, so one of them serves
+    assert dataset_claims.content_owner(table, dataset_claims.dataset_partition(BUCKET, KEY), digest) == "newer"
+
+
+def test_a_newer_upload_of_the_same_content_is_skipped_once_the_older_run_registered(table: str) -> None:
+    # GIVEN an older upload's run that claimed the content and has reached StartRegister (no check left before it
+    # registers; its model will be this content's)
+    digest = dataset_runs.content_digest({"train": "aa"}, {})
+    dataset_runs.claim_content(table, BUCKET, KEY, "older", digest, rerun=False, sequencer="01")
+    _set_status("older", "started")
+    ledger.put_stage(TABLE, "older", "register", {"status": "started"})
+    # WHEN the same bytes are uploaded again THEN that run is skipped, naming the older run
+    with pytest.raises(SameContent, match="older"):
+        dataset_runs.claim_content(table, BUCKET, KEY, "newer", digest, rerun=False, sequencer="02")

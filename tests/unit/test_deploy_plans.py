@@ -157,7 +157,10 @@ def test_blue_green_is_a_canary_with_two_instances_and_all_at_once_with_one() ->
         "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 25},
         "WaitIntervalInSeconds": 600,
     }
-    assert canary["AutoRollbackConfiguration"] == {"Alarms": [{"AlarmName": "ep-5xx"}, {"AlarmName": "ep-latency"}]}
+    stack = _settings().stack_name
+    assert canary["AutoRollbackConfiguration"] == {
+        "Alarms": [{"AlarmName": f"{stack}-ep-5xx"}, {"AlarmName": f"{stack}-ep-latency"}]
+    }
 
     # AND with one instance (a canary is at most half the fleet) all at once, watched while the old fleet waits
     single = serving.deployment_config(_settings(endpoint_min_instances=1, bake_time_s=300), "ep")

@@ -283,12 +283,17 @@ def test_the_sidecar_instance_list_replaces_the_stack_list() -> None:
     assert "instance_types" not in spec.request["HyperParameters"]
 
 
-def test_an_attempt_beyond_the_instance_list_is_a_configuration_error() -> None:
-    with pytest.raises(InvalidConfiguration, match="no training instance type left after 3 attempts"):
-        training_job(_settings(), RUN_ID, DATA, TrainingOverrides(), attempt=3)
-    with pytest.raises(InvalidConfiguration, match="after 1 attempts"):
-        overrides = TrainingOverrides(instance_types=["ml.g5.xlarge"])
-        training_job(_settings(allowed_training_instance_types="ml.g5.xlarge"), RUN_ID, DATA, overrides, attempt=1)
+def test_after_the_last_instance_type_a_new_round_starts_from_the_first() -> None:
+    # GIVEN three instance types, all tried (the run then waited for capacity: QueueForCapacity)
+    settings = _settings()
+    types = settings.instance_types
+    assert len(types) == 3
+    # WHEN the next attempts are made THEN they go round the list again, each job with its own name, and only
+    # the last of each round has no fallback (the state machine waits for capacity after it)
+    specs = [training_job(settings, RUN_ID, DATA, TrainingOverrides(), attempt) for attempt in range(7)]
+    assert [s.instance_type for s in specs] == [*types, *types, types[0]]
+    assert [s.has_fallback for s in specs] == [True, True, False, True, True, False, True]
+    assert len({s.request["TrainingJobName"] for s in specs}) == 7
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -154,6 +154,19 @@ def test_event_fields_are_bounded_before_the_event_is_built() -> None:
     assert len(json.dumps(entry).encode()) <= events.ENTRY_MAX_BYTES
 
 
+@pytest.mark.parametrize("offset", range(-20, 4))
+def test_a_secret_across_the_cut_is_masked_before_it_is_cut(offset: int) -> None:
+    # GIVEN a long cause with a card number placed so that the message's cut falls anywhere across it
+    card = "4111 1111 1111 1111"
+    head = "x" * (events.MESSAGE_MAX - 40 + offset)
+    fields = events.bounded_fields({"dataset": "d", "bucket": "b", "message": head + " " + card + " " + "y" * 5000})
+    # WHEN the event is built
+    event = PipelineEvent(run_id="run-1", stage=Stage.TRAIN, status=Status.FAILED, **fields)
+    # THEN no run of the card's digits is left, not even the part before the cut
+    assert event.message is not None
+    assert "4111 1111" not in event.message and "1111 1111" not in event.message
+
+
 @pytest.fixture
 def bus() -> Iterator[str]:
     with mock_aws():

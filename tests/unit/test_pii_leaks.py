@@ -27,10 +27,10 @@ from tuneplane.logic.deploy import context
 from tuneplane.logic.job_requests import job_prefix
 from tuneplane.logic.notify.render import render
 from tuneplane.logic.validate_stage import _rejection
-from tuneplane.logic.validation import DatasetSource, validate_dataset
 from tuneplane.logic.validation.formats import key_label, preview
 from tuneplane.logic.validation.pii import find_pii, mask_pii, redact
 from tuneplane.logic.validation.summary import headline, render_summary
+from tuneplane.logic.validation.validator import DatasetSource, validate_dataset
 from tuneplane.models.events import MESSAGE_MAX, PipelineEvent, Stage, Status
 from tuneplane.models.validation import Code, Severity, ValidationOptions, ValidationReport
 

@@ -73,7 +73,7 @@ def test_unsupported_compression_is_named(body: bytes, name: str, kind: str) -> 
 def test_a_utf16_file_gets_one_file_level_error(tmp_path) -> None:  # noqa: ANN001
     from pathlib import Path
 
-    from tuneplane.logic.validation import DatasetSource, validate_dataset
+    from tuneplane.logic.validation.validator import DatasetSource, validate_dataset
     from tuneplane.models.validation import Code, ValidationOptions
 
     # GIVEN a dataset saved as UTF-16 (what some Windows editors do)

@@ -19,15 +19,8 @@ from tuneplane.logic import job_requests
 from tuneplane.logic.deploy import serving
 from tuneplane.logic.deploy.context import RunArtifacts, endpoint_name, imported_model_prefix, run_resource_name
 from tuneplane.logic.notify import PipelineEventBridgeModel
-from tuneplane.logic.stages import (
-    _HEADLINE_METRICS,
-    _deploy_outcome,
-    _run_outcome_line,
-    _RunView,
-    job_spec,
-    one_line_cause,
-    outcome_of,
-)
+from tuneplane.logic.stage_outcomes import RunView, deploy_outcome, one_line_cause, outcome_of
+from tuneplane.logic.stages import _HEADLINE_METRICS, _run_outcome_line, job_spec
 from tuneplane.logic.start_run import dataset_stem
 from tuneplane.models.deploy import DeployRequest
 from tuneplane.models.events import EVENT_SOURCE, PipelineEvent, Stage
@@ -200,9 +193,9 @@ def _detail(name: str) -> PipelineEvent:
     return PipelineEventBridgeModel.model_validate(_load(f"{name}.json")).detail
 
 
-def _completed_run() -> _RunView:
+def _completed_run() -> RunView:
     request = StageRequest.model_validate(_load("stage_complete_run.json"))
-    return _RunView(request.state, request.execution_arn)
+    return RunView(request.state, request.execution_arn)
 
 
 @pytest.mark.parametrize("stage", ["validate", "train", "evaluate", "deploy"])
@@ -219,7 +212,7 @@ def test_the_recorded_validate_and_deploy_outcomes_are_what_the_stage_logic_make
     # GIVEN the completed run's state WHEN the Stage logic makes the validate and deploy outcomes again (no AWS)
     run = _completed_run()
     validate = outcome_of(Stage.VALIDATE, run, _pipeline_settings())
-    deploy = _deploy_outcome(run)
+    deploy = deploy_outcome(run)
     # THEN they are the recorded ones the samples carry: metrics, artifacts, message, notes
     for outcome in (validate, deploy):
         recorded = run.state["recorded"][outcome.stage.value]["outcome"]
@@ -359,7 +352,7 @@ def test_stage_samples_are_what_the_state_machine_sends(name: str) -> None:
     request = StageRequest.model_validate(sample)
     # WHEN it is compared with the ASL's Stage payloads and read the way the Stage logic reads every state
     sender = _assert_sent_by_the_asl("${StageFunctionArn}", sample)
-    run = _RunView(request.state, request.execution_arn)
+    run = RunView(request.state, request.execution_arn)
     # THEN one ASL state sends exactly this, and the state is the sample run's, with the validated splits
     assert sender
     assert (run.run_id, run.bucket, run.key, run.execution_arn) == (RUN_ID, BUCKET, DATASET, EXECUTION_ARN)
@@ -379,7 +372,7 @@ def test_stage_samples_are_what_the_state_machine_sends(name: str) -> None:
 def test_the_start_train_sample_gets_the_first_instance_type_of_the_sidecar() -> None:
     # GIVEN the StartTrain sample: the state right after Validate, first attempt
     request = StageRequest.model_validate(_load("stage_start_train.json"))
-    run = _RunView(request.state, request.execution_arn)
+    run = RunView(request.state, request.execution_arn)
     assert request.stage is Stage.TRAIN and run.train_attempt == 0
     assert {"validation", "recorded", "pipeline"} <= set(request.state) and "train_job" not in request.state
     # WHEN the Stage logic builds the training job request from it (pure: no AWS)

@@ -24,7 +24,8 @@ from tuneplane.adapters import sagemaker as sagemaker_adapter
 from tuneplane.config import pipeline_settings
 from tuneplane.errors import InvalidConfiguration
 from tuneplane.logic import job_requests
-from tuneplane.logic.stages import CAUSE_MAX, handle, one_line_cause
+from tuneplane.logic.stage_outcomes import CAUSE_MAX, one_line_cause
+from tuneplane.logic.stages import handle
 from tuneplane.models.events import PipelineEvent, Stage, Status
 from tuneplane.models.pipeline import EvaluationOverrides, StageRequest, TrainingOverrides
 
@@ -721,3 +722,15 @@ def test_the_lifecycle_rule_expires_exactly_what_runs_tag() -> None:
     # THEN it keys on the tag runs set, under runs/ only (incoming/ is never expired)
     assert {tag["Key"]: tag["Value"] for tag in rule["TagFilters"]} == INTERMEDIATE_TAG
     assert rule["Prefix"] == "runs/" and rule["Status"] == "Enabled"
+
+
+def test_an_incomplete_cost_estimate_is_said_in_the_validate_event() -> None:
+    # GIVEN a validation whose estimate could not price the run's instance type
+    from tuneplane.logic.stage_outcomes import RunView, outcome_of
+
+    warning = "no price for instance type ml.p4de.24xlarge: the train cost is unknown"
+    state = _state(validation={"summary": {**SUMMARY, "cost_warnings": [warning]}})
+    # WHEN the validate stage's outcome is made (what its Stage Succeeded event and Slack message carry)
+    outcome = outcome_of(Stage.VALIDATE, RunView(state, None), None)  # type: ignore[arg-type]  # settings unused
+    # THEN it says so, not only a log line
+    assert outcome.notes == [f"cost estimate incomplete: {warning}"]

@@ -144,7 +144,8 @@ def test_unknown_keys_are_named_with_the_allowed_ones() -> None:
     with pytest.raises(InvalidConfiguration) as raised:
         parse_sidecar(b'{"epochs": 3, "validation": {}}')
     assert (
-        str(raised.value) == "unknown setting 'epochs' (allowed: deploy, eval_file, evaluation, training, validation)"
+        str(raised.value)
+        == "unknown setting 'epochs' (allowed: deploy, eval_file, evaluation, rerun, training, validation)"
     )
 
 
@@ -188,6 +189,7 @@ def test_training_and_evaluation_sections_parse() -> None:
         (b'{"evaluation": {"primary_metric": "bleu"}}', "evaluation.primary_metric: Input should be"),
         (b'{"validation": {}}\xff', "not UTF-8 text (byte 18)"),
         (b'{"validation": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"training": {"seed": ' + b"9" * 5000 + b"}}", "not a usable JSON value: Exceeds the limit"),
     ],
 )
 def test_other_sidecar_problems_are_explained(raw: bytes, message: str) -> None:
@@ -290,6 +292,8 @@ def test_the_sample_event_starts_an_execution_with_the_object_version(aws: Simpl
         "sidecar_key": None,
         "sidecar_version_id": None,
         "sidecar_error": None,
+        "sequencer": SAMPLE_EVENT["detail"]["object"]["sequencer"],
+        "rerun": False,
     }
 
 
@@ -600,3 +604,16 @@ def test_the_validate_stage_reads_the_pinned_eval_version(aws: SimpleNamespace) 
     assert source.size == len(b"first version\n")
     body = source.open()
     assert body.read() == b"first version\n"
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [("incoming/cust 4111 1111 1111 1111.jsonl", "4111 1111"), ("incoming/john.doe@example.com.jsonl", "john")],
+)
+def test_a_run_id_does_not_carry_pii_from_the_file_name(key: str, secret: str) -> None:
+    # GIVEN an upload whose file name holds a card number or an email address
+    # WHEN its run id is made (it travels in every event, job name and ledger key)
+    run_id = run_name(ObjectVersion(bucket=BUCKET, key=key, version_id="v1"))
+    # THEN the readable part is masked, and the id is still unique per object version
+    assert secret.replace(" ", "-") not in run_id and secret not in run_id
+    assert run_id != run_name(ObjectVersion(bucket=BUCKET, key=key, version_id="v2"))

@@ -10,7 +10,7 @@ import pytest
 from local.tiny_model import UNTRAINED_END_TEMPLATE
 
 from tuneplane.logic.base_model import load_model_context
-from tuneplane.logic.validation import DatasetSource, validate_dataset
+from tuneplane.logic.validation.validator import DatasetSource, validate_dataset
 from tuneplane.models.validation import Code, Severity, ValidationOptions
 
 

@@ -127,6 +127,18 @@ def test_sidecar_overrides_apply_and_bad_ones_reject(aws: Any, reversal_lines: l
         )
 
 
+def test_no_evaluation_examples_rejects_the_run_before_anything_trains(aws: Any, reversal_lines: list[str]) -> None:
+    # GIVEN a valid dataset and settings that hold nothing out for evaluation (and no eval file)
+    aws.put_object(Bucket=BUCKET, Key="incoming/small.jsonl", Body="\n".join(reversal_lines).encode())
+    request = {"run_id": "run-9", "bucket": BUCKET, "key": "incoming/small.jsonl", "overrides": {"eval_fraction": 0}}
+    # WHEN it is validated THEN it is rejected saying the gate needs evaluation examples and what to set
+    with pytest.raises(InvalidTrainingData, match=r"no evaluation examples: .*eval_fraction above 0"):
+        _load_handler().handler(request, CONTEXT)
+    # AND no split was uploaded for training
+    listed = aws.list_objects_v2(Bucket=BUCKET, Prefix="runs/run-9/data/").get("Contents", [])
+    assert listed == []
+
+
 def test_missing_object_is_dataset_not_found(aws: Any) -> None:
     from tuneplane.errors import DatasetNotFound
 

@@ -17,7 +17,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuneplane.logic.validation import DatasetSource, ResourceBudget, ValidationResult, validate_dataset
 from tuneplane.logic.validation import scanner as scanner_module
 from tuneplane.logic.validation.reader import (
     UTF8_BOM,
@@ -27,6 +26,8 @@ from tuneplane.logic.validation.reader import (
     iter_lines,
     open_stream,
 )
+from tuneplane.logic.validation.scanner import ResourceBudget
+from tuneplane.logic.validation.validator import DatasetSource, ValidationResult, validate_dataset
 from tuneplane.models.validation import Code, Severity, ValidationOptions
 
 MIB = 1024 * 1024

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tuneplane.logic.validation import DatasetSource, ValidationResult, validate_dataset
+from tuneplane.logic.validation.validator import DatasetSource, ValidationResult, validate_dataset
 from tuneplane.models.validation import Code, Severity, ValidationOptions
 
 DATA = Path(__file__).resolve().parents[1] / "data"

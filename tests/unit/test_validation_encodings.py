@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneplane.logic.validation import DatasetSource, ValidationResult, validate_dataset
+from tuneplane.logic.validation.validator import DatasetSource, ValidationResult, validate_dataset
 from tuneplane.models.validation import Code, ValidationOptions
 
 TEXT = "".join(

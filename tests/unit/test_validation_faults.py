@@ -21,8 +21,8 @@ from moto import mock_aws
 
 from tuneplane.adapters import s3 as s3_adapter
 from tuneplane.errors import PlatformLimitExceeded, StorageError
-from tuneplane.logic.validation import DatasetSource, ValidationResult, validate_dataset
 from tuneplane.logic.validation import reader as reader_module
+from tuneplane.logic.validation.validator import DatasetSource, ValidationResult, validate_dataset
 from tuneplane.models.validation import Code, ValidationOptions
 
 BUCKET = "tuneplane-faults"

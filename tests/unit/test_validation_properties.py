@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuneplane.logic.validation import DatasetSource, ValidationResult, validate_dataset
+from tuneplane.logic.validation.validator import DatasetSource, ValidationResult, validate_dataset
 from tuneplane.models.validation import Code, Severity, ValidationOptions
 
 # 11 is the smallest dataset that passes by default: one example is held out for eval and min_examples is 10.

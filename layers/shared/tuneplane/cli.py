@@ -28,7 +28,7 @@ from tuneplane.errors import InvalidConfiguration, TuneplaneError
 from tuneplane.models.validation import Code, Severity, ValidationOptions
 
 if TYPE_CHECKING:  # the validator (numpy, tokenizers) is imported only when a command needs it
-    from tuneplane.logic.validation import DatasetSource
+    from tuneplane.logic.validation.validator import DatasetSource
 
 EXIT_VALID, EXIT_INVALID, EXIT_USAGE, EXIT_AWS = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
@@ -155,7 +155,7 @@ def _options(args: argparse.Namespace) -> ValidationOptions:
 
 
 def _source(location: str) -> DatasetSource:
-    from tuneplane.logic.validation import DatasetSource
+    from tuneplane.logic.validation.validator import DatasetSource
 
     if location.startswith("s3://"):
         from tuneplane.adapters import s3
@@ -181,8 +181,8 @@ def readable_file(location: str) -> Path:
 
 def _validate(args: argparse.Namespace) -> int:
     from tuneplane.logic.base_model import load_model_context
-    from tuneplane.logic.validation import validate_dataset
     from tuneplane.logic.validation.summary import render_summary
+    from tuneplane.logic.validation.validator import validate_dataset
 
     options = _options(args)
     model = load_model_context(args.base_model) if args.base_model else None

@@ -131,6 +131,25 @@ class PipelineSettings(RunLimitSettings):
     )
     volume_size_gb: int = Field(default=100, ge=1, le=16384)
     primary_metric: str = "exact_match"
+    max_capacity_wait_minutes: int = Field(
+        default=360,
+        ge=0,
+        le=24 * 60,  # each round adds about 70 events to the execution's history, whose quota is 25,000
+        description="How long a run waits, in all, when every training instance type it may use has no capacity or "
+        "quota; 0: it fails at once.",
+    )
+    capacity_retry_interval_s: int = Field(
+        default=900, ge=1, description="The wait between two rounds of the training instance types."
+    )
+    deploy_max_polls: int = Field(default=120, ge=1, description="DeployMaxPolls: Deploy's checks, 30 s apart.")
+    deploy_bake_time_s: int = Field(default=300, ge=0, description="DeployBakeTimeSeconds.")
+
+    @property
+    def deploy_lease_s(self) -> int:
+        """How long a run's hold on its dataset's deployment lasts unless the run ends first (it gives it back then):
+        longer than the longest deployment (every poll, the bake, the smoke test and a rollback), so that a live
+        deployment never loses it; only a run that died holding it keeps another waiting this long."""
+        return self.deploy_max_polls * 30 + 2 * self.deploy_bake_time_s + 3600
 
 
 @cache
@@ -169,6 +188,9 @@ class DeploySettings(BaseSettings):
     max_polls: int = Field(default=120, ge=1, description="Wait/Describe rounds before giving up (30 s apart).")
     smoke_max_tokens: int = Field(default=64, ge=1, le=4096)
     bedrock_role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")
+    alarm_topic_arn: str | None = Field(
+        default=None, description="The stack's alarm topic: the endpoint alarms' actions (Slack, email)."
+    )
     bedrock_keep_models: int = Field(default=3, ge=1, le=100, description="Imported models kept per dataset.")
     tensor_parallel_size: int | None = Field(
         default=None, ge=1, le=64, description="GPUs per replica; default: every GPU of the endpoint instance."

@@ -135,3 +135,8 @@ class DeploymentInProgress(TuneplaneError):
 class SameContent(TuneplaneError):
     """The upload has the same examples and settings as an earlier run that succeeded or is still running: nothing
     is trained again unless the sidecar asks for it (``rerun: true``). An outcome, not a failure."""
+
+
+class CapacityUnavailable(TuneplaneError):
+    """No training instance type the run may use had capacity or quota, after waiting as long as the stack allows
+    (MaxCapacityWaitMinutes): the platform team raises the quota or adds instance types."""

@@ -111,7 +111,9 @@ def release_lease(table: str, partition: str, run_id: str) -> bool:
     return True
 
 
-def claim_content(table: str, partition: str, digest: str, run_id: str, replacing: str | None = None) -> str:
+def claim_content(
+    table: str, partition: str, digest: str, run_id: str, replacing: str | None = None, order: str = ""
+) -> str:
     """Record ``run_id`` as the run that trains the content ``digest``, unless another run is recorded for it.
 
     Returns the run recorded afterwards. ``replacing`` names a recorded run whose claim may be taken over (one
@@ -119,7 +121,7 @@ def claim_content(table: str, partition: str, digest: str, run_id: str, replacin
     meanwhile, that one is returned.
     """
     stage = f"content#{digest}"
-    values: dict[str, Any] = {":run": run_id}
+    values: dict[str, Any] = {":run": run_id, ":order": order}
     condition = "attribute_not_exists(first_run) OR first_run = :run"
     if replacing:
         values[":replacing"] = replacing
@@ -127,7 +129,7 @@ def claim_content(table: str, partition: str, digest: str, run_id: str, replacin
     try:
         dynamodb().Table(table).update_item(
             Key={"run_id": partition, "stage": stage},
-            UpdateExpression="SET first_run = :run",
+            UpdateExpression="SET first_run = :run, first_order = :order",
             ConditionExpression=condition,
             ExpressionAttributeValues=values,
             ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -140,9 +142,18 @@ def claim_content(table: str, partition: str, digest: str, run_id: str, replacin
 
 
 def content_owner(table: str, partition: str, digest: str) -> str | None:
+    return content_claim(table, partition, digest).get("first_run")
+
+
+def content_claim(table: str, partition: str, digest: str) -> dict[str, str]:
+    """The content's claim: ``first_run`` and its upload order ``first_order`` ("" for a run started by hand)."""
     try:
-        item = dynamodb().Table(table).get_item(Key={"run_id": partition, "stage": f"content#{digest}"})
+        item = (
+            dynamodb()
+            .Table(table)
+            .get_item(Key={"run_id": partition, "stage": f"content#{digest}"}, ConsistentRead=True)
+        )
     except ClientError as exc:
         raise StorageError(f"ledger {table}: read {partition}/content: {exc}") from exc
-    value = (item.get("Item") or {}).get("first_run")
-    return str(value) if value else None
+    found = item.get("Item") or {}
+    return {name: str(found[name]) for name in ("first_run", "first_order") if found.get(name) is not None}

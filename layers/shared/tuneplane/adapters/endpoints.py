@@ -147,9 +147,16 @@ def delete_endpoint(name: str) -> None:
 
 
 def put_alarm(
-    name: str, endpoint: str, metric: str, statistic: str, threshold: float, tags: list[dict[str, str]]
+    name: str,
+    endpoint: str,
+    metric: str,
+    statistic: str,
+    threshold: float,
+    tags: list[dict[str, str]],
+    actions: list[str] | None = None,
 ) -> None:
-    """An alarm on one of the endpoint's AWS/SageMaker metrics, breaching for 2 of 2 minutes."""
+    """An alarm on one of the endpoint's AWS/SageMaker metrics, breaching for 2 of 2 minutes; ``actions`` (the stack's
+    alarm topic) are told when it fires and when it clears, long after the deployment it guarded."""
     stat: dict[str, Any] = {"ExtendedStatistic": statistic} if statistic.startswith("p") else {"Statistic": statistic}
     try:
         _cloudwatch().put_metric_alarm(
@@ -164,6 +171,8 @@ def put_alarm(
             Threshold=threshold,
             ComparisonOperator="GreaterThanThreshold",
             TreatMissingData="notBreaching",
+            AlarmActions=actions or [],
+            OKActions=actions or [],
             Tags=tags,  # type: ignore[arg-type]
             **stat,
         )

@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 
 from tuneplane.bounds import bound_text, bound_utf8, bounded_json_value
 from tuneplane.errors import OrchestrationError
+from tuneplane.logic.validation.pii import redact
 from tuneplane.models.events import PipelineEvent
 
 if TYPE_CHECKING:
@@ -41,14 +42,16 @@ def events_client() -> EventBridgeClient:
     return boto3.client("events")
 
 
-def bounded_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a ``PipelineEvent`` with every text within its bound, each cut one marked."""
+def bounded_fields(fields: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of a ``PipelineEvent`` with every text within its bound, each cut one marked. The free texts are
+    masked before they are cut (``redact``): a secret cut in half would no longer be recognised, and half a card
+    number is still too much; ``keep`` are the run's own identifiers (``run_identifiers``)."""
     bounded = dict(fields)
     if isinstance(bounded.get("message"), str):
-        bounded["message"] = bound_text(bounded["message"], MESSAGE_MAX)
+        bounded["message"] = redact(bounded["message"], MESSAGE_MAX, keep)
     if isinstance(bounded.get("error"), str):
-        bounded["error"] = bound_text(bounded["error"], ERROR_MAX)
-    notes = [bound_text(str(note), NOTE_MAX) for note in bounded.get("notes") or []]
+        bounded["error"] = redact(bounded["error"], ERROR_MAX, keep)
+    notes = [redact(str(note), NOTE_MAX, keep) for note in bounded.get("notes") or []]
     if len(notes) > NOTES_MAX:
         notes = [*notes[: NOTES_MAX - 1], f"[truncated: {len(notes) - NOTES_MAX + 1} more notes]"]
     if "notes" in bounded:

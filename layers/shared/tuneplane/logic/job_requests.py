@@ -84,7 +84,9 @@ def training_job(
     overrides: TrainingOverrides,
     attempt: int,
 ) -> JobSpec:
-    """The training job of attempt ``attempt`` (0-based): attempt n uses the n-th instance type of the list.
+    """The training job of attempt ``attempt`` (0-based): attempt n uses the n-th instance type of the list, round
+    after round (after a wait for capacity, the list is tried again from its first type; ``has_fallback`` is False
+    on its last).
 
     Never outside the stack's caps, even if the Validate stage were bypassed (an execution started by hand): a
     sidecar's instance type, steps, epochs or sequence length beyond them is an error, and with neither epochs nor
@@ -94,9 +96,7 @@ def training_job(
     if problems:
         raise InvalidConfiguration(f"training request outside the stack's limits: {'; '.join(problems)}")
     instance_types = overrides.instance_types or settings.instance_types
-    if attempt >= len(instance_types):
-        raise InvalidConfiguration(f"no training instance type left after {len(instance_types)} attempts")
-    instance_type = instance_types[attempt]
+    instance_type = instance_types[attempt % len(instance_types)]
     hyperparameters = {"max_seq_length": str(settings.max_seq_length), **overrides.hyperparameters()}
     if overrides.max_steps is None and overrides.num_train_epochs is None:
         epochs = run_limits.effective_epochs(overrides, settings)
@@ -141,7 +141,7 @@ def training_job(
         timeout_s=wait + settings.job_wait_margin_s,
         attempt=attempt,
         instance_type=instance_type,
-        has_fallback=attempt + 1 < len(instance_types),
+        has_fallback=(attempt + 1) % len(instance_types) != 0,
     )
 
 

@@ -7,26 +7,29 @@ The state machine calls this with its whole state (``$``): the run input plus ea
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import ValidationError
-
-from tuneplane.adapters import events, ledger, s3, sagemaker
-from tuneplane.bounds import bound_text
+from tuneplane.adapters import events, ledger, sagemaker
 from tuneplane.config import PipelineSettings
-from tuneplane.errors import DatasetNotFound, InvalidConfiguration
-from tuneplane.logic import job_requests, retention, run_limits
+from tuneplane.errors import CapacityUnavailable, InvalidConfiguration
+from tuneplane.logic import dataset_runs, job_requests, retention, run_limits
 from tuneplane.logic.registry import registration
 from tuneplane.logic.rollback_report import rollback_notes
-from tuneplane.models.events import PipelineEvent, Stage, Status
-from tuneplane.models.pipeline import EvaluationOverrides, JobSpec, StageOutcome, StageRequest, TrainingOverrides
+from tuneplane.logic.stage_outcomes import (
+    RunView,
+    evaluation_outcome,
+    exists,
+    one_line_cause,
+    outcome_of,
+)
+from tuneplane.models.events import PipelineEvent, Stage, Status, run_identifiers
+from tuneplane.models.pipeline import JobSpec, StageOutcome, StageRequest
 from tuneplane.observability import logger
 
-CAUSE_MAX = 500
-_Overrides = TypeVar("_Overrides", TrainingOverrides, EvaluationOverrides)
 _JOB_STAGES = {Stage.TRAIN, Stage.MERGE, Stage.QUANTIZE, Stage.EVALUATE}
+_NEWEST_ONLY = {Stage.TRAIN, Stage.REGISTER, Stage.DEPLOY}  # what an upload superseded by a newer one must not do
+_STOPS = {"RunSuperseded": Status.SUPERSEDED, "SameContent": Status.SKIPPED}
 _HEADLINE_METRICS = (
     "evaluate.candidate.",
     "train.final_train_loss",
@@ -43,7 +46,7 @@ _HEADLINE_METRICS = (
 def handle(request: StageRequest, settings: PipelineSettings) -> dict[str, Any]:
     """Record what the state machine reports and answer with what the next state needs."""
     state = request.state
-    run = _RunView(state, request.execution_arn)
+    run = RunView(state, request.execution_arn)
     action = request.action
     if action == "start":
         return _start(request.stage, run, settings)
@@ -55,6 +58,10 @@ def handle(request: StageRequest, settings: PipelineSettings) -> dict[str, Any]:
             # the stage two outcomes.
             return outcome.model_dump(mode="json")
         _record(settings, run, request.stage, Status.SUCCEEDED, outcome)
+        if request.stage is Stage.VALIDATE:  # SameContent (Run Skipped) first: a skipped upload supersedes nothing
+            sequencer = run.state.get("sequencer")
+            _claim_content(run, settings, sequencer)
+            dataset_runs.record_upload(settings.ledger_table, run.bucket, run.key, run.run_id, sequencer)
         return outcome.model_dump(mode="json")
     if action == "skip":
         reason = request.reason or f"{request.stage.value} not configured"
@@ -62,56 +69,18 @@ def handle(request: StageRequest, settings: PipelineSettings) -> dict[str, Any]:
         return {"skipped": True, "reason": reason}
     if action == "complete":
         return _complete(run, settings)
+    if action == "stop":
+        return _stop(run, settings)
+    if action == "queue":
+        return _queue_for_capacity(run, settings)
     return _end_badly(request.stage, run, settings, Status.REJECTED if action == "reject" else Status.FAILED)
-
-
-class _RunView:
-    """The parts of the execution state every action uses."""
-
-    def __init__(self, state: dict[str, Any], execution_arn: str | None) -> None:
-        try:
-            self.run_id = str(state["run_id"])
-            self.bucket = str(state["bucket"])
-            self.key = str(state["key"])
-        except KeyError as exc:
-            raise InvalidConfiguration(f"Stage function: the state has no {exc.args[0]!r}") from exc
-        self.version_id = state.get("version_id")
-        self.execution_arn = execution_arn
-        self.state = state
-
-    def result(self, name: str) -> dict[str, Any]:
-        value = self.state.get(name)
-        return value if isinstance(value, dict) else {}
-
-    @property
-    def data(self) -> dict[str, str | None]:
-        summary = self.result("validation").get("summary") or {}
-        return {"train_uri": summary.get("train_uri"), "eval_uri": summary.get("eval_uri")}
-
-    @property
-    def train_attempt(self) -> int:
-        """0 for the first training attempt; the state machine counts up on each capacity fallback."""
-        return int(self.result("pipeline").get("train_attempt") or 0)
-
-    def training(self) -> TrainingOverrides:
-        return _overrides(TrainingOverrides, self.state.get("training"), "training")
-
-    def evaluation(self) -> EvaluationOverrides:
-        return _overrides(EvaluationOverrides, self.state.get("evaluation"), "evaluation")
-
-
-def _overrides(model: type[_Overrides], raw: Any, section: str) -> _Overrides:
-    try:
-        return model.model_validate(raw or {})
-    except ValidationError as exc:
-        raise InvalidConfiguration(f"sidecar {section}: {exc}") from exc
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _event(run: _RunView, stage: Stage, status: Status, **fields: Any) -> PipelineEvent:
+def _event(run: RunView, stage: Stage, status: Status, **fields: Any) -> PipelineEvent:
     """The event, every text in it within its bound (a cut one says so): an event that cannot be built or is
     refused for its size would leave the run without its outcome."""
     return PipelineEvent(
@@ -125,7 +94,8 @@ def _event(run: _RunView, stage: Stage, status: Status, **fields: Any) -> Pipeli
                 "version_id": run.version_id,
                 "execution_arn": run.execution_arn,
                 **fields,
-            }
+            },
+            keep=run_identifiers(run.run_id),
         ),
     )
 
@@ -140,7 +110,7 @@ def _published_marker(event: PipelineEvent, occurrence: int | None = None) -> st
 
 def _publish_once(
     settings: PipelineSettings,
-    run: _RunView,
+    run: RunView,
     event: PipelineEvent,
     item: dict[str, Any],
     occurrence: int | None = None,
@@ -161,7 +131,7 @@ def _publish_once(
     ledger.put_stage(settings.ledger_table, run.run_id, event.stage.value, {marker: event_id or "published"})
 
 
-def _item(settings: PipelineSettings, run: _RunView, stage: Stage) -> dict[str, Any]:
+def _item(settings: PipelineSettings, run: RunView, stage: Stage) -> dict[str, Any]:
     return ledger.get_stage(settings.ledger_table, run.run_id, stage.value) or {}
 
 
@@ -172,7 +142,7 @@ def _started_at(item: dict[str, Any]) -> datetime | None:
 
 def _record(
     settings: PipelineSettings,
-    run: _RunView,
+    run: RunView,
     stage: Stage,
     status: Status,
     outcome: StageOutcome,
@@ -212,7 +182,7 @@ def _record(
     return event
 
 
-def _start(stage: Stage, run: _RunView, settings: PipelineSettings) -> dict[str, Any]:
+def _start(stage: Stage, run: RunView, settings: PipelineSettings) -> dict[str, Any]:
     now = _now()
     if stage is Stage.VALIDATE:  # the first stage: the run begins
         ledger.put_stage(
@@ -228,8 +198,13 @@ def _start(stage: Stage, run: _RunView, settings: PipelineSettings) -> dict[str,
                 "execution_arn": run.execution_arn,
             },
         )
+    if stage in _NEWEST_ONLY:  # an older upload's run stops before it spends or deploys (RunSuperseded)
+        dataset_runs.ensure_newest(settings.ledger_table, run.bucket, run.key, run.run_id, run.state.get("sequencer"))
     if stage is Stage.DEPLOY:  # Validate rejected a target the stack does not allow; never deploy to one anyway
         run_limits.require_deploy_target(run.result("pipeline").get("deploy_target"), settings)
+        dataset_runs.take_deploy_lease(
+            settings.ledger_table, run.bucket, run.key, run.run_id, settings.deploy_lease_s
+        )  # DeploymentInProgress: the state machine waits and asks again
     spec = job_spec(stage, run, settings) if stage in _JOB_STAGES else None
     fields: dict[str, Any] = {"status": Status.STARTED.value, "started_at": now}
     notes: list[str] = []
@@ -267,7 +242,7 @@ def _job_name(spec: JobSpec) -> str:
     return str(spec.request.get("TrainingJobName") or spec.request.get("ProcessingJobName"))
 
 
-def job_spec(stage: Stage, run: _RunView, settings: PipelineSettings) -> JobSpec:
+def job_spec(stage: Stage, run: RunView, settings: PipelineSettings) -> JobSpec:
     """The SageMaker request of a job stage, from the results of the stages before it."""
     data = run.data
     if not data["train_uri"]:
@@ -288,181 +263,9 @@ def job_spec(stage: Stage, run: _RunView, settings: PipelineSettings) -> JobSpec
     return job_requests.evaluate_job(settings, run.run_id, merged, str(data["eval_uri"]), run.evaluation())
 
 
-def _read_json(uri: str) -> dict[str, Any]:
-    document = s3.read_json_object(uri)
-    if document is None:
-        raise DatasetNotFound(f"{uri} does not exist")
-    return document
-
-
-def outcome_of(stage: Stage, run: _RunView, settings: PipelineSettings) -> StageOutcome:
-    """A finished stage's key numbers and artifacts, from its result in the state (and its report in S3)."""
-    if stage is Stage.VALIDATE:
-        summary = run.result("validation").get("summary") or {}
-        metrics = {
-            "examples": summary.get("examples_valid"),
-            "train_examples": summary.get("train_examples"),
-            "eval_examples": summary.get("eval_examples"),
-            "tokens": summary.get("tokens_total"),
-            "warnings": summary.get("warnings"),
-            "estimated_training_hours": summary.get("estimated_training_hours"),
-            "estimated_cost_usd": summary.get("estimated_cost_usd"),
-        }
-        artifacts = {
-            name: summary[f"{name}_uri"]
-            for name in ("report", "summary", "train", "eval")
-            if summary.get(f"{name}_uri")
-        }
-        return StageOutcome(
-            stage=stage, metrics=_present(metrics), artifacts=artifacts, message=summary.get("headline")
-        )
-    if stage is Stage.TRAIN:
-        train = run.result("train")
-        described = sagemaker.describe_training_job(str(train["job_name"])) if train.get("job_name") else {}
-        final = {m["MetricName"]: m["Value"] for m in described.get("FinalMetricDataList") or [] if "MetricName" in m}
-        metrics = {
-            "final_train_loss": final.get("train_loss"),
-            "final_eval_loss": final.get("eval_loss"),
-            "tokens_per_second": final.get("tokens_per_second"),
-            "gpu_memory_gb": final.get("gpu_memory_gb"),
-            "instance_type": train.get("instance_type"),
-            "billable_seconds": described.get("BillableTimeInSeconds"),
-            "attempt": run.train_attempt + 1,
-        }
-        artifacts = {"adapter": str(train.get("model_artifacts") or "")}
-        notes = [f"trained on {train.get('instance_type')} after {run.train_attempt} capacity fallback(s)"]
-        return StageOutcome(
-            notes=notes if run.train_attempt else [],
-            stage=stage,
-            metrics=_present(metrics),
-            artifacts=_present(artifacts),
-            message=train.get("job_name"),
-        )
-    if stage is Stage.MERGE:
-        merged = job_requests.run_uri(settings, run.run_id, "merged", "")
-        report = s3.read_json_object(merged + "merge_report.json") or {}
-        verdict = report.get("bedrock_custom_model_import") or {}
-        metrics = {
-            "max_abs_logit_diff": ((report.get("verification") or {}).get("merged_vs_base_plus_adapter") or {}).get(
-                "max_abs"
-            ),
-            "bedrock_importable": verdict.get("compatible"),
-            "wall_time_s": report.get("wall_time_s"),
-        }
-        return StageOutcome(stage=stage, metrics=_present(metrics), artifacts={"merged": merged})
-    if stage is Stage.QUANTIZE:
-        quantized = job_requests.run_uri(settings, run.run_id, "quantized", "")
-        return StageOutcome(stage=stage, artifacts={"quantized": quantized})
-    if stage is Stage.EVALUATE:
-        return _evaluation_outcome(run, settings)
-    if stage is Stage.REGISTER:
-        arn = run.result("register").get("ModelPackageArn")
-        return StageOutcome(stage=stage, artifacts=_present({"model_package": arn}))
-    if stage is Stage.DEPLOY:
-        return _deploy_outcome(run)
-    return StageOutcome(stage=stage, metrics=_present(run.result(stage.value)))
-
-
-def _deploy_outcome(run: _RunView) -> StageOutcome:
-    """Where the model serves and what it answered to the smoke test's question."""
-    deployment = run.result("deploy").get("deployment") or {}
-    plan = deployment.get("plan") or {}
-    metrics = {
-        "target": deployment.get("target"),
-        "endpoint_name": deployment.get("endpoint_name"),
-        "mode": deployment.get("mode"),
-        "served": plan.get("served"),
-        "instance_type": plan.get("instance_type"),
-        "model_name": deployment.get("imported_model_name") or deployment.get("model_name"),
-        "smoke_test_prompt": deployment.get("question"),
-        "smoke_test_answer": deployment.get("answer"),
-        "smoke_test_expected": deployment.get("expected"),
-        "smoke_test_latency_ms": deployment.get("smoke_latency_ms"),
-    }
-    artifacts = {
-        "endpoint": deployment.get("endpoint_name"),
-        "endpoint_config": deployment.get("endpoint_config_name"),
-        "imported_model": deployment.get("imported_model_arn"),
-    }
-    where = deployment.get("endpoint_name") or deployment.get("imported_model_name")
-    return StageOutcome(
-        stage=Stage.DEPLOY,
-        metrics=_present(metrics),
-        artifacts=_present(artifacts),
-        message=f"{where} answered: {deployment.get('answer')}" if deployment.get("answer") else None,
-        notes=[str(note) for note in deployment.get("notes") or []],
-    )
-
-
-def _exists(uri: str) -> bool:
-    bucket, key = s3.parse_s3_uri(uri)
-    return s3.read_if_exists(bucket, key, 1) is not None
-
-
-def _evaluation_outcome(run: _RunView, settings: PipelineSettings) -> StageOutcome:
-    folder = job_requests.run_uri(settings, run.run_id, "evaluation", "")
-    report = _read_json(folder + "evaluation.json")
-    primary = str(report.get("primary_metric") or "exact_match")
-    metrics: dict[str, Any] = {
-        "primary_metric": primary,
-        "passed": bool(report.get("passed")),
-        "examples": report.get("examples"),
-    }
-    for model, scores in (report.get("metrics") or {}).items():
-        for name in (primary, "token_f1", "stop_rate"):
-            if name in scores:
-                metrics[f"{model}.{name}"] = scores[name]
-    reasons = [str(reason) for reason in report.get("reasons") or []]
-    artifacts = {"evaluation": folder + "evaluation.json"}
-    if report.get("chart"):
-        artifacts["chart"] = folder + "evaluation.png"
-    message = "passed the gate" if report.get("passed") else "did not pass the gate: " + "; ".join(reasons)
-    return StageOutcome(
-        stage=Stage.EVALUATE, metrics=metrics, artifacts=artifacts, passed=bool(report.get("passed")), message=message
-    )
-
-
-def _present(values: dict[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in values.items() if value not in (None, "")}
-
-
-def one_line_cause(error: dict[str, Any] | None) -> tuple[str, str]:
-    """``(error name, one-line cause)`` from a Catch's ``{Error, Cause}``: a job's FailureReason or ExitMessage, a
-    Lambda's errorMessage, or the cause as given."""
-    error = error or {}
-    name = str(error.get("Error") or "UnknownError")
-    cause: Any = error.get("Cause") or ""
-    try:
-        parsed = json.loads(cause) if isinstance(cause, str) and cause.lstrip().startswith("{") else None
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict):
-        cause = _job_cause(parsed) or parsed.get("errorMessage") or parsed.get("Cause") or cause
-        name = str(parsed.get("errorType") or name)
-    line = " ".join(str(cause).split()) or name
-    return bound_text(name, events.ERROR_MAX), bound_text(line, CAUSE_MAX)
-
-
-def _job_cause(description: dict[str, Any]) -> str | None:
-    """Why a job (a ``Describe*Job`` answer) ended. A failed processing job's FailureReason is generic on AWS
-    ("AlgorithmError: See job logs for more information"): the container's own reason is its ExitMessage. A stopped
-    job (e.g. at MaxRuntimeInSeconds) may have neither: then its status says what happened."""
-    reason, message = description.get("FailureReason"), description.get("ExitMessage")
-    if reason and message and str(message).strip() not in str(reason):
-        return f"{reason}: {message}"
-    if reason or message:
-        return str(reason or message)
-    status = description.get("TrainingJobStatus") or description.get("ProcessingJobStatus")
-    if not status:
-        return None
-    job = description.get("TrainingJobName") or description.get("ProcessingJobName") or "the job"
-    secondary = description.get("SecondaryStatus")
-    return f"{job} {str(status).lower()}" + (f" ({secondary})" if secondary and secondary != status else "")
-
-
-def _end_badly(stage: Stage, run: _RunView, settings: PipelineSettings, status: Status) -> dict[str, Any]:
+def _end_badly(stage: Stage, run: RunView, settings: PipelineSettings, status: Status) -> dict[str, Any]:
     if status is Status.REJECTED and stage is Stage.EVALUATE:
-        outcome = _evaluation_outcome(run, settings)
+        outcome = evaluation_outcome(run, settings)
         error, cause = "GateFailed", outcome.message or "did not pass the gate"
     else:
         error, cause = one_line_cause(run.result("error"))
@@ -483,17 +286,17 @@ def _end_badly(stage: Stage, run: _RunView, settings: PipelineSettings, status: 
     return {"status": status.value, "stage": stage.value, "error": error, "cause": cause, "stopped_jobs": stopped}
 
 
-def _validation_report_uris(run: _RunView, settings: PipelineSettings) -> dict[str, str]:
+def _validation_report_uris(run: RunView, settings: PipelineSettings) -> dict[str, str]:
     """The validation report and summary, where written: a run rejected before its data was read (an unusable
     sidecar file, a missing object) has none, and its event must not link to them."""
     base = job_requests.run_uri(settings, run.run_id, "validation", "")
     uris = {"report": base + "report.json", "summary": base + "summary.txt"}
-    return {name: uri for name, uri in uris.items() if _exists(uri)}
+    return {name: uri for name, uri in uris.items() if exists(uri)}
 
 
 def _finish_run(
     settings: PipelineSettings,
-    run: _RunView,
+    run: RunView,
     status: Status,
     message: str | None,
     error: str | None,
@@ -502,6 +305,7 @@ def _finish_run(
     notes: list[str] | None = None,
 ) -> PipelineEvent:
     retention.mark_intermediates(settings, run.run_id)
+    dataset_runs.release_deploy_lease(settings.ledger_table, run.bucket, run.key, run.run_id)
     finished = _now()
     item = _item(settings, run, Stage.RUN)
     started = _started_at(item)
@@ -534,7 +338,7 @@ def _finish_run(
     return event
 
 
-def _run_outcome_line(run: _RunView, settings: PipelineSettings) -> str:
+def _run_outcome_line(run: RunView, settings: PipelineSettings) -> str:
     """Where the model went: the endpoint or imported model that answered, or why it was not deployed."""
     deployment = run.result("deploy").get("deployment") or {}
     if deployment.get("status") == "ready" and deployment.get("endpoint_name"):
@@ -546,7 +350,7 @@ def _run_outcome_line(run: _RunView, settings: PipelineSettings) -> str:
     return f"model evaluated and registered; {reason}" if reason else "model evaluated and registered"
 
 
-def _complete(run: _RunView, settings: PipelineSettings) -> dict[str, Any]:
+def _complete(run: RunView, settings: PipelineSettings) -> dict[str, Any]:
     """Run Succeeded, with the headline numbers of every stage and every artifact, from the ledger."""
     metrics: dict[str, Any] = {}
     artifacts: dict[str, str] = {}
@@ -562,3 +366,71 @@ def _complete(run: _RunView, settings: PipelineSettings) -> dict[str, Any]:
     message = _run_outcome_line(run, settings)
     event = _finish_run(settings, run, Status.SUCCEEDED, message, None, metrics, artifacts)
     return {"status": event.status.value, "metrics": metrics, "artifacts": artifacts}
+
+
+def _claim_content(run: RunView, settings: PipelineSettings, sequencer: str | None) -> None:
+    """Raise ``SameContent`` when an earlier run trained the same examples with the same settings (and is serving
+    or still running): what this run would produce exists already."""
+    summary = run.result("validation").get("summary") or {}
+    if not summary.get("train_sha256"):
+        return
+    identity = {
+        "base_model": settings.base_model_s3_uri,
+        "training": run.state.get("training") or {},
+        "evaluation": run.state.get("evaluation") or {},
+        "deploy_target": run.state.get("deploy_target") or run.result("pipeline").get("deploy_target"),
+        "quantize": run.result("pipeline").get("quantize"),
+    }
+    digest = dataset_runs.content_digest(
+        {"train": summary.get("train_sha256"), "eval": summary.get("eval_sha256")}, identity
+    )
+    dataset_runs.claim_content(
+        settings.ledger_table, run.bucket, run.key, run.run_id, digest, bool(run.state.get("rerun")), sequencer
+    )
+
+
+def _stop(run: RunView, settings: PipelineSettings) -> dict[str, Any]:
+    """End the run cleanly, without a model of its own: superseded by a newer upload of the dataset (Run
+    Superseded) or the same content as an earlier run (Run Skipped). Nothing failed, so nothing is stopped or
+    blamed; the cause says which run to look at instead."""
+    error, cause = one_line_cause(run.result("error"))
+    status = _STOPS.get(error)
+    if status is None:
+        raise InvalidConfiguration(f"Stage function: stop is for {', '.join(_STOPS)}, not {error}")
+    event = _finish_run(settings, run, status, cause, None, {}, {})
+    return {"status": event.status.value, "cause": cause}
+
+
+def _queue_for_capacity(run: RunView, settings: PipelineSettings) -> dict[str, Any]:
+    """Every training instance type of the run had no capacity or quota (the account's SageMaker quota is shared by
+    all runs): wait and try the list again, visibly (Stage Waiting, the ledger's train item), as long as the stack's
+    MaxCapacityWaitMinutes allows in all; then ``CapacityUnavailable`` fails the run for the platform team. The
+    waits are counted (interval x waits), not read off a clock, so a retried call cannot stretch the bound.
+    """
+    _, cause = one_line_cause(run.result("error"))
+    item = _item(settings, run, Stage.TRAIN)
+    waits = int(item.get("capacity_waits") or 0)
+    interval = settings.capacity_retry_interval_s
+    allowed_s = settings.max_capacity_wait_minutes * 60
+    if (waits + 1) * interval > allowed_s:
+        raise CapacityUnavailable(
+            f"no capacity or quota for any of the run's training instance types after waiting "
+            f"{waits * interval / 60:.0f} min, as long as the stack's MaxCapacityWaitMinutes "
+            f"{settings.max_capacity_wait_minutes} allows; last: {cause}"
+        )
+    now = _now()
+    since = item.get("waiting_since") or now
+    ledger.put_stage(
+        settings.ledger_table,
+        run.run_id,
+        Stage.TRAIN.value,
+        {"status": Status.WAITING.value, "waiting_since": since, "capacity_waits": waits + 1, "waiting_for": cause},
+    )
+    left_min = (allowed_s - (waits + 1) * interval) / 60
+    message = (
+        f"no capacity or quota for the run's training instance types now; trying them again in {interval / 60:.0f} "
+        f"min (wait {waits + 1}; up to {left_min:.0f} min more): {cause}"
+    )
+    event = _event(run, Stage.TRAIN, Status.WAITING, started_at=_started_at(item), message=message)
+    _publish_once(settings, run, event, item, occurrence=waits)
+    return {"wait_s": interval, "waits": waits + 1}

@@ -127,11 +127,15 @@ def run_name(obj: ObjectVersion, incoming_prefix: str = "incoming/") -> str:
 
     Deterministic (same bucket, key and version: same name), at most 80 characters of ``[0-9A-Za-z_-]``, starting
     with a letter or digit. Without a version id (a bucket that never had versioning on) the ETag and the event's
-    sequencer identify the upload instead.
+    sequencer identify the upload instead. The readable part has PII in the file name masked (a run id travels in
+    every event, job name and ledger key): ``incoming/cust 4111 1111 1111 1111.jsonl`` gives ``cust-1111-...``.
     """
+    from tuneplane.logic.validation.pii import redact
+
     stem = dataset_stem(obj.key) or obj.key
     if stem.startswith(incoming_prefix):
         stem = stem[len(incoming_prefix) :]
+    stem = redact(stem[:1024])
     slug = _NOT_NAME_CHARS.sub("-", stem).strip("-_")[:_SLUG_MAX].rstrip("-_") or "dataset"
     identity = f"version={obj.version_id}" if obj.version_id else f"etag={obj.etag};sequencer={obj.sequencer or ''}"
     digest = hashlib.sha256(f"{obj.bucket}\n{obj.key}\n{identity}".encode()).hexdigest()[:HASH_CHARS]
@@ -173,6 +177,8 @@ def parse_sidecar(raw: bytes) -> DatasetSettings:
         raise InvalidConfiguration(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except RecursionError as exc:  # the parser recurses per nesting level: thousands of [ or { exhaust the stack
         raise InvalidConfiguration("nested too deeply to be a settings file") from exc
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits (Python's int conversion limit)
+        raise InvalidConfiguration(f"not a usable JSON value: {str(exc)[:200]}") from exc
     try:
         return DatasetSettings.model_validate(document)
     except RecursionError as exc:
@@ -268,6 +274,8 @@ def build_run_input(
         sidecar_key=sidecar.key if sidecar else None,
         sidecar_version_id=sidecar.version_id if sidecar else None,
         sidecar_error=sidecar.error if sidecar else None,
+        sequencer=obj.sequencer,
+        rerun=settings.rerun if settings else False,
     )
 
 

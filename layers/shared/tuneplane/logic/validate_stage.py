@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -15,8 +16,9 @@ from tuneplane.errors import InvalidTrainingData
 from tuneplane.logic import run_limits
 from tuneplane.logic.base_model import load_model_context
 from tuneplane.logic.cost import PricingTable, estimate_run
-from tuneplane.logic.validation import DatasetSource, ResourceBudget, validate_dataset
+from tuneplane.logic.validation.scanner import ResourceBudget
 from tuneplane.logic.validation.summary import headline, render_summary
+from tuneplane.logic.validation.validator import DatasetSource, validate_dataset
 from tuneplane.models.pipeline import EvaluationOverrides, TrainingOverrides
 from tuneplane.models.stage import ValidateRequest, ValidateSummary
 from tuneplane.models.validation import Code, CostEstimate, ValidationOptions, ValidationReport
@@ -100,6 +102,7 @@ def _pricing(settings: ValidateSettings) -> PricingTable:
 def _rejection(report: ValidationReport, report_uri: str) -> str:
     top = [f"{c.code.value} x{c.count} (first: {c.first_message})" for c in report.errors[:_TOP_ERRORS_IN_MESSAGE]]
     top += report.cost.over_limits if report.cost else []
+    top += report.run_problems
     return f"{headline(report)}; {'; '.join(top)}; full report: {report_uri}"
 
 
@@ -137,6 +140,15 @@ def _run_estimate(
     return costliest.model_copy(update={"warnings": warnings, "known": all(c.known for c in candidates)})
 
 
+def _sha256(path: Path | None) -> str | None:
+    """The digest of a split as written (the usable examples in file order, duplicates and blank lines left out,
+    the seeded held-out split): two uploads of the same lines have the same digests, gzipped or not."""
+    if path is None:
+        return None
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
 def run_validate_stage(
     request: ValidateRequest, settings: ValidateSettings, budget: ResourceBudget | None = None
 ) -> ValidateSummary:
@@ -164,6 +176,16 @@ def run_validate_stage(
                 logger.warning("cost estimate incomplete", run_id=request.run_id, problem=warning)
             if report.cost.over_limits:  # nothing is uploaded for a run that will not train
                 report.passed = False
+        if report.passed and report.split and report.split.eval_examples == 0:  # the gate could not score it
+            report.passed = False
+            report.run_problems.append(
+                "no evaluation examples: the promotion gate needs some (set validation.eval_fraction above 0, "
+                "or an eval_file with examples)"
+            )
+        digests = {
+            "train": _sha256(result.train_path) if report.passed else None,
+            "eval": _sha256(result.eval_path) if report.passed else None,
+        }
         if report.passed and result.train_path and report.split:
             report.split.train_uri = s3.upload_file(
                 result.train_path, settings.data_bucket, f"{run_prefix}data/train.jsonl"
@@ -202,5 +224,8 @@ def run_validate_stage(
         estimated_cost_usd=report.cost.cost_usd if report.cost else None,
         estimated_run_cost_usd=report.cost.total_cost_usd if report.cost else None,
         max_run_cost_usd=settings.max_run_cost_usd,
+        cost_warnings=report.cost.warnings if report.cost else [],
+        train_sha256=digests["train"],
+        eval_sha256=digests["eval"],
         headline=headline(report),
     )

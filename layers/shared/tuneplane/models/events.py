@@ -1,7 +1,9 @@
 """The one event the pipeline publishes on its bus: ``detail`` of every ``Stage *`` and ``Run *`` event.
 
-Source ``tuneplane``; detail types are ``Stage Started``, ``Stage Succeeded``, ``Stage Failed``, ``Stage Skipped``,
-``Run Succeeded``, ``Run Rejected`` and ``Run Failed``. Subscribers (the Slack notifier, dashboards, other teams'
+Source ``tuneplane``; detail types are ``Stage Started``, ``Stage Waiting`` (no capacity or quota for the training
+job yet: it is tried again), ``Stage Succeeded``, ``Stage Failed``, ``Stage Skipped``, ``Run Succeeded``, ``Run
+Rejected``, ``Run Failed``, ``Run Superseded`` (a newer upload of the dataset replaced the run before it deployed)
+and ``Run Skipped`` (the same content as an earlier run). Subscribers (the Slack notifier, dashboards, other teams'
 rules) parse ``detail`` with ``PipelineEvent``; the README documents the fields.
 
 Its free text (``message``, ``error``, ``notes``, text ``metrics``) can quote the data: a validation problem, the
@@ -33,7 +35,7 @@ class Stage(StrEnum):
     EVALUATE = "evaluate"
     REGISTER = "register"
     DEPLOY = "deploy"
-    RUN = "run"  # the whole run: Run Succeeded / Rejected / Failed
+    RUN = "run"  # the whole run: Run Succeeded / Rejected / Failed / Superseded / Skipped
 
 
 class Status(StrEnum):
@@ -42,10 +44,13 @@ class Status(StrEnum):
     SKIPPED = "skipped"
     REJECTED = "rejected"  # the data or the model was not good enough: the uploader acts, not the platform team
     FAILED = "failed"  # something broke: the platform team acts
+    WAITING = "waiting"  # a stage only: no capacity or quota now, tried again later (not an outcome)
+    SUPERSEDED = "superseded"  # a run only: a newer upload of the dataset replaced this one before it deployed
 
 
 _STAGE_DETAIL_TYPES = {
     Status.STARTED: "Stage Started",
+    Status.WAITING: "Stage Waiting",
     Status.SUCCEEDED: "Stage Succeeded",
     Status.SKIPPED: "Stage Skipped",
     Status.REJECTED: "Stage Failed",
@@ -55,6 +60,8 @@ _RUN_DETAIL_TYPES = {
     Status.SUCCEEDED: "Run Succeeded",
     Status.REJECTED: "Run Rejected",
     Status.FAILED: "Run Failed",
+    Status.SUPERSEDED: "Run Superseded",
+    Status.SKIPPED: "Run Skipped",  # the same content as an earlier run: nothing trained
 }
 DETAIL_TYPES = frozenset({*_STAGE_DETAIL_TYPES.values(), *_RUN_DETAIL_TYPES.values()})
 
@@ -66,7 +73,7 @@ NOTE_MAX = 1000
 METRIC_TEXT_MAX = 2000
 
 
-def _run_identifiers(run_id: Any) -> tuple[str, ...]:
+def run_identifiers(run_id: Any) -> tuple[str, ...]:
     """The run id and the hash every job, model and endpoint config name of the run carries (job_requests.job_prefix):
     hex digits that are no phone number, whatever ``redact`` would think."""
     if not isinstance(run_id, str) or not run_id:
@@ -110,7 +117,7 @@ class PipelineEvent(BaseModel):
         """PII masked and lengths bounded (with a marker) in every free-text field, before the checks run."""
         if not isinstance(data, dict):
             return data
-        keep = _run_identifiers(data.get("run_id"))
+        keep = run_identifiers(data.get("run_id"))
         data = dict(data)
         for name, limit in (("message", MESSAGE_MAX), ("error", ERROR_MAX)):
             data[name] = _redacted(data.get(name), limit, keep)

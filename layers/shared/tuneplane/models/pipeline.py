@@ -74,11 +74,13 @@ class DeployOverrides(BaseModel):
 
 
 class StageRequest(BaseModel):
-    """One call of the Stage function from the state machine: record a stage's start, end, skip or failure."""
+    """One call of the Stage function from the state machine: record a stage's start, end, skip or failure, the
+    run's completion, its clean stop (``stop``: superseded by a newer upload, or the same content as before), or a
+    wait for training capacity (``queue``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    action: Literal["start", "finish", "skip", "reject", "fail", "complete"]
+    action: Literal["start", "finish", "skip", "reject", "fail", "complete", "stop", "queue"]
     stage: Stage
     execution_arn: str | None = None
     reason: str | None = Field(default=None, max_length=500, description="Why a stage is skipped.")

@@ -37,6 +37,11 @@ class DatasetSettings(BaseModel):
     deploy: DeployOverrides = Field(
         default_factory=DeployOverrides, description="Where this dataset's model is deployed (the stack's default)."
     )
+    rerun: bool = Field(
+        default=False,
+        description="Train again even when an earlier run had the same examples and settings (otherwise the run "
+        "ends 'Run Skipped: same content as run X').",
+    )
 
 
 class ObjectVersion(BaseModel):
@@ -75,6 +80,10 @@ class RunInput(BaseModel):
     )
     sidecar_key: str | None = Field(default=None, description="The sidecar file that applied, if any.")
     sidecar_version_id: str | None = None
+    sequencer: str | None = Field(
+        default=None, description="The upload's S3 event sequencer: orders the uploads of one dataset (newest wins)."
+    )
+    rerun: bool = Field(default=False, description="The sidecar's rerun: train even the same content again.")
     sidecar_error: str | None = Field(
         default=None, description="Why the sidecar file is unusable; the Validate stage rejects the run with it."
     )

@@ -63,4 +63,9 @@ class ValidateSummary(BaseModel):
     max_run_cost_usd: float | None = Field(
         default=None, description="The stack's MaxRunCostUsd it was checked against."
     )
+    cost_warnings: list[str] = Field(
+        default_factory=list, description="What the estimate could not price (an instance type not in the table)."
+    )
+    train_sha256: str | None = Field(default=None, description="Of train.jsonl as written: the run's content.")
+    eval_sha256: str | None = Field(default=None, description="Of eval.jsonl as written.")
     headline: str

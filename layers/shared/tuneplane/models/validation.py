@@ -142,7 +142,9 @@ class ValidationOptions(BaseModel):
     severity_overrides: dict[Code, Severity] = Field(
         default_factory=dict, description="Make a code stricter or looser, e.g. {'pii_detected': 'error'}."
     )
-    max_listed_problems: int = Field(default=1000, ge=1, description="Problems kept in full in the report.")
+    max_listed_problems: int = Field(
+        default=1000, ge=1, le=10_000, description="Problems kept in full in the report (bounds its memory)."
+    )
     epochs: float = Field(default=3.0, gt=0, description="Training epochs, for the cost estimate.")
     instance_type: str = Field(default="ml.g5.2xlarge", description="Training instance, for the cost estimate.")
     spot: bool = Field(default=False, description="Price the estimate at the spot discount.")
@@ -247,6 +249,10 @@ class ValidationReport(BaseModel):
     lines_dropped_count: int = 0
     duplicates_dropped: int = 0
     problems: list[Problem] = Field(default_factory=list, description="In file order, first max_listed_problems.")
+    run_problems: list[str] = Field(
+        default_factory=list,
+        description="Why the pipeline cannot go on with valid data (e.g. no evaluation examples for the gate).",
+    )
     problem_counts: list[CodeCount] = Field(default_factory=list)
     tokens: TokenStats | None = None
     template: TemplateCheck | None = None

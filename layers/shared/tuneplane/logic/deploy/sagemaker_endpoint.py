@@ -141,9 +141,10 @@ def _create_or_update(
     endpoints.create_endpoint_config(
         resource, resource, plan.instance_type, settings.endpoint_min_instances, settings.kms_key_arn, resource_tags
     )
-    five_xx, latency = serving.alarm_names(name)
-    endpoints.put_alarm(five_xx, name, "Invocation5XXErrors", "Sum", 0, resource_tags)
-    endpoints.put_alarm(latency, name, "ModelLatency", "p90", settings.latency_alarm_ms * 1000, resource_tags)
+    five_xx, latency = serving.alarm_names(name, settings.stack_name)
+    actions = [settings.alarm_topic_arn] if settings.alarm_topic_arn else []
+    endpoints.put_alarm(five_xx, name, "Invocation5XXErrors", "Sum", 0, resource_tags, actions)
+    endpoints.put_alarm(latency, name, "ModelLatency", "p90", settings.latency_alarm_ms * 1000, resource_tags, actions)
     deployment = Deployment(
         target="vllm",
         max_polls=settings.max_polls,

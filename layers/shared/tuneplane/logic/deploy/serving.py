@@ -110,8 +110,10 @@ def plan(settings: DeploySettings, run: RunArtifacts, merge_report: dict[str, An
     )
 
 
-def alarm_names(endpoint: str) -> tuple[str, str]:
-    return f"{endpoint}-5xx", f"{endpoint}-latency"
+def alarm_names(endpoint: str, stack_name: str) -> tuple[str, str]:
+    """The endpoint's two rollback alarms. Named under the stack (``<stack>-<endpoint>-5xx``) so that the stack's alarm
+    topic, whose policy lets CloudWatch publish only for the stack's alarms, tells people when one fires later."""
+    return f"{stack_name}-{endpoint}-5xx", f"{stack_name}-{endpoint}-latency"
 
 
 def deployment_config(settings: DeploySettings, endpoint: str) -> dict[str, Any]:
@@ -133,5 +135,7 @@ def deployment_config(settings: DeploySettings, endpoint: str) -> dict[str, Any]
             "TerminationWaitInSeconds": bake,
             "MaximumExecutionTimeoutInSeconds": min(28_800, max(600, 2 * bake + 3600)),
         },
-        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": name} for name in alarm_names(endpoint)]},
+        "AutoRollbackConfiguration": {
+            "Alarms": [{"AlarmName": name} for name in alarm_names(endpoint, settings.stack_name)]
+        },
     }

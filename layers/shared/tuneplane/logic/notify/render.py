@@ -40,9 +40,17 @@ STATUS_EMOJI = {
     Status.SKIPPED: ":fast_forward:",
     Status.REJECTED: ":no_entry:",
     Status.FAILED: ":x:",
+    Status.SUPERSEDED: ":arrows_counterclockwise:",
+    Status.WAITING: ":hourglass:",
 }
 RUN_SUCCEEDED_EMOJI = ":tada:"
-_RUN_DETAIL_TYPES = {Status.SUCCEEDED: "Run Succeeded", Status.REJECTED: "Run Rejected", Status.FAILED: "Run Failed"}
+_RUN_DETAIL_TYPES = {
+    Status.SUCCEEDED: "Run Succeeded",
+    Status.REJECTED: "Run Rejected",
+    Status.FAILED: "Run Failed",
+    Status.SUPERSEDED: "Run Superseded",
+    Status.SKIPPED: "Run Skipped",
+}
 _CONSOLE_HOSTS = {"aws": "{region}.console.aws.amazon.com", "aws-us-gov": "console.amazonaws-us-gov.com"}
 # The evaluation's score metrics in the order the evaluate container computes them (higher is better).
 _SCORE_ORDER = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_schema_match", "stop_rate")

@@ -34,19 +34,29 @@ class ProblemLog:
         self.error_lines: dict[Source, int] = {"train": 0, "eval": 0}
         self.dropped_lines: dict[Source, list[int]] = {"train": [], "eval": []}
         self.dropped_count: dict[Source, int] = {"train": 0, "eval": 0}
+        # The order key of the last problem kept once the list is full: a problem that sorts after it would be
+        # trimmed anyway, so it is only counted (a file of millions of bad lines costs a count each, not a Problem).
+        self._cutoff: tuple[bool, int, str] | None = _EVERYTHING if options.max_listed_problems == 0 else None
 
     def add(
         self, code: Code, message: str, *, source: Source, line: int | None = None, path: str | None = None
     ) -> Severity:
         severity = self._options.severity(code)
-        message = redact(message, MESSAGE_MAX)
-        path = redact(path, PATH_MAX) if path is not None else None
         tally = self._tallies.get((source, code))
         if tally is None:
+            message = redact(message, MESSAGE_MAX)
             tally = self._tallies[(source, code)] = _Tally(severity, first_message=message)
+            redacted = True
+        else:
+            redacted = False
         tally.count += 1
         if line is not None and len(tally.first_lines) < FIRST_LINES_KEPT:
             tally.first_lines.append(line)
+        if self._cutoff is not None and (source == "eval", line or 0, code.value) >= self._cutoff:
+            return severity
+        if not redacted:
+            message = redact(message, MESSAGE_MAX)
+        path = redact(path, PATH_MAX) if path is not None else None
         self._listed.append(
             Problem(code=code, severity=severity, message=message, line=line, path=path, source=source)
         )
@@ -71,6 +81,8 @@ class ProblemLog:
     def _trim(self) -> None:
         self._listed.sort(key=_order)
         del self._listed[self._options.max_listed_problems :]
+        if self._listed and len(self._listed) == self._options.max_listed_problems:
+            self._cutoff = _order(self._listed[-1])
 
     def listed(self) -> list[Problem]:
         self._trim()
@@ -93,5 +105,8 @@ class ProblemLog:
         ]
 
 
-def _order(problem: Problem) -> tuple[int, int, str]:
+_EVERYTHING = (False, -1, "")  # sorts before every problem: with max_listed_problems 0 none is listed
+
+
+def _order(problem: Problem) -> tuple[bool, int, str]:
     return (problem.source == "eval", problem.line or 0, problem.code.value)
