@@ -41,16 +41,8 @@ def begin(settings: DeploySettings, run: RunArtifacts) -> Deployment:
     ):
         # An earlier attempt of this step created it and its answer was lost (a timeout, a throttled response):
         # the retry carries on with it instead of refusing its own endpoint as "another deployment in progress".
-        return Deployment(
-            target="vllm",
-            max_polls=settings.max_polls,
-            endpoint_name=name,
-            endpoint_config_name=resource,
-            model_name=resource,
-            plan=plan,
-            mode="create",
-            notes=[f"creating endpoint {name} (created by an earlier attempt of this step)"],
-        )
+        note = f"creating endpoint {name} (created by an earlier attempt of this step)"
+        return _deployment(settings, name, resource, plan).model_copy(update={"mode": "create", "notes": [note]})
     if existing is not None and existing["EndpointStatus"] not in _SETTLED:
         raise EndpointDeployFailed(
             f"endpoint {name} is {existing['EndpointStatus']}: another deployment of this dataset is in progress; "
@@ -119,6 +111,18 @@ def _with_what_is_left(
     return type(exc)(f"{bound_text(str(exc), 200)}; deploy not begun: {'; '.join(left)}")
 
 
+def _deployment(settings: DeploySettings, name: str, resource: str, plan: ServingPlan) -> Deployment:
+    """The deployment of this run's model and endpoint config (both named ``resource``) to endpoint ``name``."""
+    return Deployment(
+        target="vllm",
+        max_polls=settings.max_polls,
+        endpoint_name=name,
+        endpoint_config_name=resource,
+        model_name=resource,
+        plan=plan,
+    )
+
+
 def _create_or_update(
     settings: DeploySettings,
     run: RunArtifacts,
@@ -145,14 +149,7 @@ def _create_or_update(
     actions = [settings.alarm_topic_arn] if settings.alarm_topic_arn else []
     endpoints.put_alarm(five_xx, name, "Invocation5XXErrors", "Sum", 0, resource_tags, actions)
     endpoints.put_alarm(latency, name, "ModelLatency", "p90", settings.latency_alarm_ms * 1000, resource_tags, actions)
-    deployment = Deployment(
-        target="vllm",
-        max_polls=settings.max_polls,
-        endpoint_name=name,
-        endpoint_config_name=resource,
-        model_name=resource,
-        plan=plan,
-    )
+    deployment = _deployment(settings, name, resource, plan)
     if existing is None:
         endpoints.create_endpoint(name, resource, resource_tags)
         return deployment.model_copy(update={"mode": "create", "notes": [f"creating endpoint {name}"]})

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneplane.adapters import secrets, slack
 from tuneplane.config import NotifySettings
+from tuneplane.logic.notify.notify import slack_retry_policy
 from tuneplane.logic.notify.render import HEADER_MAX, TEXT_MAX, escape
 from tuneplane.observability import logger
 
@@ -174,12 +175,7 @@ class AlarmNotifyResult(BaseModel):
 def notify_alarms(event: dict[str, Any], settings: NotifySettings) -> AlarmNotifyResult:
     """Post every record of an SNS event to the Slack webhook of ``settings``."""
     webhook_url = secrets.slack_webhook_url(settings.slack_webhook_secret_arn, settings.secret_max_age_s)
-    policy = slack.RetryPolicy(
-        max_attempts=settings.slack_max_attempts,
-        max_wait_s=settings.slack_max_wait_s,
-        backoff_s=settings.slack_backoff_s,
-        timeout_s=settings.slack_timeout_s,
-    )
+    policy = slack_retry_policy(settings)
     attempts, names = 0, []
     for record in event["Records"]:
         sns = record.get("Sns") or {}

@@ -111,6 +111,16 @@ def _implied_detail_type(event: PipelineEvent) -> str | None:
         return None
 
 
+def slack_retry_policy(settings: NotifySettings) -> slack.RetryPolicy:
+    """How hard a Slack post is tried (pipeline events and alarms alike), from the Notify function's settings."""
+    return slack.RetryPolicy(
+        max_attempts=settings.slack_max_attempts,
+        max_wait_s=settings.slack_max_wait_s,
+        backoff_s=settings.slack_backoff_s,
+        timeout_s=settings.slack_timeout_s,
+    )
+
+
 def notify(event: PipelineEvent, detail_type: str, settings: NotifySettings) -> NotifyResult:
     """Render the event, link its chart, post it to the Slack webhook of ``settings``."""
     if detail_type != _implied_detail_type(event):
@@ -118,12 +128,7 @@ def notify(event: PipelineEvent, detail_type: str, settings: NotifySettings) -> 
     chart_url = chart_link(event, settings.chart_url_expiry_s)
     message = render(event, detail_type, console_region=settings.console_region, chart_url=chart_url)
     webhook_url = secrets.slack_webhook_url(settings.slack_webhook_secret_arn, settings.secret_max_age_s)
-    policy = slack.RetryPolicy(
-        max_attempts=settings.slack_max_attempts,
-        max_wait_s=settings.slack_max_wait_s,
-        backoff_s=settings.slack_backoff_s,
-        timeout_s=settings.slack_timeout_s,
-    )
+    policy = slack_retry_policy(settings)
     delivery = slack.post_message(webhook_url, message, policy)
     return NotifyResult(
         run_id=event.run_id,
