@@ -1,16 +1,19 @@
-"""Validate stage Lambda: parse the state input, run the validation logic, return the small summary."""
+"""Validate stage Lambda: parse the state input, run the validation logic, return the small summary.
+
+Two calls: the state (validate here, or hand a dataset beyond this Lambda to a Processing job), and
+``{"collect": true, "state": ...}`` once that job has ended (its result as the stage's)."""
 
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tuneplane.bounds import bounded_errors
 from tuneplane.config import validate_settings
-from tuneplane.logic.validate_stage import run_validate_stage
 from tuneplane.logic.validation.scanner import ResourceBudget
-from tuneplane.models.stage import ValidateRequest
+from tuneplane.logic.validation_engine import collect, validate_in_lambda
+from tuneplane.models.stage import CollectValidationRequest, ValidateRequest, ValidateSummary
 from tuneplane.observability import logger, metrics, tracer
 
 
@@ -18,10 +21,16 @@ from tuneplane.observability import logger, metrics, tracer
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler(capture_response=False, capture_error=False)  # both may quote the data
 @metrics.log_metrics
-@event_parser(model=ValidateRequest)
-def handler(event: ValidateRequest, context: LambdaContext) -> dict[str, Any]:
-    logger.append_keys(run_id=event.run_id)
-    # The Lambda's remaining time and memory: validation stops with a clear rejection before either runs out.
-    summary = run_validate_stage(event, validate_settings(), ResourceBudget.for_lambda(context))
-    metrics.add_metric(name="ExamplesValidated", unit=MetricUnit.Count, value=summary.examples_valid)
-    return summary.model_dump(mode="json")
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if isinstance(event, dict) and "collect" in event:
+        request = parse(event=event, model=CollectValidationRequest)
+        logger.append_keys(run_id=request.state.run_id)
+        result: Any = collect(request.state, validate_settings())
+    else:
+        state = parse(event=event, model=ValidateRequest)
+        logger.append_keys(run_id=state.run_id)
+        # The Lambda's remaining time and memory: a dataset beyond them goes to a Processing job, not a timeout.
+        result = validate_in_lambda(state, validate_settings(), ResourceBudget.for_lambda(context))
+    if isinstance(result, ValidateSummary):
+        metrics.add_metric(name="ExamplesValidated", unit=MetricUnit.Count, value=result.examples_valid)
+    return dict(result.model_dump(mode="json"))

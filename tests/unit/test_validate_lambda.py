@@ -147,7 +147,7 @@ def test_missing_object_is_dataset_not_found(aws: Any) -> None:
         handler({"run_id": "run-5", "bucket": BUCKET, "key": "incoming/nope.jsonl"}, CONTEXT)
 
 
-def test_the_lambdas_remaining_time_bounds_validation_with_a_clear_rejection(
+def test_a_scan_that_outruns_the_lambdas_time_is_handed_to_a_processing_job_not_rejected(
     aws: Any, reversal_lines: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tuneplane.logic.validation import scanner
@@ -160,11 +160,11 @@ def test_the_lambdas_remaining_time_bounds_validation_with_a_clear_rejection(
     monkeypatch.setattr(scanner, "_now", lambda: float(next(clock)))
     handler = _load_handler().handler
     # WHEN the Validate Lambda runs
-    with pytest.raises(InvalidTrainingData) as raised:
-        handler({"run_id": "run-6", "bucket": BUCKET, "key": "incoming/slow.jsonl"}, context)
-    # THEN it is rejected as too large to validate in that time, said to be the platform's limit, with a report
-    message = str(raised.value)
-    assert "too_large_to_validate x1" in message and "the 1 s this validation may take ran out" in message
-    assert "a limit of the platform, not an error in the data" in message
-    report = json.loads(_read(aws, "runs/run-6/validation/report.json"))
-    assert [p["code"] for p in report["problems"]] == ["too_large_to_validate"]
+    answer = handler({"run_id": "run-6", "bucket": BUCKET, "key": "incoming/slow.jsonl"}, context)
+    # THEN it hands the dataset on to a Processing job, saying it is the platform's limit and which one
+    assert answer["engine"] == "processing" and answer["input_uri"] == f"s3://{BUCKET}/runs/run-6/validation-input/"
+    assert "the 1 s this validation may take ran out" in answer["reason"]
+    assert "a limit of the platform, not an error in the data" in answer["reason"]
+    # AND it stored no verdict of its own: no report, no splits (the job writes them)
+    assert aws.list_objects_v2(Bucket=BUCKET, Prefix="runs/run-6/validation/")["KeyCount"] == 0
+    assert aws.list_objects_v2(Bucket=BUCKET, Prefix="runs/run-6/data/")["KeyCount"] == 0

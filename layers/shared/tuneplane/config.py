@@ -126,6 +126,13 @@ class PipelineSettings(RunLimitSettings):
     merge_image_uri: str = Field(min_length=1)
     evaluate_image_uri: str = Field(min_length=1)
     quantize_image_uri: str | None = None
+    validate_image_uri: str | None = Field(
+        default=None, description="The validation job's image: datasets beyond the Validate Lambda go to it."
+    )
+    validation_instance_type: str = Field(default="ml.m5.2xlarge", pattern=rf"^{_INSTANCE_TYPE}$")
+    max_validation_runtime_s: int = Field(
+        default=6 * 3600, ge=3600, le=5 * 24 * 3600, description="The validation job's MaxRuntimeInSeconds."
+    )
     job_wait_margin_s: int = Field(
         default=15 * 60, ge=0, description="The state machine waits this much longer than a job may run."
     )

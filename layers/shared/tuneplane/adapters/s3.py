@@ -178,3 +178,38 @@ def download_files(prefix_uri: str, names: Iterable[str], destination: Path) -> 
             raise _error(exc, f"s3://{bucket}/{prefix}{name}") from exc
         found.append(name)
     return found
+
+
+# Server-side copies of up to 5 GiB are one CopyObject; larger ones are multipart (UploadPartCopy), 256 MiB per part:
+# the AWS docs allow parts of 5 MiB to 5 GiB and 10,000 parts, so this copies up to 2.4 TiB, past the 50 GiB limit.
+_COPY_PART_BYTES = 256 * 1024 * 1024
+
+
+def copy_version(bucket: str, key: str, version_id: str | None, to_bucket: str, to_key: str) -> str:
+    """Copy one version of an object inside S3 (the bytes never pass through here); returns the copy's URI."""
+    from boto3.s3.transfer import TransferConfig
+
+    source: dict[str, str] = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
+    config = TransferConfig(multipart_threshold=5 * 1024**3, multipart_chunksize=_COPY_PART_BYTES, max_concurrency=8)
+    try:
+        s3_client().copy(source, to_bucket, to_key, Config=config)  # type: ignore[arg-type]
+    except ClientError as exc:
+        raise _error(exc, f"copy s3://{bucket}/{key} to s3://{to_bucket}/{to_key}") from exc
+    return f"s3://{to_bucket}/{to_key}"
+
+
+def copy_files(prefix_uri: str, names: Iterable[str], to_bucket: str, to_prefix: str) -> list[str]:
+    """Copy those of `names` that exist under `prefix_uri` to `to_prefix`; return the ones found."""
+    bucket, prefix = parse_s3_uri(prefix_uri.rstrip("/") + "/")
+    found = []
+    for name in names:
+        try:
+            s3_client().copy_object(
+                Bucket=to_bucket, Key=to_prefix + name, CopySource={"Bucket": bucket, "Key": prefix + name}
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code", "") in _MISSING:
+                continue
+            raise _error(exc, f"copy s3://{bucket}/{prefix}{name}") from exc
+        found.append(name)
+    return found

@@ -173,7 +173,13 @@ def _processing_job(
     inputs: dict[str, str],
     outputs: dict[str, str],
     arguments: dict[str, str],
+    *,
+    instance_type: str | None = None,
+    volume_size_gb: int | None = None,
+    max_runtime_s: int | None = None,
 ) -> JobSpec:
+    instance_type = instance_type or settings.processing_instance_type
+    max_runtime_s = max_runtime_s or settings.max_processing_runtime_s
     paths = {f"{name}_dir": f"{PROCESSING_INPUT}/{name}" for name in inputs}
     paths |= {"output_dir": f"{PROCESSING_OUTPUT}/{next(iter(outputs))}", "failure_file": EXIT_MESSAGE_FILE}
     container_arguments = [f"--{name}={value}" for name, value in {**paths, **arguments}.items()]
@@ -189,20 +195,16 @@ def _processing_job(
         "ProcessingResources": {
             "ClusterConfig": {
                 "InstanceCount": 1,
-                "InstanceType": settings.processing_instance_type,
-                "VolumeSizeInGB": settings.volume_size_gb,
-                **_volume_kms(settings, settings.processing_instance_type),
+                "InstanceType": instance_type,
+                "VolumeSizeInGB": volume_size_gb or settings.volume_size_gb,
+                **_volume_kms(settings, instance_type),
             }
         },
-        "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_processing_runtime_s},
+        "StoppingCondition": {"MaxRuntimeInSeconds": max_runtime_s},
         "NetworkConfig": {"EnableNetworkIsolation": True, "EnableInterContainerTrafficEncryption": True},
         "Tags": _tags(settings, run_id, stage),
     }
-    return JobSpec(
-        request=request,
-        timeout_s=settings.max_processing_runtime_s + settings.job_wait_margin_s,
-        instance_type=settings.processing_instance_type,
-    )
+    return JobSpec(request=request, timeout_s=max_runtime_s + settings.job_wait_margin_s, instance_type=instance_type)
 
 
 def merge_job(settings: PipelineSettings, run_id: str, adapter_uri: str, eval_uri: str | None) -> JobSpec:
@@ -242,3 +244,47 @@ def evaluate_job(
         **overrides.arguments(),
     }
     return _processing_job(settings, run_id, Stage.EVALUATE, settings.evaluate_image_uri, inputs, outputs, arguments)
+
+
+# A gzip file's data is assumed this many times its size when the job's volume is sized (JSONL compresses 5-10 times);
+# the job measures its free disk when it starts and rejects data beyond it as too_large_to_validate, never a crash.
+GZIP_EXPANSION_ASSUMED = 10
+# Bytes on the volume per byte of data besides the input copy: bench/validation_bounds.py measured validation writing
+# 2.0 per input byte for chat data and 4.6 for the tiniest prompt/completion lines.
+VALIDATION_DISK_PER_BYTE = 5
+MAX_VOLUME_GB = 16384  # SageMaker's ProcessingClusterConfig VolumeSizeInGB maximum
+
+
+def validation_volume_gb(data_bytes: int, gzip: bool) -> int:
+    """The validation job's ML storage: the pinned copy, the spill and the splits, plus 10 GB of room."""
+    data = data_bytes * (GZIP_EXPANSION_ASSUMED if gzip else 1)
+    return min(MAX_VOLUME_GB, -(-(data_bytes + VALIDATION_DISK_PER_BYTE * data) // 1024**3) + 10)
+
+
+def validate_job(settings: PipelineSettings, run_id: str, input_uri: str, data_bytes: int, gzip: bool) -> JobSpec:
+    """The Processing job that validates a dataset handed on by the Validate Lambda (logic/validation_engine.py)."""
+    if not settings.validate_image_uri:
+        raise InvalidConfiguration(
+            "a dataset beyond the Validate Lambda needs the validation image (VALIDATE_IMAGE_URI)"
+        )
+    outputs = {
+        "validation": run_uri(settings, run_id, "validation", ""),
+        "data": run_uri(settings, run_id, "data", ""),
+    }
+    arguments = {
+        "data_dir": f"{PROCESSING_OUTPUT}/data",
+        "work_dir": "/opt/ml/processing/work",
+        "max_runtime_s": str(settings.max_validation_runtime_s),
+    }
+    return _processing_job(
+        settings,
+        run_id,
+        Stage.VALIDATE,
+        settings.validate_image_uri,
+        {"job": input_uri},
+        outputs,
+        arguments,
+        instance_type=settings.validation_instance_type,
+        volume_size_gb=validation_volume_gb(data_bytes, gzip),
+        max_runtime_s=settings.max_validation_runtime_s,
+    )

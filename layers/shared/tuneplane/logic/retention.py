@@ -12,7 +12,7 @@ from tuneplane.adapters import s3
 from tuneplane.config import PipelineSettings
 
 INTERMEDIATE_TAG = {"tuneplane:retention": "intermediate"}
-INTERMEDIATE_FOLDERS = ("data/", "checkpoints/")  # normalized train/eval splits; training checkpoints
+INTERMEDIATE_FOLDERS = ("data/", "checkpoints/", "validation-input/")  # splits; checkpoints; a validation job's copies
 
 
 def mark_intermediates(settings: PipelineSettings, run_id: str) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from tuneplane.adapters import events, ledger, sagemaker
 from tuneplane.config import PipelineSettings
 from tuneplane.errors import CapacityUnavailable, InvalidConfiguration
@@ -25,6 +27,7 @@ from tuneplane.logic.stage_outcomes import (
 )
 from tuneplane.models.events import PipelineEvent, Stage, Status, run_identifiers
 from tuneplane.models.pipeline import JobSpec, StageOutcome, StageRequest
+from tuneplane.models.stage import ValidateHandoff
 from tuneplane.observability import logger
 
 _JOB_STAGES = {Stage.TRAIN, Stage.MERGE, Stage.QUANTIZE, Stage.EVALUATE}
@@ -73,6 +76,8 @@ def handle(request: StageRequest, settings: PipelineSettings) -> dict[str, Any]:
         return _stop(run, settings)
     if action == "queue":
         return _queue_for_capacity(run, settings)
+    if action == "hand_off":
+        return _hand_off(run, settings)
     return _end_badly(request.stage, run, settings, Status.REJECTED if action == "reject" else Status.FAILED)
 
 
@@ -224,6 +229,27 @@ def _start(stage: Stage, run: RunView, settings: PipelineSettings) -> dict[str, 
     if stage is Stage.REGISTER:
         return registration(run.run_id, run.key)
     return spec.model_dump(mode="json") if spec else {}
+
+
+def _hand_off(run: RunView, settings: PipelineSettings) -> dict[str, Any]:
+    """The Processing job that validates a dataset the Validate Lambda handed on (logic/validation_engine.py); the
+    ledger's validate item says so, with why."""
+    try:
+        handoff = ValidateHandoff.model_validate(run.result("validation").get("summary"))
+    except ValidationError as exc:
+        raise InvalidConfiguration(
+            f"hand_off: the Validate result is not a hand-off ({exc.error_count()} errors)"
+        ) from exc
+    spec = job_requests.validate_job(settings, run.run_id, handoff.input_uri, handoff.data_bytes, handoff.gzip)
+    fields = {
+        "engine": "processing",
+        "job_name": _job_name(spec),
+        "instance_type": spec.instance_type,
+        "handed_on_because": handoff.reason,
+    }
+    ledger.put_stage(settings.ledger_table, run.run_id, Stage.VALIDATE.value, fields)
+    logger.info("validation job requested", run_id=run.run_id, job_name=fields["job_name"], reason=handoff.reason)
+    return spec.model_dump(mode="json")
 
 
 def settings_notes(state: dict[str, Any]) -> list[str]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -18,7 +18,7 @@ from tuneplane.logic.base_model import load_model_context
 from tuneplane.logic.cost import PricingTable, estimate_run
 from tuneplane.logic.validation.scanner import ResourceBudget
 from tuneplane.logic.validation.summary import headline, render_summary
-from tuneplane.logic.validation.validator import DatasetSource, validate_dataset
+from tuneplane.logic.validation.validator import DatasetSource, ModelContext, validate_dataset
 from tuneplane.models.pipeline import EvaluationOverrides, TrainingOverrides
 from tuneplane.models.stage import ValidateRequest, ValidateSummary
 from tuneplane.models.validation import Code, CostEstimate, ValidationOptions, ValidationReport
@@ -149,9 +149,55 @@ def _sha256(path: Path | None) -> str | None:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def run_validate_stage(
-    request: ValidateRequest, settings: ValidateSettings, budget: ResourceBudget | None = None
-) -> ValidateSummary:
+class OutputStore(Protocol):
+    """Where a validation's report and splits go: S3 directly (the Lambda), or the Processing job's output
+    directories that SageMaker uploads to the same keys when the job ends. Each call returns the object's URI."""
+
+    def file(self, path: Path, key: str) -> str: ...
+
+    def json(self, key: str, document: Any) -> str: ...
+
+    def text(self, key: str, text: str) -> str: ...
+
+
+class S3Store:
+    def __init__(self, bucket: str) -> None:
+        self.bucket = bucket
+
+    def file(self, path: Path, key: str) -> str:
+        return s3.upload_file(path, self.bucket, key)
+
+    def json(self, key: str, document: Any) -> str:
+        return s3.put_json(self.bucket, key, document)
+
+    def text(self, key: str, text: str) -> str:
+        return s3.put_text(self.bucket, key, text)
+
+
+class BeyondReach(Exception):
+    """This machine's budget (time, memory, temporary disk) ran out before the data did: not the data's fault, and
+    a larger engine may finish it. Raised instead of storing a too_large_to_validate rejection when one exists."""
+
+
+@dataclass(frozen=True)
+class ValidationPlan:
+    """Everything a validation needs besides the data and the model, decided before any data is read: the sidecar's
+    sections checked against the stack's caps, the merged options, the price table."""
+
+    request: ValidateRequest
+    settings: ValidateSettings
+    training: TrainingOverrides
+    options: ValidationOptions
+    pricing: PricingTable
+
+    @property
+    def run_prefix(self) -> str:
+        return f"{self.settings.runs_prefix}{self.request.run_id}/"
+
+
+def plan_validation(
+    request: ValidateRequest, settings: ValidateSettings, pricing: PricingTable | None = None
+) -> ValidationPlan:
     sidecar = f"s3://{request.bucket}/{request.sidecar_key}" if request.sidecar_key else None
     if request.sidecar_error:  # StartRun starts the run even with a broken sidecar file: it is rejected here
         raise InvalidTrainingData(
@@ -160,18 +206,53 @@ def run_validate_stage(
         )
     training, _ = _sidecar_sections(request, settings, sidecar)
     options = build_options(settings, request.overrides, sidecar, training)
-    pricing = _pricing(settings)
-    run_prefix = f"{settings.runs_prefix}{request.run_id}/"
+    return ValidationPlan(request, settings, training, options, pricing or _pricing(settings))
+
+
+def run_validate_stage(
+    request: ValidateRequest, settings: ValidateSettings, budget: ResourceBudget | None = None
+) -> ValidateSummary:
+    """The whole stage on this machine (the CLI, a test): a dataset beyond its budget is rejected as
+    too_large_to_validate. The Validate Lambda goes through tuneplane.logic.validation_engine instead, which hands
+    such a dataset to a Processing job."""
+    plan = plan_validation(request, settings)
     train = _source(request.bucket, request.key, request.version_id)
     evaluation = _source(request.bucket, request.eval_key, request.eval_version_id) if request.eval_key else None
     model = load_model_context(settings.base_model_s3_uri)
+    return validate_and_store(plan, train, evaluation, model, S3Store(settings.data_bucket), budget)
+
+
+def validate_and_store(
+    plan: ValidationPlan,
+    train: DatasetSource,
+    evaluation: DatasetSource | None,
+    model: ModelContext,
+    store: OutputStore,
+    budget: ResourceBudget | None = None,
+    *,
+    beyond_reach_is_handed_on: bool = False,
+) -> ValidateSummary:
+    """Validate, then store the report, the summary and (when it passed) the splits under runs/<run-id>/; raises
+    InvalidTrainingData with the top problems when it did not pass, or BeyondReach (when
+    `beyond_reach_is_handed_on`) when this machine's budget stopped the scan, before anything is stored."""
+    request, settings, pricing, run_prefix = plan.request, plan.settings, plan.pricing, plan.run_prefix
     with tempfile.TemporaryDirectory(prefix="validate-") as work:
         result = validate_dataset(
-            train, options, eval_source=evaluation, model=model, out_dir=Path(work), pricing=pricing, budget=budget
+            train,
+            plan.options,
+            eval_source=evaluation,
+            model=model,
+            out_dir=Path(work),
+            pricing=pricing,
+            budget=budget,
         )
         report = result.report
+        if beyond_reach_is_handed_on:
+            stopped = [c for c in report.errors if c.code is Code.TOO_LARGE_TO_VALIDATE]
+            if stopped:
+                raise BeyondReach(stopped[0].first_message)
         if report.cost is not None:  # the whole run's estimate, on the run's real settings, checked against the caps
-            report.cost = _run_estimate(report.cost, training, request, settings, model.parameters, pricing)
+            report.cost = _run_estimate(report.cost, plan.training, request, settings, model.parameters, pricing)
             for warning in report.cost.warnings:
                 logger.warning("cost estimate incomplete", run_id=request.run_id, problem=warning)
             if report.cost.over_limits:  # nothing is uploaded for a run that will not train
@@ -187,17 +268,11 @@ def run_validate_stage(
             "eval": _sha256(result.eval_path) if report.passed else None,
         }
         if report.passed and result.train_path and report.split:
-            report.split.train_uri = s3.upload_file(
-                result.train_path, settings.data_bucket, f"{run_prefix}data/train.jsonl"
-            )
+            report.split.train_uri = store.file(result.train_path, f"{run_prefix}data/train.jsonl")
         if report.passed and result.eval_path and report.split:
-            report.split.eval_uri = s3.upload_file(
-                result.eval_path, settings.data_bucket, f"{run_prefix}data/eval.jsonl"
-            )
-    report_uri = s3.put_json(
-        settings.data_bucket, f"{run_prefix}validation/report.json", report.model_dump(mode="json")
-    )
-    summary_uri = s3.put_text(settings.data_bucket, f"{run_prefix}validation/summary.txt", render_summary(report))
+            report.split.eval_uri = store.file(result.eval_path, f"{run_prefix}data/eval.jsonl")
+    report_uri = store.json(f"{run_prefix}validation/report.json", report.model_dump(mode="json"))
+    summary_uri = store.text(f"{run_prefix}validation/summary.txt", render_summary(report))
     logger.info("dataset validated", run_id=request.run_id, passed=report.passed, report_uri=report_uri)
     if not report.passed:
         raise InvalidTrainingData(_rejection(report, report_uri))

@@ -75,12 +75,13 @@ class DeployOverrides(BaseModel):
 
 class StageRequest(BaseModel):
     """One call of the Stage function from the state machine: record a stage's start, end, skip or failure, the
-    run's completion, its clean stop (``stop``: superseded by a newer upload, or the same content as before), or a
-    wait for training capacity (``queue``)."""
+    run's completion, its clean stop (``stop``: superseded by a newer upload, or the same content as before), a
+    wait for training capacity (``queue``), or the validation job of a dataset beyond the Validate Lambda
+    (``hand_off``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    action: Literal["start", "finish", "skip", "reject", "fail", "complete", "stop", "queue"]
+    action: Literal["start", "finish", "skip", "reject", "fail", "complete", "stop", "queue", "hand_off"]
     stage: Stage
     execution_arn: str | None = None
     reason: str | None = Field(default=None, max_length=500, description="Why a stage is skipped.")

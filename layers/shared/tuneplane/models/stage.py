@@ -36,10 +36,34 @@ class ValidateRequest(BaseModel):
     )
 
 
+class ValidateHandoff(BaseModel):
+    """What the Validate Lambda answers for a dataset beyond its reach: the state machine's ValidateEngine choice then
+    runs the same validation on a SageMaker Processing job (containers/validate) over the copy under `input_uri`."""
+
+    run_id: str
+    engine: Literal["processing"] = "processing"
+    reason: str = Field(description="Why the Lambda could not: its disk, memory or time, with the numbers.")
+    input_uri: str = Field(description="s3:// prefix holding job.json and the pinned copies (train/, eval/, model/).")
+    data_bytes: int = Field(ge=0, description="The dataset files' sizes as stored (compressed when gzip).")
+    gzip: bool = False
+
+
+class CollectValidationRequest(BaseModel):
+    """The Validate function's second call for a handed-off dataset, once its Processing job has ended."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collect: Literal[True]
+    state: ValidateRequest
+
+
 class ValidateSummary(BaseModel):
     """Small by design: Step Functions payloads are capped at 256 KB; the full report lives in S3."""
 
     run_id: str
+    engine: Literal["lambda", "processing"] = Field(
+        default="lambda", description="What validated it: the Validate Lambda, or a Processing job (a large dataset)."
+    )
     passed: bool
     dataset_uri: str
     format: str | None

@@ -1,0 +1,137 @@
+"""Which engine validates a dataset: the Validate Lambda, or a SageMaker Processing job when it is beyond the Lambda.
+
+The Lambda has 10 GiB of /tmp, its memory and 900 s; validation writes about twice the data to disk
+(tuneplane.logic.validation.validator), so a dataset past what those hold cannot be validated there. Such a dataset is
+handed on, not rejected:
+
+1. ``validate_in_lambda`` sees it up front (an uncompressed file larger than half the free /tmp) or when the scan's
+   budget runs out midway (a gzip file, or too little time or memory). It then pins what the job will read by copying
+   inside S3 into ``runs/<run-id>/validation-input/``: the dataset's and the eval file's versions as StartRun pinned
+   them (a Processing job's S3 input names no version, and an upload of the same key meanwhile must not change what
+   this run validates), the base model's tokenizer files (not its weights), and ``job.json`` (the request, the stack's
+   settings, the price table: the job runs with network isolation). It answers a ValidateHandoff.
+2. The state machine's ValidateEngine choice starts the Processing job (containers/validate), which runs the same
+   ``validate_and_store`` with the instance's budget and writes the report, the splits and ``result.json`` to the keys
+   the Lambda would have written.
+3. ``collect`` (the Validate function's second call) reads ``result.json``: the summary, or the rejection raised as
+   InvalidTrainingData, so both engines end the stage the same way.
+
+The copies are run intermediates: tagged for expiry with the splits when the run ends (logic/retention.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from typing import Any
+
+from pydantic import ValidationError
+
+from tuneplane.adapters import s3
+from tuneplane.config import ValidateSettings
+from tuneplane.errors import InvalidTrainingData, StorageError
+from tuneplane.logic.base_model import load_model_context
+from tuneplane.logic.chat_template import TOKENIZER_FILES
+from tuneplane.logic.validate_stage import (
+    BeyondReach,
+    S3Store,
+    ValidationPlan,
+    _source,
+    plan_validation,
+    validate_and_store,
+)
+from tuneplane.logic.validation.scanner import DISK_HEADROOM_BYTES, ResourceBudget
+from tuneplane.models.stage import ValidateHandoff, ValidateRequest, ValidateSummary
+from tuneplane.observability import logger
+
+INPUT_FOLDER = "validation-input/"
+JOB_FILE = "job.json"
+RESULT_FILE = "result.json"  # under runs/<run-id>/validation/, written by the job
+_GZIP_SUFFIXES = (".gz", ".gzip")
+
+
+def input_prefix(settings: ValidateSettings, run_id: str) -> str:
+    return f"{settings.runs_prefix}{run_id}/{INPUT_FOLDER}"
+
+
+def _lambda_disk_reach() -> int:
+    """The uncompressed data the Lambda's /tmp can validate: it writes each byte about twice (spill, then split)."""
+    return max(shutil.disk_usage(tempfile.gettempdir()).free - DISK_HEADROOM_BYTES, 0) // 2
+
+
+def validate_in_lambda(
+    request: ValidateRequest, settings: ValidateSettings, budget: ResourceBudget
+) -> ValidateSummary | ValidateHandoff:
+    """Validate here when this Lambda can; else hand the dataset to a Processing job (see the module docstring).
+    Settings beyond the stack's limits are rejected here either way, before any copy is made."""
+    plan = plan_validation(request, settings)
+    train = _source(request.bucket, request.key, request.version_id)
+    evaluation = _source(request.bucket, request.eval_key, request.eval_version_id) if request.eval_key else None
+    sizes = [source.size or 0 for source in (train, evaluation) if source is not None]
+    gzip = any(key.lower().endswith(_GZIP_SUFFIXES) for key in (request.key, request.eval_key or ""))
+    reach = _lambda_disk_reach()
+    if not gzip and sum(sizes) > reach:
+        reason = (
+            f"{sum(sizes):,} bytes of data, and this Lambda's temporary disk holds the validation of {reach:,} "
+            "(each byte is written about twice)"
+        )
+        return hand_off(plan, reason, sum(sizes), gzip)
+    model = load_model_context(settings.base_model_s3_uri)
+    try:
+        return validate_and_store(
+            plan, train, evaluation, model, S3Store(settings.data_bucket), budget, beyond_reach_is_handed_on=True
+        )
+    except BeyondReach as exc:
+        return hand_off(plan, str(exc), sum(sizes), gzip)
+
+
+def hand_off(plan: ValidationPlan, reason: str, data_bytes: int, gzip: bool) -> ValidateHandoff:
+    """Pin the inputs of the Processing job under runs/<run-id>/validation-input/ and say so."""
+    request, settings = plan.request, plan.settings
+    bucket, prefix = settings.data_bucket, input_prefix(settings, request.run_id)
+    s3.copy_version(request.bucket, request.key, request.version_id, bucket, f"{prefix}train/{_name(request.key)}")
+    if request.eval_key:
+        eval_copy = f"{prefix}eval/{_name(request.eval_key)}"
+        s3.copy_version(request.bucket, request.eval_key, request.eval_version_id, bucket, eval_copy)
+    s3.copy_files(settings.base_model_s3_uri, (*TOKENIZER_FILES, "config.json"), bucket, f"{prefix}model/")
+    job = {
+        "request": request.model_dump(mode="json"),
+        "settings": settings.model_dump(mode="json"),
+        "pricing": plan.pricing.model_dump(mode="json"),
+    }
+    input_uri = s3.put_json(bucket, prefix + JOB_FILE, job).removesuffix(JOB_FILE)
+    logger.info("dataset handed to a processing job", run_id=request.run_id, reason=reason, input_uri=input_uri)
+    return ValidateHandoff(
+        run_id=request.run_id, reason=reason[:1000], input_uri=input_uri, data_bytes=data_bytes, gzip=gzip
+    )
+
+
+def _name(key: str) -> str:
+    """The file's own name, which keeps its extension: the job reads a .gz file as gzip, as the Lambda does."""
+    return key.rsplit("/", 1)[-1] or "dataset.jsonl"
+
+
+def result_document(summary: ValidateSummary | None, rejection: str | None) -> dict[str, Any]:
+    """What the job writes to result.json: the stage's summary, or the rejection message (a rejection is an ending
+    of the stage, not a failure of the job)."""
+    if summary is not None:
+        return {"summary": summary.model_dump(mode="json")}
+    return {"rejected": rejection}
+
+
+def collect(request: ValidateRequest, settings: ValidateSettings) -> ValidateSummary:
+    """The Processing job's result as the stage's: its summary, or its rejection raised as InvalidTrainingData."""
+    uri = f"s3://{settings.data_bucket}/{settings.runs_prefix}{request.run_id}/validation/{RESULT_FILE}"
+    document = s3.read_json_object(uri)
+    if document is None:
+        raise StorageError(f"the validation job ended without writing {uri}")
+    if isinstance(document.get("rejected"), str):
+        raise InvalidTrainingData(document["rejected"])
+    try:
+        summary = ValidateSummary.model_validate(document.get("summary"))
+    except ValidationError as exc:
+        raise StorageError(f"{uri} is not a validation result: {json.dumps(exc.errors()[:3], default=str)}") from exc
+    if summary.run_id != request.run_id:
+        raise StorageError(f"{uri} is the result of run {summary.run_id}, not of {request.run_id}")
+    return summary
