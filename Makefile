@@ -170,11 +170,14 @@ build: venv-sam ## sam build (no Docker): functions and the shared layer (arm64,
 # the stack's ImageTag. The repositories exist once the stack is deployed (`sam deploy` first). Their tags are
 # IMMUTABLE: pushing a tag that is already there fails, so a new build needs a new TAG (and ImageTag, through
 # `sam deploy --parameter-overrides ImageTag=<TAG>`); existing tags are checked before anything is built.
-# STAGES="train merge quantize evaluate" skips the serve image when ServeImageUri names another one (the AWS vLLM DLC).
+# STAGES="train merge quantize evaluate validate" skips the serve image when ServeImageUri names another one (the AWS
+# vLLM DLC). Each image builds with containers/ as its context (they copy containers/common), except validate: it runs
+# the shared package (layers/shared/tuneplane), so its context is the repository root, which BuildKit (Docker's
+# default builder) keeps to the files it copies through containers/validate/Dockerfile.dockerignore.
 STACK ?= $(shell awk -F'"' '/^stack_name/ {print $$2; exit}' samconfig.toml)
 REGION ?= $(shell awk -F'"' '/^region/ {print $$2; exit}' samconfig.toml)
 TAG ?= $(shell awk '/^  ImageTag:/ {found = 1} found && /^    Default:/ {gsub(/"/, "", $$2); print $$2; exit}' template.yaml)
-STAGES ?= train merge quantize evaluate serve
+STAGES ?= train merge quantize evaluate validate serve
 
 images: ## build and push the container images to the stack's ECR repositories (STACK=, REGION=, TAG=, STAGES=)
 	@for tool in docker aws; do command -v $$tool >/dev/null || { echo "make images: '$$tool' not found on PATH" \
@@ -192,7 +195,8 @@ images: ## build and push the container images to the stack's ECR repositories (
 	aws ecr get-login-password --region $(REGION) | docker login --username AWS --password-stdin $$registry; \
 	for stage in $(STAGES); do \
 	  image=$$registry/$(STACK)/$$stage:$(TAG); \
-	  docker build --platform linux/amd64 -f containers/$$stage/Dockerfile -t $$image containers; \
+	  context=containers; if [ "$$stage" = validate ]; then context=.; fi; \
+	  docker build --platform linux/amd64 -f containers/$$stage/Dockerfile -t $$image $$context; \
 	  docker push $$image; \
 	done
 

@@ -30,7 +30,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         state = parse(event=event, model=ValidateRequest)
         logger.append_keys(run_id=state.run_id)
         # The Lambda's remaining time and memory: a dataset beyond them goes to a Processing job, not a timeout.
-        result = validate_in_lambda(state, validate_settings(), ResourceBudget.for_lambda(context))
+        settings = validate_settings()
+        budget = ResourceBudget.for_lambda(context, tmp_bytes=settings.lambda_tmp_bytes)
+        result = validate_in_lambda(state, settings, budget)
     if isinstance(result, ValidateSummary):
         metrics.add_metric(name="ExamplesValidated", unit=MetricUnit.Count, value=result.examples_valid)
     return dict(result.model_dump(mode="json"))

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -67,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS = ROOT / "containers"
 OPT_ML = "/opt/ml"
 REASON_LIMIT = 1024  # FailureReason and ExitMessage hold 1 KB
+SINGLE_PUT_MAX = 5 * 1024**3  # the largest object one PutObject may write (the AWS docs: 5 GB)
 
 
 @dataclass
@@ -127,7 +129,10 @@ def download_prefix(uri: str, destination: Path) -> int:
                 continue
             target = destination / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, item["Key"], str(target))
+            # One GET, streamed to disk: moto answers every ranged GET by reading the whole object, so a managed
+            # (multi-range) download of a 5 GB object read it hundreds of times.
+            with target.open("wb") as file:
+                shutil.copyfileobj(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"], file, 8 * 1024 * 1024)
             count += 1
     return count
 
@@ -138,7 +143,12 @@ def upload_folder(folder: Path, uri: str) -> int:
     count = 0
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            s3.upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
+            key = prefix + path.relative_to(folder).as_posix()
+            if path.stat().st_size <= SINGLE_PUT_MAX:  # one PUT: moto assembles a multipart upload in memory
+                with path.open("rb") as file:
+                    s3.put_object(Bucket=bucket, Key=key, Body=file)
+            else:
+                s3.upload_file(str(path), bucket, key)
             count += 1
     return count
 

@@ -21,7 +21,7 @@ HANDED_ON = ["Init", "StartValidate", "Validate", "ValidateEngine", "StartValida
 @pytest.fixture(autouse=True)
 def beyond_the_lambda(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The Validate Lambda's /tmp holds the validation of 10 bytes; validation jobs run the real container."""
-    monkeypatch.setattr(validation_engine, "_lambda_disk_reach", lambda: 10)
+    monkeypatch.setattr(validation_engine, "_lambda_disk_reach", lambda budget: 10)
     scripted = ScriptedJobs.__call__
 
     def run(self: ScriptedJobs, job: LocalJob) -> JobOutcome:

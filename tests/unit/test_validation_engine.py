@@ -21,7 +21,7 @@ from tuneplane.logic import job_requests, validation_engine
 
 def _beyond_the_lambda(monkeypatch: pytest.MonkeyPatch) -> None:
     """This Lambda's /tmp holds the validation of 10 bytes: any uncompressed dataset goes to the job."""
-    monkeypatch.setattr(validation_engine, "_lambda_disk_reach", lambda: 10)
+    monkeypatch.setattr(validation_engine, "_lambda_disk_reach", lambda budget: 10)
 
 
 def _download(client: Any, prefix: str, target: Path) -> None:
@@ -171,3 +171,41 @@ def test_collect_without_a_usable_result_is_a_platform_fault_and_a_rejection_is_
 )
 def test_the_validation_jobs_volume_is_sized_from_the_data(data_bytes: int, gzip_file: bool, volume_gb: int) -> None:
     assert job_requests.validation_volume_gb(data_bytes, gzip_file) == volume_gb
+
+
+def test_the_lambdas_disk_budget_is_its_ephemeral_storage_even_on_a_larger_disk() -> None:
+    from types import SimpleNamespace
+
+    from tuneplane.logic.validation.scanner import ResourceBudget
+
+    # GIVEN a Lambda context on a host whose disk has more free than the function's 512 MiB of /tmp
+    context = SimpleNamespace(memory_limit_in_mb=1024, get_remaining_time_in_millis=lambda: 900_000)
+    # WHEN its budget is taken with and without the function's EphemeralStorage
+    capped = ResourceBudget.for_lambda(context, tmp_bytes=512 * 1024**2)
+    measured = ResourceBudget.for_lambda(context)
+    # THEN the disk it may use is the smaller of the two, and the up-front reach follows from it
+    assert capped.disk_bytes == 512 * 1024**2 and measured.disk_bytes is None
+    assert validation_engine._lambda_disk_reach(capped) == (512 - 256) * 1024**2 // 2
+
+
+@pytest.mark.parametrize(
+    ("data_bytes", "gzip_file", "seconds", "why"),
+    [
+        (10 * 1024**3, False, 870.0, "temporary disk holds the validation of"),
+        (3 * 1024**3, False, 870.0, "would take about 1,024 s to validate here, and this Lambda has 870 s"),
+        (600 * 1024**2, True, 870.0, "(gzip) would take about 1,000 s"),
+        (2 * 1024**3, False, 870.0, None),
+        (100 * 1024**2, True, 870.0, None),
+        (3 * 1024**3, False, None, None),  # no time limit (the CLI): only the disk counts
+    ],
+)
+def test_the_lambda_hands_on_up_front_what_its_disk_or_time_cannot_hold(
+    data_bytes: int, gzip_file: bool, seconds: float | None, why: str | None
+) -> None:
+    from tuneplane.logic.validation.scanner import ResourceBudget
+
+    # GIVEN a Lambda with 10 GiB of /tmp and `seconds` left
+    budget = ResourceBudget(seconds=seconds, disk_bytes=10 * 1024**3)
+    # WHEN it is asked whether it can validate the dataset THEN it says why not, or lets it try
+    reason = validation_engine.beyond_lambda(data_bytes, gzip_file, budget)
+    assert (reason is None) if why is None else (why in str(reason))

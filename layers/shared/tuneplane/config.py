@@ -94,6 +94,12 @@ class ValidateSettings(RunLimitSettings):
     endpoint_instance_type: str = Field(default="ml.g5.2xlarge", pattern=rf"^{_INSTANCE_TYPE}$")
     endpoint_min_instances: int = Field(default=1, ge=1, le=100)
     bake_time_s: int = Field(default=300, ge=0, le=3600)
+    lambda_tmp_bytes: int | None = Field(
+        default=None,
+        ge=512 * 1024 * 1024,
+        description="The function's EphemeralStorage (its /tmp) in bytes: validation never counts on more, even where "
+        "the disk has more free (the local cloud shares the host's).",
+    )
 
 
 def _from_environment(settings: type[_Settings], function: str) -> _Settings:

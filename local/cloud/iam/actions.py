@@ -7,7 +7,8 @@ Reference) say otherwise, e.g.:
 
 - S3: ``HeadObject`` is ``s3:GetObject``, a ``VersionId`` makes it ``s3:GetObjectVersion``, ``ListObjectsV2`` is
   ``s3:ListBucket`` on the bucket with ``s3:prefix``/``s3:delimiter``/``s3:max-keys``, every multipart call is
-  ``s3:PutObject``; an object written with SSE-KMS (asked for, or the bucket's default) also needs
+  ``s3:PutObject``, a copy (``CopyObject``, ``UploadPartCopy``) also reads its source (``s3:GetObjectVersion`` for a
+  version); an object written with SSE-KMS (asked for, or the bucket's default) also needs
   ``kms:GenerateDataKey`` and one read ``kms:Decrypt``, on the key, with ``kms:ViaService`` = ``s3.<region>
   .amazonaws.com`` and the encryption context ``aws:s3:arn`` (the bucket's ARN when it uses an S3 Bucket Key);
 - Lambda ``Invoke`` is ``lambda:InvokeFunction``; SageMaker Runtime ``InvokeEndpoint`` is ``sagemaker:InvokeEndpoint``;
@@ -28,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 PASSED_TO = {"sagemaker": "sagemaker.amazonaws.com", "bedrock": "bedrock.amazonaws.com"}
 
@@ -200,14 +201,35 @@ def _s3_delete_objects(call: Call, facts: Facts) -> list[Check]:
     ]
 
 
-def _s3_copy(call: Call, facts: Facts) -> list[Check]:
+def _copy_source(call: Call) -> Call:
+    """The read of a copy's source, as a GetObject of it. The hook sees ``CopySource`` after botocore's
+    ``handle_copy_source_param`` has turned it into the header's value, ``bucket/<percent-encoded key>?versionId=ID``
+    (the AWS docs, CopySource: "The value must be URL-encoded"; a version is named by appending ``?versionId=``):
+    the key is decoded back, because IAM matches the object's ARN, which holds the key itself."""
     source = call.params["CopySource"]
     if isinstance(source, str):
-        bucket, _, key = source.lstrip("/").partition("/")
-        key, _, version = key.partition("?versionId=")
-        source = {"Bucket": bucket, "Key": key, **({"VersionId": version} if version else {})}
-    read = Call(call.service, "GetObject", source, call.region, call.account)
-    return _s3_write(call, facts) + _s3_read(read, facts, decrypts=True)
+        bucket, _, rest = source.lstrip("/").partition("/")
+        key, _, version = rest.partition("?versionId=")
+        source = {"Bucket": bucket, "Key": unquote(key), **({"VersionId": version} if version else {})}
+    params = {name: source[name] for name in ("Bucket", "Key", "VersionId") if source.get(name)}
+    return Call(call.service, "GetObject", params, call.region, call.account)
+
+
+def _s3_copy(call: Call, facts: Facts) -> list[Check]:
+    """The AWS docs (CopyObject): s3:GetObject to read the source and s3:PutObject to write the copy; a source that
+    names a version is a read of that version, s3:GetObjectVersion (as for GetObject with a VersionId)."""
+    return _s3_write(call, facts) + _s3_read(_copy_source(call), facts, decrypts=True)
+
+
+def _s3_upload_part_copy(call: Call, facts: Facts) -> list[Check]:
+    """The AWS docs (UploadPartCopy): "you must have the s3:GetObject permission to read the source object" and
+    "the s3:PutObject permission to write the object copy to the destination bucket" (s3:GetObjectVersion for a
+    source version, as for CopyObject). With SSE-KMS the requester "needs permissions for the kms:Decrypt action on
+    the UploadPart and UploadPartCopy APIs": the destination's is checked when the upload starts
+    (CreateMultipartUpload), the source's here, with the source object's key and encryption context."""
+    return [Check("s3:PutObject", _s3_object(call), existing=False)] + _s3_read(
+        _copy_source(call), facts, decrypts=True
+    )
 
 
 S3: dict[str, Mapper] = {
@@ -219,6 +241,7 @@ S3: dict[str, Mapper] = {
     # the multipart upload". Both are checked when it starts; the parts and the completion are s3:PutObject.
     "CreateMultipartUpload": lambda call, facts: _s3_write(call, facts) + _s3_write(call, facts, "kms:Decrypt")[1:],
     "UploadPart": lambda call, facts: [Check("s3:PutObject", _s3_object(call), existing=False)],
+    "UploadPartCopy": _s3_upload_part_copy,
     "CompleteMultipartUpload": lambda call, facts: [Check("s3:PutObject", _s3_object(call), existing=False)],
     "AbortMultipartUpload": lambda call, facts: [Check("s3:AbortMultipartUpload", _s3_object(call))],
     "CopyObject": _s3_copy,

@@ -55,9 +55,34 @@ def input_prefix(settings: ValidateSettings, run_id: str) -> str:
     return f"{settings.runs_prefix}{run_id}/{INPUT_FOLDER}"
 
 
-def _lambda_disk_reach() -> int:
+def _lambda_disk_reach(budget: ResourceBudget) -> int:
     """The uncompressed data the Lambda's /tmp can validate: it writes each byte about twice (spill, then split)."""
-    return max(shutil.disk_usage(tempfile.gettempdir()).free - DISK_HEADROOM_BYTES, 0) // 2
+    free = shutil.disk_usage(tempfile.gettempdir()).free if budget.disk_bytes is None else budget.disk_bytes
+    return max(free - DISK_HEADROOM_BYTES, 0) // 2
+
+
+# What one Lambda validates per second, assumed to decide up front: bench/validation_bounds.py measured 4.6-7 MB/s on
+# one core of a shared dev machine without tokenization; a 1 GB Lambda has about 0.6 of a vCPU and also tokenizes.
+LAMBDA_BYTES_PER_S = 3 * 1024 * 1024
+GZIP_RATIO_ASSUMED = 5  # for the time estimate only: JSONL gzips 5-10 times (the scan stops in time if it is more)
+
+
+def beyond_lambda(data_bytes: int, gzip: bool, budget: ResourceBudget) -> str | None:
+    """Why this Lambda cannot validate `data_bytes` (None: it may try; its budget still stops a scan that would
+    outrun it, and the dataset is then handed on). Gzip files are only judged on time: their size is not known."""
+    reach = _lambda_disk_reach(budget)
+    if not gzip and data_bytes > reach:
+        return (
+            f"{data_bytes:,} bytes of data, and this Lambda's temporary disk holds the validation of {reach:,} "
+            "(each byte is written about twice)"
+        )
+    expected = data_bytes * (GZIP_RATIO_ASSUMED if gzip else 1)
+    if budget.seconds is not None and expected > budget.seconds * LAMBDA_BYTES_PER_S:
+        return (
+            f"{data_bytes:,} bytes of data{' (gzip)' if gzip else ''} would take about "
+            f"{expected / LAMBDA_BYTES_PER_S:,.0f} s to validate here, and this Lambda has {budget.seconds:,.0f} s"
+        )
+    return None
 
 
 def validate_in_lambda(
@@ -70,12 +95,8 @@ def validate_in_lambda(
     evaluation = _source(request.bucket, request.eval_key, request.eval_version_id) if request.eval_key else None
     sizes = [source.size or 0 for source in (train, evaluation) if source is not None]
     gzip = any(key.lower().endswith(_GZIP_SUFFIXES) for key in (request.key, request.eval_key or ""))
-    reach = _lambda_disk_reach()
-    if not gzip and sum(sizes) > reach:
-        reason = (
-            f"{sum(sizes):,} bytes of data, and this Lambda's temporary disk holds the validation of {reach:,} "
-            "(each byte is written about twice)"
-        )
+    reason = beyond_lambda(sum(sizes), gzip, budget)
+    if reason:
         return hand_off(plan, reason, sum(sizes), gzip)
     model = load_model_context(settings.base_model_s3_uri)
     try:

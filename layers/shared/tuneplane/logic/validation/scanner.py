@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,14 +97,17 @@ class ResourceBudget:
     disk_bytes: int | None = None
 
     @classmethod
-    def for_lambda(cls, context: object, margin_s: float = 30.0) -> ResourceBudget:
-        """The Lambda's remaining time less `margin_s` (for the report's upload) and its memory size; anything the
-        context does not tell (a test's stand-in) is left unlimited."""
+    def for_lambda(cls, context: object, margin_s: float = 30.0, tmp_bytes: int | None = None) -> ResourceBudget:
+        """The Lambda's remaining time less `margin_s` (for the report's upload), its memory size and its /tmp (the
+        free space measured, but never more than `tmp_bytes`, its EphemeralStorage); anything the context does not
+        tell (a test's stand-in) is left unlimited."""
         remaining = getattr(context, "get_remaining_time_in_millis", None)
         memory_mb = getattr(context, "memory_limit_in_mb", None)
+        disk = None if tmp_bytes is None else min(tmp_bytes, shutil.disk_usage(tempfile.gettempdir()).free)
         return cls(
             seconds=max(remaining() / 1000 - margin_s, 1.0) if callable(remaining) else None,
             memory_bytes=int(memory_mb) * 1024 * 1024 if memory_mb else None,
+            disk_bytes=disk,
         )
 
 
