@@ -25,7 +25,7 @@ def beyond_the_lambda(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     scripted = ScriptedJobs.__call__
 
     def run(self: ScriptedJobs, job: LocalJob) -> JobOutcome:
-        if _stage_of(job.name) != "validate":
+        if _stage_of(job.name) != "validate" or "validate" in self.fail:
             return scripted(self, job)
         self.started.append((job.name, job.instance_type))
         return ContainerExecutor()(job)
@@ -89,3 +89,21 @@ def test_a_dataset_the_validation_job_rejects_ends_the_run_rejected_not_failed(
     message = json.loads(str(execution["cause"]))["errorMessage"]
     assert "unrecognized_role x1" in message and message.endswith("/validation/report.json")
     assert [e["detail-type"] for e in cloud.bus_events()][-1] == "Run Rejected"
+
+
+def test_a_validation_job_that_fails_ends_the_run_failed_for_the_platform_team_with_its_cause(
+    cloud: Cloud, reversal_lines: list[str]
+) -> None:
+    # GIVEN a dataset beyond the Lambda, and a validation job that dies (its instance ran out of memory)
+    cloud.jobs.fail["validate"] = "out of memory while validating: choose a ValidationInstanceType with more memory"
+    # WHEN it is uploaded
+    cloud.upload("incoming/support.jsonl", reversal_lines)
+    execution = _only_run(cloud)
+    # THEN the run fails at validate (a platform fault, not the data's), through the one failure path
+    assert execution["status"] == "FAILED"
+    states = cloud.states_entered(str(execution["executionArn"]))
+    assert states[: len(HANDED_ON) + 2] == [*HANDED_ON, "ValidateFailed", "RecordFailure"]
+    # AND exactly one outcome event says so, with the job's own reason
+    outcomes = [e for e in cloud.bus_events() if e["detail-type"].startswith("Run ")]
+    assert [e["detail-type"] for e in outcomes] == ["Run Failed"]
+    assert "choose a ValidationInstanceType with more memory" in json.dumps(outcomes[0]["detail"])

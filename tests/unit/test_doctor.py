@@ -44,7 +44,7 @@ MODEL_PREFIX = "base-models/tiny/"
 MODEL_URI = f"s3://{MODEL_BUCKET}/{MODEL_PREFIX}"
 TAG = "0.1.0"
 WEBHOOK = "https://hooks.slack.com/services/T000/B000/doctor-secret-value"
-STAGES = ("train", "merge", "quantize", "evaluate", "serve")
+STAGES = ("train", "merge", "quantize", "evaluate", "validate", "serve")
 # Quota codes are made up: the tests look for the ones they set.
 QUOTA_CODES = {
     "ml.g5.2xlarge for spot training job usage": "L-TEST0001",
@@ -52,6 +52,7 @@ QUOTA_CODES = {
     "ml.g5.2xlarge for processing job usage": "L-TEST0003",
     "ml.g5.2xlarge for endpoint usage": "L-TEST0004",
     "ml.g6.2xlarge for spot training job usage": "L-TEST0005",
+    "ml.m5.2xlarge for processing job usage": "L-TEST0006",
 }
 HEALTHY_QUOTAS = {name: 4.0 for name in QUOTA_CODES}
 
@@ -164,8 +165,9 @@ def test_a_healthy_stack_reports_every_check_ok(aws: None, quotas: dict[str, flo
     assert {f.subject for f in report.findings if f.check == "quota"} == {
         "ml.g5.2xlarge for spot training job usage",
         "ml.g5.2xlarge for processing job usage",
+        "ml.m5.2xlarge for processing job usage",  # ValidationInstanceType: the validation jobs
     }
-    assert len([f for f in report.findings if f.check == "image"]) == 5
+    assert len([f for f in report.findings if f.check == "image"]) == 6
     staged = _only(report, "base-model")
     assert staged.subject == MODEL_URI and "staged:" in staged.message and "llama" in staged.message
 
@@ -283,13 +285,14 @@ def test_images_of_another_tag_do_not_count(aws: None, quotas: dict[str, float],
     report = _run()
 
     # THEN the needed images are errors, the unused ones (quantize, serve with DeployTarget=none) warnings, and the
-    # fix pushes all five at the stack's tag
+    # fix pushes all six at the stack's tag
     levels = {f.subject.split("/")[1]: f.level for f in report.findings if f.check == "image"}
     assert levels == {
         "train:0.2.0": Level.ERROR,
         "merge:0.2.0": Level.ERROR,
         "quantize:0.2.0": Level.WARN,
         "evaluate:0.2.0": Level.ERROR,
+        "validate:0.2.0": Level.ERROR,
         "serve:0.2.0": Level.WARN,
     }
     fixes = {f.fix for f in report.findings if f.check == "image"}
@@ -602,6 +605,21 @@ def test_the_adapter_merges_applied_quotas_over_the_defaults(aws: None) -> None:
     )
     assert quotas["ml.g5.2xlarge for processing job usage"].value == 2.0
     assert quotas["ml.g5.2xlarge for processing job usage"].applied is False
+
+
+def test_no_quota_for_the_validation_jobs_is_a_warning_naming_what_fails(
+    aws: None, quotas: dict[str, float], model_dir: Path
+) -> None:
+    # GIVEN a stack whose ValidationInstanceType has no processing quota (the other quotas are fine)
+    _deployed(model_dir)
+    quotas["ml.m5.2xlarge for processing job usage"] = 0.0
+    # WHEN doctor runs
+    report = _run()
+    # THEN it warns (most datasets never leave the Validate Lambda) and says which runs would fail, with the fix
+    [finding] = [f for f in report.findings if f.subject == "ml.m5.2xlarge for processing job usage"]
+    assert finding.level is Level.WARN and report.exit_code == 0
+    assert "a dataset too large for the Validate Lambda fails at Validate" in finding.message
+    assert finding.fix is not None and "L-TEST0006" in finding.fix
 
 
 # --- the CLI -----------------------------------------------------------------------------------------------------

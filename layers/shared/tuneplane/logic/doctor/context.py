@@ -63,6 +63,7 @@ class StackSettings:
     training_types: tuple[str, ...]
     spot: bool
     processing_type: str
+    validation_type: str
     quantize: bool
     deploy_target: str
     endpoint_type: str
@@ -86,6 +87,7 @@ class StackSettings:
             training_types=tuple(training),
             spot=get("UseSpotTraining").lower() == "true",
             processing_type=get("ProcessingInstanceType"),
+            validation_type=get("ValidationInstanceType"),
             quantize=get("QuantizeEnabled").lower() == "true",
             deploy_target=get("DeployTarget") or "none",
             endpoint_type=get("EndpointInstanceType"),

@@ -15,6 +15,7 @@ REPOSITORIES = {
     "MergeRepository": "merge",
     "QuantizeRepository": "quantize",
     "EvaluateRepository": "evaluate",
+    "ValidateRepository": "validate",
     "ServeRepository": "serve",
 }
 ALL_STAGES = tuple(REPOSITORIES.values())
@@ -89,6 +90,7 @@ def _image_use(stage: str) -> str:
         "merge": "the Merge stage's processing jobs",
         "quantize": "the Quantize stage's processing jobs",
         "evaluate": "the Evaluate stage's processing jobs",
+        "validate": "the processing jobs that validate datasets beyond the Validate Lambda",
         "serve": "the vllm target's endpoint; the Register stage names it in every model package",
     }[stage]
 

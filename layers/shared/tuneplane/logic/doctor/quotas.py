@@ -56,20 +56,38 @@ def check_quotas(context: CheckContext) -> list[Finding]:
                 region,
             )
         )
+    if settings.validation_type and settings.validation_type != settings.processing_type:
+        findings.append(
+            _simple_quota(
+                quotas,
+                f"{settings.validation_type} for processing job usage",
+                settings.validation_type,
+                "ValidationInstanceType: the validation jobs of datasets beyond the Validate Lambda",
+                region,
+                fails_at="a dataset too large for the Validate Lambda fails at Validate",
+                level=Level.WARN,  # most datasets never need it
+            )
+        )
     if settings.deploy_target == "vllm" and settings.endpoint_type:
         findings.append(_endpoint_quota(quotas, settings, region))
     return findings
 
 
-def _simple_quota(quotas: Mapping[str, Quota], name: str, itype: str, role: str, region: str) -> Finding:
+def _simple_quota(
+    quotas: Mapping[str, Quota],
+    name: str,
+    itype: str,
+    role: str,
+    region: str,
+    fails_at: str = "every run fails at Merge",
+    level: Level = Level.ERROR,
+) -> Finding:
     quota = quotas.get(name)
     if quota is None:
         return _unknown_quota(name, itype, "processing", region)
     if quota.value >= 1:
         return Finding(Level.OK, "quota", name, f"{_number(quota.value)} ({role})")
-    return Finding(
-        Level.ERROR, "quota", name, f"0 in {region} ({role}): every run fails at Merge", _increase(quota, 1, region)
-    )
+    return Finding(level, "quota", name, f"0 in {region} ({role}): {fails_at}", _increase(quota, 1, region))
 
 
 def _endpoint_quota(quotas: Mapping[str, Quota], settings: StackSettings, region: str) -> Finding:
