@@ -17,6 +17,7 @@
   runs, ``endpoint_url(name)`` is an endpoint's OpenAI-compatible base URL;
 - ``request_checks.py``: every request is checked against the service model's constraints (length, pattern, enum,
   range) and documented rules that botocore leaves to the service, and refused with AWS's ValidationException;
+- ``execution_events.py``: Step Functions' execution status changes reach the default bus, as on AWS;
 - ``step_functions.py``: a Choice comparison on a missing path fails the execution (``States.Runtime``) as on AWS;
 - ``clock.py``: Wait states and Retry intervals compressed, so tests of slow paths stay fast;
 - ``iam/``: IAM enforcement (``enforce_iam``): every call the product makes, evaluated as the role that makes it on
@@ -47,6 +48,7 @@ from local.cloud.endpoints import (
     local_endpoints,
 )
 from local.cloud.event_targets import eventbridge_targets
+from local.cloud.execution_events import execution_status_events
 from local.cloud.iam import iam_enforcement
 from local.cloud.lambda_runtime import patched_lambda_runtime
 from local.cloud.request_checks import aws_request_checks
@@ -109,6 +111,7 @@ def local_cloud(
         aws_request_checks(),
         patched_lambda_runtime(),
         s3_events_on_default_bus(),
+        execution_status_events(),
         eventbridge_targets(),
         local_sagemaker_jobs(executor or ContainerExecutor(), work_root or Path(scratch)) as runner,
         local_endpoints(endpoint_backend or TransformersServeBackend(), work_root or Path(scratch)),

@@ -107,3 +107,18 @@ class StageOutcome(BaseModel):
     passed: bool | None = None
     message: str | None = None
     notes: list[str] = Field(default_factory=list)
+
+
+class ExecutionStatusChange(BaseModel):
+    """The ``detail`` of Step Functions' "Step Functions Execution Status Change" event (on the default bus) that
+    the Stage function hears for a pipeline execution that ended without its own outcome (aborted, timed out)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    execution_arn: str = Field(alias="executionArn")
+    state_machine_arn: str = Field(alias="stateMachineArn")
+    name: str
+    status: Literal["RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED", "PENDING_REDRIVE"]
+    input: str | None = Field(default=None, description="The execution input (JSON), when small enough to include.")
+    error: str | None = None
+    cause: str | None = None
