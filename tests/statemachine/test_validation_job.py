@@ -62,6 +62,7 @@ def test_a_dataset_beyond_the_lambda_is_validated_by_a_processing_job_and_the_ru
         if e["detail-type"] == "Stage Succeeded" and e["detail"]["stage"] == "validate"
     ]
     assert len(validate_events) == 1
+    assert "validated by a SageMaker Processing job" in " ".join(validate_events[0]["notes"])
     run_id = validate_events[0]["run_id"]
     ledger = cloud.ledger(run_id)["validate"]
     assert ledger["engine"] == "processing" and "holds the validation of 10" in ledger["handed_on_because"]

@@ -89,6 +89,8 @@ def outcome_of(stage: Stage, run: RunView, settings: PipelineSettings) -> StageO
             if summary.get(f"{name}_uri")
         }
         notes = [f"cost estimate incomplete: {warning}" for warning in summary.get("cost_warnings") or []]
+        if summary.get("engine") == "processing":
+            notes.append("validated by a SageMaker Processing job: the dataset was beyond the Validate Lambda")
         return StageOutcome(
             stage=stage, metrics=present(metrics), artifacts=artifacts, message=summary.get("headline"), notes=notes
         )
