@@ -14,8 +14,9 @@ seeded split, the whole run's cost estimate against the stack's limits) with thi
   job (exit 0). Anything else is a failure: its one-line cause goes to /opt/ml/output/message (the job's ExitMessage)
   and the job exits non-zero.
 
-Temporary files go to ``--work_dir`` on the job's ML storage volume (sized from the data by the Stage function), not
-to the container's small root filesystem.
+Temporary files go to ``--work_dir``, inside the input's directory: File-mode inputs are copied onto the job's ML
+storage volume (sized from the data by the Stage function), so the spill and the splits are there too, not on the
+container's small root filesystem.
 
 Outside SageMaker give the paths explicitly (any field of ``ValidateJobConfig`` is a ``--name value`` argument), e.g.
 with the inputs a run handed on, downloaded with ``aws s3 cp --recursive s3://<bucket>/runs/<run-id>/validation-input/
@@ -49,7 +50,7 @@ SM_DEFAULTS = {
     "job_dir": "/opt/ml/processing/input/job",
     "output_dir": "/opt/ml/processing/output/validation",
     "data_dir": "/opt/ml/processing/output/data",
-    "work_dir": "/opt/ml/processing/work",
+    "work_dir": "/opt/ml/processing/input/job/.work",  # on the ML storage volume, with the inputs
     "failure_file": jobkit.PROCESSING_FAILURE_FILE,
 }
 # Left to write the outputs once the scan stops: the job's MaxRuntimeInSeconds must not cut the upload.

@@ -1,7 +1,8 @@
 """Validate stage Lambda: parse the state input, run the validation logic, return the small summary.
 
-Two calls: the state (validate here, or hand a dataset beyond this Lambda to a Processing job), and
-``{"collect": true, "state": ...}`` once that job has ended (its result as the stage's)."""
+Three calls: the state (validate here, or hand a dataset beyond this Lambda on to a Processing job);
+``{"prepare": true, "state": ...}`` (pin that job's inputs); ``{"collect": true, "state": ...}`` once the job has
+ended (its result as the stage's)."""
 
 from typing import Any
 
@@ -12,8 +13,13 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from tuneplane.bounds import bounded_errors
 from tuneplane.config import validate_settings
 from tuneplane.logic.validation.scanner import ResourceBudget
-from tuneplane.logic.validation_engine import collect, validate_in_lambda
-from tuneplane.models.stage import CollectValidationRequest, ValidateRequest, ValidateSummary
+from tuneplane.logic.validation_engine import collect, prepare_job_inputs, validate_in_lambda
+from tuneplane.models.stage import (
+    CollectValidationRequest,
+    PrepareValidationRequest,
+    ValidateRequest,
+    ValidateSummary,
+)
 from tuneplane.observability import logger, metrics, tracer
 
 
@@ -22,6 +28,10 @@ from tuneplane.observability import logger, metrics, tracer
 @tracer.capture_lambda_handler(capture_response=False, capture_error=False)  # both may quote the data
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if isinstance(event, dict) and "prepare" in event:
+        prepare = parse(event=event, model=PrepareValidationRequest)
+        logger.append_keys(run_id=prepare.state.run_id)
+        return prepare_job_inputs(prepare.state, validate_settings())
     if isinstance(event, dict) and "collect" in event:
         request = parse(event=event, model=CollectValidationRequest)
         logger.append_keys(run_id=request.state.run_id)

@@ -15,7 +15,15 @@ from tests.statemachine.harness import Cloud, ScriptedJobs, _stage_of
 
 from tuneplane.logic import validation_engine
 
-HANDED_ON = ["Init", "StartValidate", "Validate", "ValidateEngine", "StartValidateJob", "ValidateJob"]
+HANDED_ON = [
+    "Init",
+    "StartValidate",
+    "Validate",
+    "ValidateEngine",
+    "PrepareValidateJob",
+    "StartValidateJob",
+    "ValidateJob",
+]
 
 
 @pytest.fixture(autouse=True)

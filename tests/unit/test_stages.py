@@ -734,3 +734,23 @@ def test_an_incomplete_cost_estimate_is_said_in_the_validate_event() -> None:
     outcome = outcome_of(Stage.VALIDATE, RunView(state, None), None)  # type: ignore[arg-type]  # settings unused
     # THEN it says so, not only a log line
     assert outcome.notes == [f"cost estimate incomplete: {warning}"]
+
+
+def test_a_redriven_execution_of_an_ended_run_starts_nothing_and_records_nothing(aws: SimpleNamespace) -> None:
+    from tuneplane.errors import RunAlreadyEnded
+
+    # GIVEN a run that ended (Run Succeeded recorded), whose execution an operator redrives from StartTrain
+    _call(aws, "start", Stage.VALIDATE, _state())
+    _call(aws, "complete", Stage.RUN, _state())
+    _published(aws)
+    # WHEN the redriven execution starts a stage
+    with pytest.raises(RunAlreadyEnded, match="ended succeeded already"):
+        _call(aws, "start", Stage.TRAIN, _state())
+    # AND its Catch sends it down the failure path with that error
+    failed = _state(error={"Error": "RunAlreadyEnded", "Cause": "run ended succeeded already"})
+    answer = _call(aws, "fail", Stage.TRAIN, failed)
+    # THEN nothing was recorded or published: the run's one outcome stands
+    assert answer["error"] == "RunAlreadyEnded"
+    assert _published(aws) == []
+    assert _item(aws, Stage.RUN)["status"] == "succeeded"
+    assert ledger.get_stage(TABLE, RUN_ID, Stage.TRAIN.value) is None

@@ -60,10 +60,15 @@ def test_a_dataset_beyond_the_lambda_is_validated_by_the_job_as_the_lambda_would
     _beyond_the_lambda(monkeypatch)
     request = {"run_id": "run-1", "bucket": BUCKET, "key": key, "version_id": version}
     handoff = handler(request, CONTEXT)
-    # THEN the Lambda hands it on, saying why, with the version pinned by a copy and the job's inputs beside it
+    # THEN the Lambda hands it on, saying why, having copied nothing yet (the copy gets a call of its own)
     assert handoff["engine"] == "processing" and handoff["data_bytes"] == len(body) and handoff["gzip"] is False
     assert f"{len(body):,} bytes of data" in handoff["reason"] and "holds the validation of 10" in handoff["reason"]
     prefix = "runs/run-1/validation-input/"
+    assert aws.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["KeyCount"] == 0
+    # WHEN the next state prepares the job's inputs
+    prepared = handler({"prepare": True, "state": request}, CONTEXT)
+    # THEN the version is pinned by a copy, with the job's inputs beside it
+    assert prepared == {"input_uri": f"s3://{BUCKET}/{prefix}"} and handoff["input_uri"] == prepared["input_uri"]
     assert _read(aws, f"{prefix}train/reverse.jsonl") == body
     assert {"tokenizer.json", "config.json"} <= {
         item["Key"].removeprefix(f"{prefix}model/")
@@ -104,6 +109,7 @@ def test_a_gzip_dataset_the_job_rejects_is_rejected_by_the_stage_with_the_jobs_r
     handoff = handler(request, context)
     assert handoff["engine"] == "processing" and handoff["gzip"] is True
     assert "usable examples" in handoff["reason"]
+    handler({"prepare": True, "state": request}, CONTEXT)
     assert aws.list_objects_v2(Bucket=BUCKET, Prefix="runs/run-2/validation-input/train/bad.jsonl.gz")["KeyCount"]
     # WHEN the job runs: a rejection is its answer, not its failure
     result = _run_job(aws, "run-2", tmp_path)
@@ -209,3 +215,29 @@ def test_the_lambda_hands_on_up_front_what_its_disk_or_time_cannot_hold(
     # WHEN it is asked whether it can validate the dataset THEN it says why not, or lets it try
     reason = validation_engine.beyond_lambda(data_bytes, gzip_file, budget)
     assert (reason is None) if why is None else (why in str(reason))
+
+
+def test_a_file_over_max_file_bytes_is_rejected_not_copied_to_a_job(
+    aws: Any,  # noqa: F811 - the fixture
+    reversal_lines: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a dataset beyond the Lambda whose sidecar allows at most 100 bytes a file
+    body = "\n".join(reversal_lines).encode()
+    aws.put_object(Bucket=BUCKET, Key="incoming/huge.jsonl", Body=body)
+    _beyond_the_lambda(monkeypatch)
+    request = {"run_id": "run-5", "bucket": BUCKET, "key": "incoming/huge.jsonl", "overrides": {"max_file_bytes": 100}}
+    # WHEN validated THEN it is rejected at once, naming the file, its size and the limit, and nothing is copied
+    with pytest.raises(InvalidTrainingData) as raised:
+        _load_handler().handler(request, CONTEXT)
+    message = str(raised.value)
+    assert f"s3://{BUCKET}/incoming/huge.jsonl is {len(body):,} bytes" in message
+    assert "the limit is 100 bytes (max_file_bytes)" in message
+    assert aws.list_objects_v2(Bucket=BUCKET, Prefix="runs/run-5/")["KeyCount"] == 0
+
+
+def test_a_gzip_files_volume_assumes_no_more_data_than_it_may_expand_to() -> None:
+    # GIVEN a 50 GiB gzip file, which may expand to at most 50 GiB (max_decompressed_bytes)
+    # WHEN the validation job's volume is sized THEN it is that of 50 GiB of data, not of 500 GiB
+    assert job_requests.validation_volume_gb(50 * 1024**3, True, 50 * 1024**3) == 310
+    assert job_requests.validation_volume_gb(50 * 1024**3, True) == 2560

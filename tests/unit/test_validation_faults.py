@@ -20,7 +20,7 @@ import urllib3.exceptions
 from moto import mock_aws
 
 from tuneplane.adapters import s3 as s3_adapter
-from tuneplane.errors import PlatformLimitExceeded, StorageError
+from tuneplane.errors import DatasetNotFound, PlatformLimitExceeded, StorageError
 from tuneplane.logic.validation import reader as reader_module
 from tuneplane.logic.validation.validator import DatasetSource, ValidationResult, validate_dataset
 from tuneplane.models.validation import Code, ValidationOptions
@@ -233,6 +233,7 @@ def test_an_s3_object_replaced_midway_is_not_spliced(
         bucket.put_object(Bucket=BUCKET, Key="data.jsonl.gz", Body=body(2000))
 
     failing_first_read(monkeypatch, 1000, before_reopen=overwrite)
-    # WHEN validated THEN S3 refuses the resumed read (If-Match) and that is a StorageError, not a spliced file
-    with pytest.raises(StorageError, match="PreconditionFailed"):
+    # WHEN validated THEN S3 refuses the resumed read (If-Match), not a spliced file: the object this run read is
+    # gone (DatasetNotFound, named by its cause), not a transient StorageError
+    with pytest.raises(DatasetNotFound, match="changed while it was read .412 PreconditionFailed"):
         validate_dataset(DatasetSource.s3(BUCKET, "data.jsonl.gz"), ValidationOptions(), out_dir=tmp_path / "o")

@@ -59,6 +59,13 @@ class RunLimitSettings(BaseSettings):
         pattern=rf"^$|^{_DEPLOY_TARGET}(,{_DEPLOY_TARGET})*$",
         description="AllowedDeployTargets: targets a sidecar may choose; empty: DeployTarget (none always may).",
     )
+    # The Deploy function's ServeMode and MaxLoraRank (DeploySettings.serve_mode / max_lora_rank), so that an adapter
+    # the vLLM server would refuse is rejected before training is paid for. None: the function's environment does
+    # not have them (SERVE_MODE, MAX_LORA_RANK), and the rank is then checked at Deploy only.
+    serve_mode: Literal["merged", "lora"] | None = Field(default=None, description="ServeMode (the Deploy side's).")
+    max_lora_rank: int | None = Field(
+        default=None, ge=1, le=512, description="MaxLoraRank: the server's max_lora_rank when ServeMode=lora."
+    )
 
     @property
     def instance_types(self) -> list[str]:

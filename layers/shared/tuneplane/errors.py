@@ -140,3 +140,8 @@ class SameContent(TuneplaneError):
 class CapacityUnavailable(TuneplaneError):
     """No training instance type the run may use had capacity or quota, after waiting as long as the stack allows
     (MaxCapacityWaitMinutes): the platform team raises the quota or adds instance types."""
+
+
+class RunAlreadyEnded(TuneplaneError):
+    """The run's outcome is recorded already (the execution was redriven after it ended, or after the reconciler
+    recorded it): nothing runs again and nothing is recorded twice; a new upload starts a new run."""

@@ -6,10 +6,21 @@ as DynamoDB numbers (Decimal); NaN and infinities, which DynamoDB refuses, are s
 Every string written is cut to ``TEXT_MAX`` characters with a visible marker (``tuneplane.bounds``): the AWS docs
 ("Service, account, and table quotas in Amazon DynamoDB") limit an item to 400 KB, and a cause or a model's answer
 can be larger. A refused write would leave the run's item saying ``started`` for ever.
+
+Bounding each string and map is not enough: many fields of 8,000 characters (a report's problems, several causes)
+add up past 400 KB, and DynamoDB then refuses the whole update (ValidationException "Item size to update has exceeded
+the maximum allowed size"). So the item as a whole is kept below ``ITEM_BUDGET`` bytes, measured as the AWS docs
+("Item sizes and formats") count it: attribute names and values in UTF-8, a number up to 21 bytes, 3 bytes per map or
+list plus 1 per element. The longest texts are cut first (halved, with the marker, until it fits), and the item's
+``ledger_truncated`` attribute names the fields that were cut. An update lands on an item that may already hold
+other attributes: when DynamoDB still finds the result too large, the update is fitted again into the room the
+stored attributes leave, once.
 """
 
 from __future__ import annotations
 
+import copy
+import heapq
 import math
 from datetime import datetime
 from decimal import Decimal
@@ -19,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.exceptions import ClientError
 
-from tuneplane.bounds import bound_text
+from tuneplane.bounds import bound_text, bound_utf8
 from tuneplane.errors import StorageError
 
 if TYPE_CHECKING:
@@ -34,6 +45,61 @@ def dynamodb() -> DynamoDBServiceResource:
 
 TEXT_MAX = 8000  # characters of one string attribute (or map value): a few of them stay far below 400 KB
 KEYS_MAX = 200  # entries of one map or list attribute
+ITEM_MAX_BYTES = 400 * 1024  # the AWS docs: an item is at most 400 KB, attribute names and values together
+ITEM_BUDGET = 380_000  # what put_stage aims below: room for the keys and for a count a little off
+_SHORTEST_CUT = 64  # a text this short is not cut further
+TRUNCATED_FIELD = "ledger_truncated"
+
+
+def item_size(value: Any) -> int:
+    """Bytes DynamoDB counts for a value (the AWS docs, "Item sizes and formats"): strings in UTF-8, a number at most
+    21 bytes, null and booleans 1, a map or list 3 plus 1 per element plus its elements (and a map's key names)."""
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, bool) or value is None:
+        return 1
+    if isinstance(value, Decimal | int | float):
+        return 21
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, dict):
+        return 3 + sum(1 + len(str(k).encode()) + item_size(v) for k, v in value.items())
+    if isinstance(value, list | tuple | set):
+        return 3 + sum(1 + item_size(v) for v in value)
+    return len(str(value).encode())
+
+
+def _texts(value: Any, field: str, into: list[tuple[int, int, str, Any, Any]]) -> None:
+    """Every string inside the map or list ``value`` as (-UTF-8 bytes, order, ``field``, container, key)."""
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        if isinstance(child, str):
+            into.append((-len(child.encode()), len(into), field, value, key))
+        else:
+            _texts(child, field, into)
+
+
+def fit_item(values: dict[str, Any], budget: int) -> list[str]:
+    """Cut the longest texts of ``values`` (attribute name -> DynamoDB value, changed in place) until the attributes
+    take at most ``budget`` bytes; returns the names of the attributes cut (empty: it fitted as it was)."""
+    total = sum(len(name.encode()) + item_size(value) for name, value in values.items())
+    texts: list[tuple[int, int, str, Any, Any]] = []
+    for name, value in values.items():
+        if isinstance(value, str):
+            texts.append((-len(value.encode()), len(texts), name, values, name))
+        else:
+            _texts(value, name, texts)
+    heapq.heapify(texts)  # the longest first; `order` breaks ties, so containers are never compared
+    cut: list[str] = []
+    while total > budget and texts and -texts[0][0] > _SHORTEST_CUT:
+        size, order, field, container, key = heapq.heappop(texts)
+        shorter = bound_utf8(container[key], -size // 2)
+        container[key] = shorter
+        total -= -size - len(shorter.encode())
+        heapq.heappush(texts, (-len(shorter.encode()), order, field, container, key))
+        if field not in cut:
+            cut.append(field)
+    return cut
 
 
 def _to_item(value: Any) -> Any:
@@ -65,22 +131,51 @@ def _from_item(value: Any) -> Any:
 
 
 def put_stage(table: str, run_id: str, stage: str, fields: dict[str, Any]) -> None:
-    """Create or update the (run, stage) item with ``fields`` (other attributes are kept)."""
+    """Create or update the (run, stage) item with ``fields`` (other attributes are kept), the whole item kept below
+    DynamoDB's 400 KB by cutting the longest texts first (``ledger_truncated`` names them)."""
     fields = {name: value for name, value in fields.items() if value is not None}
     if not fields:
         return
-    names = {f"#f{i}": name for i, name in enumerate(fields)}
-    values = {f":v{i}": _to_item(value) for i, value in enumerate(fields.values())}
-    expression = "SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields)))
+    key = {"run_id": run_id, "stage": stage}
+    items = {name: _to_item(value) for name, value in fields.items()}
+    budget = ITEM_BUDGET - item_size(key)
     try:
-        dynamodb().Table(table).update_item(
-            Key={"run_id": run_id, "stage": stage},
-            UpdateExpression=expression,
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-        )
+        _update(table, key, _fitted(items, budget))
     except ClientError as exc:
-        raise StorageError(f"ledger {table}: update {run_id}/{stage}: {exc}") from exc
+        if not _too_large(exc):
+            raise StorageError(f"ledger {table}: update {run_id}/{stage}: {exc}") from exc
+        # The stored attributes this update keeps (those it does not set) left too little room: fit into the rest.
+        stored = get_stage(table, run_id, stage) or {}
+        kept = {name: _to_item(value) for name, value in stored.items() if name not in items and name not in key}
+        room = budget - sum(len(name.encode()) + item_size(value) for name, value in kept.items())
+        try:
+            _update(table, key, _fitted(items, max(room, 0)))
+        except ClientError as again:
+            raise StorageError(f"ledger {table}: update {run_id}/{stage}: {again}") from again
+
+
+def _fitted(items: dict[str, Any], budget: int) -> dict[str, Any]:
+    """A copy of ``items`` cut to ``budget`` bytes, with ``ledger_truncated`` naming what was cut (when anything)."""
+    fitted = copy.deepcopy(items)
+    marker_room = len(TRUNCATED_FIELD) + 3 + sum(1 + len(name.encode()) for name in items) + 16
+    cut = fit_item(fitted, budget - marker_room)
+    if cut:
+        fitted[TRUNCATED_FIELD] = cut
+    return fitted
+
+
+def _too_large(exc: ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    return error.get("Code") == "ValidationException" and "size" in str(error.get("Message", "")).lower()
+
+
+def _update(table: str, key: dict[str, str], items: dict[str, Any]) -> None:
+    names = {f"#f{i}": name for i, name in enumerate(items)}
+    values = {f":v{i}": value for i, value in enumerate(items.values())}
+    expression = "SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(items)))
+    dynamodb().Table(table).update_item(
+        Key=key, UpdateExpression=expression, ExpressionAttributeNames=names, ExpressionAttributeValues=values
+    )
 
 
 def get_stage(table: str, run_id: str, stage: str) -> dict[str, Any] | None:

@@ -192,7 +192,10 @@ def copy_version(bucket: str, key: str, version_id: str | None, to_bucket: str, 
     source: dict[str, str] = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
     config = TransferConfig(multipart_threshold=5 * 1024**3, multipart_chunksize=_COPY_PART_BYTES, max_concurrency=8)
     try:
-        s3_client().copy(source, to_bucket, to_key, Config=config)  # type: ignore[arg-type]
+        # REPLACE with no tags: the copy has none of the source's (copying them needs s3:GetObjectTagging and
+        # s3:PutObjectTagging, and a multipart copy would not copy them anyway).
+        extra = {"TaggingDirective": "REPLACE"}
+        s3_client().copy(source, to_bucket, to_key, ExtraArgs=extra, Config=config)  # type: ignore[arg-type]
     except ClientError as exc:
         raise _error(exc, f"copy s3://{bucket}/{key} to s3://{to_bucket}/{to_key}") from exc
     return f"s3://{to_bucket}/{to_key}"
@@ -205,7 +208,10 @@ def copy_files(prefix_uri: str, names: Iterable[str], to_bucket: str, to_prefix:
     for name in names:
         try:
             s3_client().copy_object(
-                Bucket=to_bucket, Key=to_prefix + name, CopySource={"Bucket": bucket, "Key": prefix + name}
+                Bucket=to_bucket,
+                Key=to_prefix + name,
+                CopySource={"Bucket": bucket, "Key": prefix + name},
+                TaggingDirective="REPLACE",
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code", "") in _MISSING:
@@ -213,3 +219,53 @@ def copy_files(prefix_uri: str, names: Iterable[str], to_bucket: str, to_prefix:
             raise _error(exc, f"copy s3://{bucket}/{prefix}{name}") from exc
         found.append(name)
     return found
+
+
+# A resumed read (tuneplane.logic.validation.reader) is a ranged GET of the version being read, or of its ETag with
+# If-Match. The AWS docs (GetObject) say S3 answers 412 PreconditionFailed when the ETag no longer matches (the key
+# now holds another object) and 416 InvalidRange when the range starts past the object's end; 403 AccessDenied when
+# the caller may not read it (or not decrypt it with the bucket's KMS key). None of these is a transport fault, and
+# the same GET would be refused again: each is raised by its cause, never retried as a StorageError.
+
+
+def resume_refusal(exc: ClientError, what: str, offset: int) -> Exception:
+    """The error that names why S3 refused the ranged GET that resumes a read of ``what`` at byte ``offset``:
+    DatasetNotFound when the object read is gone (replaced: 412, shorter: 416, deleted: 404), PermissionDenied for
+    403, StorageError (transient: throttling, a 5xx) otherwise."""
+    from tuneplane.errors import PermissionDenied
+
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    at = f"at byte {offset:,}"
+    if code == "PreconditionFailed" or status == 412:
+        return DatasetNotFound(
+            f"{what} changed while it was read (412 PreconditionFailed {at}): another upload replaced the object "
+            "this run started for, and a run never splices two objects; upload it again (the newer upload starts "
+            "its own run)"
+        )
+    if code == "InvalidRange" or status == 416:
+        return DatasetNotFound(
+            f"{what} changed while it was read (416 InvalidRange: it no longer has a byte {offset:,}); upload it again"
+        )
+    if code in _MISSING or status == 404:
+        return DatasetNotFound(f"{what} was deleted while it was read ({code or status} {at}); upload it again")
+    if code == "AccessDenied" or status == 403:
+        return PermissionDenied(
+            f"access denied reading {what} ({code or status} {at}): the function's role, the bucket policy or the "
+            "bucket key's policy no longer allows s3:GetObject (and kms:Decrypt); a policy changed during the read",
+            permission="s3:GetObject",
+        )
+    return StorageError(f"{what}: {code or exc} ({status}) {at}")
+
+
+def open_object_at(bucket: str, key: str, version_id: str | None, *, start: int, if_match: str | None) -> Any:
+    """:func:`open_object` for a resumed read: what S3 refuses for good raises by its cause (resume_refusal), so
+    the reader retries only what may pass next time (a StorageError)."""
+    try:
+        return open_object(bucket, key, version_id, start=start, if_match=if_match)
+    except (StorageError, DatasetNotFound) as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, ClientError):
+            raise
+        raise resume_refusal(cause, f"s3://{bucket}/{key}", start) from cause

@@ -20,6 +20,14 @@ from pydantic import BaseModel, Field
 from tuneplane.errors import InvalidConfiguration
 from tuneplane.models.validation import CostEstimate, StageCost
 
+# Evaluate's generation throughput, conservative: bench/results/evaluate_7b_h100_2026-11-23.json measured the evaluate
+# container generating on a 7B model at 25.9 tokens/s one prompt at a time and 190.7 tokens/s in batches of 16 (its
+# default batch_size) on one H100. Batched decoding is bound by memory bandwidth, so the default processing instance's
+# A10G (about 600 GB/s against the H100's 3,350) would do about 190.7 x 600 / 3350 = 34 tokens/s: 25 covers both.
+GENERATE_TOKENS_PER_SECOND_7B = 25.0
+EVALUATED_MODELS = 3  # containers/evaluate: candidate, base and (when there is one) production generate each prompt
+DEFAULT_MAX_NEW_TOKENS = 256  # containers/evaluate/evaluate.py max_new_tokens
+
 
 class InstancePrice(BaseModel):
     gpus: int = Field(ge=1)
@@ -34,7 +42,12 @@ class StageHours(BaseModel):
 
     merge: float = Field(default=0.5, ge=0, description="Load base + adapter, merge, verify, save (bf16).")
     quantize: float = Field(default=1.0, ge=0, description="AWQ calibration and save.")
-    evaluate: float = Field(default=0.5, ge=0, description="Greedy generation on the eval split, candidate and base.")
+    evaluate: float = Field(
+        default=0.5,
+        ge=0,
+        description="Evaluate's fixed part (loading the models, scoring); its generation is estimated from the eval "
+        "split when known (PricingTable.generate_tokens_per_second_7b), else this is the whole stage.",
+    )
     endpoint_startup: float = Field(
         default=0.25, ge=0, description="Creating (or updating) a vLLM endpoint until InService, billed per instance."
     )
@@ -45,6 +58,11 @@ class PricingTable(BaseModel):
     spot_discount: float = Field(ge=0, lt=1)
     instances: dict[str, InstancePrice]
     stage_hours: StageHours = Field(default_factory=StageHours)
+    generate_tokens_per_second_7b: float = Field(
+        default=GENERATE_TOKENS_PER_SECOND_7B,
+        gt=0,
+        description="Evaluate's greedy generation on the processing instance, tokens/s for a 7B model (conservative).",
+    )
 
     @classmethod
     def bundled(cls) -> PricingTable:
@@ -170,6 +188,11 @@ class RunShape:
     endpoint_instance_type: str
     endpoint_instances: int
     bake_time_s: int
+    # Evaluate: generation on the eval split (None: unknown, the table's stage_hours.evaluate is the whole stage).
+    eval_examples: int | None = None  # examples the evaluate job generates for (after evaluation.max_examples)
+    eval_tokens_per_example: float | None = None  # prompt tokens per eval example (None: the sequence length)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    max_processing_runtime_s: int | None = None  # MaxProcessingRuntimeSeconds: SageMaker stops the job there
 
 
 @dataclass(frozen=True)
@@ -190,11 +213,44 @@ def _tokens_trained(shape: RunShape, pricing: PricingTable) -> int:
     return shape.max_steps * shape.rows_per_device_step * gpus * shape.seq_len
 
 
+def _scale(shape: RunShape, pricing: PricingTable) -> float:
+    """How much slower than at 7B a processing stage runs: a larger model in proportion, a smaller one no faster."""
+    return max(1.0, _size(shape.parameters, pricing) / pricing.reference_parameters)
+
+
+def evaluate_generation(shape: RunShape, pricing: PricingTable) -> tuple[float, str] | None:
+    """Hours the evaluate job generates for, and how they were arrived at; None when the eval split is unknown.
+
+    Every evaluated model (candidate, base, production: EVALUATED_MODELS, the most there are) reads each prompt and
+    generates up to max_new_tokens: examples x models x (prompt tokens + max_new_tokens) at the table's
+    generate_tokens_per_second_7b, slower in proportion for a larger model (never faster for a smaller one). Prompt
+    tokens are counted at the generation rate too (prefill is faster): an upper bound, like the rest."""
+    if shape.eval_examples is None:
+        return None
+    prompt = shape.eval_tokens_per_example if shape.eval_tokens_per_example is not None else shape.seq_len
+    tokens = shape.eval_examples * EVALUATED_MODELS * (prompt + shape.max_new_tokens)
+    throughput = pricing.generate_tokens_per_second_7b / _scale(shape, pricing)
+    basis = (
+        f"{shape.eval_examples:,} eval examples x {EVALUATED_MODELS} models x ({prompt:,.0f} prompt + "
+        f"{shape.max_new_tokens:,} new tokens) at {throughput:,.1f} tokens/s"
+    )
+    return tokens / throughput / 3600, basis
+
+
 def _processing(stage: StageName, shape: RunShape, pricing: PricingTable) -> StageCost:
     instance_type = shape.processing_instance_type
-    scale = max(1.0, _size(shape.parameters, pricing) / pricing.reference_parameters)
-    hours = getattr(pricing.stage_hours, stage) * scale
+    hours = getattr(pricing.stage_hours, stage) * _scale(shape, pricing)
     basis = f"assumed {hours:g} h (pricing table stage_hours.{stage}, per 7B parameters), on demand"
+    generation = evaluate_generation(shape, pricing) if stage == "evaluate" else None
+    if generation is not None:
+        generate_hours, how = generation
+        basis = f"{hours:g} h to load and score (stage_hours.evaluate) + {generate_hours:.2f} h generating ({how})"
+        hours += generate_hours
+        cap = shape.max_processing_runtime_s
+        if cap is not None and hours * 3600 > cap:  # SageMaker stops the job at MaxRuntimeInSeconds: no more billed
+            hours = cap / 3600
+            basis += f", capped at MaxProcessingRuntimeSeconds {cap}"
+        basis += ", on demand"
     instance = pricing.instances.get(instance_type)
     if instance is None:
         return StageCost(
@@ -279,6 +335,16 @@ def estimate_run(shape: RunShape, caps: RunCaps, pricing: PricingTable) -> CostE
     if (deploy := _deploy(shape, pricing)) is not None:
         stages.append(deploy)
     warnings = list(training.warnings)
+    generation = evaluate_generation(shape, pricing)
+    cap_s = shape.max_processing_runtime_s
+    if generation is not None and cap_s is not None:
+        whole = pricing.stage_hours.evaluate * _scale(shape, pricing)
+        if (whole + generation[0]) * 3600 > cap_s:
+            warnings.append(
+                f"the evaluate job may need {whole + generation[0]:,.1f} h, more than MaxProcessingRuntimeSeconds "
+                f"{cap_s} ({cap_s / 3600:,.1f} h): SageMaker would stop it (priced up to the cap); lower "
+                "evaluation.max_examples or max_new_tokens"
+            )
     for stage in stages[1:]:
         if stage.cost_usd is None and stage.instance_type:
             warnings.append(f"{_no_price(stage.instance_type, pricing)}: the {stage.stage} cost is unknown")

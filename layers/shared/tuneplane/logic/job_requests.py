@@ -252,16 +252,29 @@ GZIP_EXPANSION_ASSUMED = 10
 # Bytes on the volume per byte of data besides the input copy: bench/validation_bounds.py measured validation writing
 # 2.0 per input byte for chat data and 4.6 for the tiniest prompt/completion lines.
 VALIDATION_DISK_PER_BYTE = 5
+# Inside the input's LocalPath: File-mode inputs are copied onto the ML storage volume (the SageMaker API reference,
+# ProcessingS3Input.S3InputMode), so the spill and the splits are there too, not on the container's root disk.
+VALIDATION_WORK_DIR = f"{PROCESSING_INPUT}/job/.work"
 MAX_VOLUME_GB = 16384  # SageMaker's ProcessingClusterConfig VolumeSizeInGB maximum
 
 
-def validation_volume_gb(data_bytes: int, gzip: bool) -> int:
-    """The validation job's ML storage: the pinned copy, the spill and the splits, plus 10 GB of room."""
+def validation_volume_gb(data_bytes: int, gzip: bool, max_data_bytes: int | None = None) -> int:
+    """The validation job's ML storage: the pinned copy, the spill and the splits, plus 10 GB of room; a gzip file's
+    data is never assumed larger than it may expand to (max_decompressed_bytes)."""
     data = data_bytes * (GZIP_EXPANSION_ASSUMED if gzip else 1)
+    if gzip and max_data_bytes is not None:
+        data = min(data, max_data_bytes)
     return min(MAX_VOLUME_GB, -(-(data_bytes + VALIDATION_DISK_PER_BYTE * data) // 1024**3) + 10)
 
 
-def validate_job(settings: PipelineSettings, run_id: str, input_uri: str, data_bytes: int, gzip: bool) -> JobSpec:
+def validate_job(
+    settings: PipelineSettings,
+    run_id: str,
+    input_uri: str,
+    data_bytes: int,
+    gzip: bool,
+    max_data_bytes: int | None = None,
+) -> JobSpec:
     """The Processing job that validates a dataset handed on by the Validate Lambda (logic/validation_engine.py)."""
     if not settings.validate_image_uri:
         raise InvalidConfiguration(
@@ -273,7 +286,7 @@ def validate_job(settings: PipelineSettings, run_id: str, input_uri: str, data_b
     }
     arguments = {
         "data_dir": f"{PROCESSING_OUTPUT}/data",
-        "work_dir": "/opt/ml/processing/work",
+        "work_dir": VALIDATION_WORK_DIR,
         "max_runtime_s": str(settings.max_validation_runtime_s),
     }
     return _processing_job(
@@ -285,6 +298,6 @@ def validate_job(settings: PipelineSettings, run_id: str, input_uri: str, data_b
         outputs,
         arguments,
         instance_type=settings.validation_instance_type,
-        volume_size_gb=validation_volume_gb(data_bytes, gzip),
+        volume_size_gb=validation_volume_gb(data_bytes, gzip, max_data_bytes),
         max_runtime_s=settings.max_validation_runtime_s,
     )

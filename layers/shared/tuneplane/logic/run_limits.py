@@ -9,6 +9,8 @@ training (TrainingOverrides)
   max_steps             at most MaxTrainingSteps.
   num_train_epochs      at most MaxTrainingEpochs (unset: the container's 3, or MaxTrainingEpochs if lower).
   max_seq_length        at most MaxSeqLength (the stack's default is also its cap).
+  lora_r                at most MaxLoraRank when the stack serves adapters (ServeMode=lora) and the run may deploy to
+                        vllm (unset: the container's 16): the Deploy stage would refuse the adapter after training.
   the rest              the dataset's choice (learning rate, LoRA shape, batch, ...): the run's cost estimate, checked
                         against MaxRunCostUsd and MaxTrainingRuntimeSeconds, accounts for what changes the bill.
 evaluation (EvaluationOverrides): the promotion gate may only get stricter
@@ -38,11 +40,12 @@ from typing import Any
 
 from tuneplane.config import RunLimitSettings
 from tuneplane.errors import InvalidConfiguration
-from tuneplane.logic.cost import RunCaps, RunShape
+from tuneplane.logic.cost import DEFAULT_MAX_NEW_TOKENS, RunCaps, RunShape
 from tuneplane.models.pipeline import EvaluationOverrides, TrainingOverrides
 from tuneplane.models.validation import Code, Severity, ValidationOptions
 
 DEFAULT_EPOCHS = 3.0  # containers/train/train.py num_train_epochs
+DEFAULT_LORA_R = 16  # containers/train/train.py lora_r
 ROWS_PER_STEP = 4  # containers/train/batch_plan.py: the auto batch, rows per optimizer step per rank
 _STACK_ONLY_VALIDATION = {
     "epochs": "training.num_train_epochs",
@@ -56,9 +59,13 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def training_problems(training: TrainingOverrides, limits: RunLimitSettings) -> list[str]:
-    """Every way ``training`` exceeds the stack's caps (empty: within them)."""
+def training_problems(
+    training: TrainingOverrides, limits: RunLimitSettings, deploy_target: str | None = None
+) -> list[str]:
+    """Every way ``training`` exceeds the stack's caps (empty: within them). ``deploy_target``: where the run
+    deploys, when known; None: any target the stack allows (the LoRA rank check then assumes vllm if allowed)."""
     problems: list[str] = []
+    problems += lora_rank_problems(training, limits, deploy_target)
     allowed = limits.allowed_instance_types
     for instance_type in training.instance_types or []:
         if instance_type not in allowed:
@@ -82,6 +89,26 @@ def training_problems(training: TrainingOverrides, limits: RunLimitSettings) -> 
             f"{limits.max_seq_length}"
         )
     return problems
+
+
+def lora_rank_problems(
+    training: TrainingOverrides, limits: RunLimitSettings, deploy_target: str | None = None
+) -> list[str]:
+    """An adapter rank the stack's vLLM server would refuse: with ServeMode=lora, the Deploy stage serves the base
+    model plus the run's adapter and refuses a rank above MaxLoraRank (tuneplane.logic.deploy.serving), after the
+    training, merge and evaluation were paid for; so it is refused here, before any job. Only when the run may be
+    served that way: ServeMode=lora, MaxLoraRank known (the function's environment has it) and a vllm target."""
+    if limits.serve_mode != "lora" or limits.max_lora_rank is None:
+        return []
+    may_serve = deploy_target == "vllm" if deploy_target is not None else "vllm" in limits.allowed_targets
+    rank = training.lora_r or DEFAULT_LORA_R
+    if not may_serve or rank <= limits.max_lora_rank:
+        return []
+    asked = f"{rank}" if training.lora_r else f"unset (the training container's default {rank})"
+    return [
+        f"training.lora_r: {asked} is over the stack's MaxLoraRank {limits.max_lora_rank}: with ServeMode=lora the "
+        f"vllm endpoint would refuse the adapter after training (set lora_r <= {limits.max_lora_rank})"
+    ]
 
 
 def evaluation_problems(evaluation: EvaluationOverrides, limits: RunLimitSettings) -> list[str]:
@@ -201,8 +228,18 @@ def run_shape(
     endpoint_instance_type: str,
     endpoint_instances: int,
     bake_time_s: int,
+    evaluation: EvaluationOverrides | None = None,
+    eval_examples: int | None = None,
+    eval_tokens_per_example: float | None = None,
 ) -> RunShape:
-    """What the run will do, from the stack's settings and the sidecar's training section."""
+    """What the run will do, from the stack's settings and the sidecar's training and evaluation sections.
+
+    ``eval_examples`` (the eval split's size) and ``eval_tokens_per_example`` (its mean tokens, an upper bound of a
+    prompt's), when given, price the evaluate stage from the data: the evaluate job generates for at most
+    ``evaluation.max_examples`` of them (0 or unset: all), up to ``evaluation.max_new_tokens`` each."""
+    evaluation = evaluation or EvaluationOverrides()
+    if eval_examples is not None and evaluation.max_examples:
+        eval_examples = min(eval_examples, evaluation.max_examples)
     return RunShape(
         tokens_per_epoch=tokens_per_epoch,
         parameters=parameters,
@@ -218,6 +255,10 @@ def run_shape(
         endpoint_instance_type=endpoint_instance_type,
         endpoint_instances=endpoint_instances,
         bake_time_s=bake_time_s,
+        eval_examples=eval_examples,
+        eval_tokens_per_example=eval_tokens_per_example,
+        max_new_tokens=evaluation.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+        max_processing_runtime_s=limits.max_processing_runtime_s,
     )
 
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from tuneplane.adapters import events, ledger, sagemaker
 from tuneplane.config import PipelineSettings
-from tuneplane.errors import CapacityUnavailable, InvalidConfiguration
+from tuneplane.errors import CapacityUnavailable, InvalidConfiguration, RunAlreadyEnded
 from tuneplane.logic import dataset_runs, job_requests, retention, run_limits
 from tuneplane.logic.registry import registration
 from tuneplane.logic.rollback_report import rollback_notes
@@ -34,6 +34,10 @@ from tuneplane.observability import logger
 _JOB_STAGES = {Stage.TRAIN, Stage.MERGE, Stage.QUANTIZE, Stage.EVALUATE}
 _NEWEST_ONLY = {Stage.TRAIN, Stage.REGISTER, Stage.DEPLOY}  # what an upload superseded by a newer one must not do
 _STOPS = {"RunSuperseded": Status.SUPERSEDED, "SameContent": Status.SKIPPED}
+# The run outcomes: a run that has one is over (the reconciler leaves it alone, a redriven execution stops).
+_OUTCOMES = frozenset(
+    {Status.SUCCEEDED.value, Status.FAILED.value, Status.REJECTED.value, Status.SUPERSEDED.value, Status.SKIPPED.value}
+)
 _HEADLINE_METRICS = (
     "evaluate.candidate.",
     "train.final_train_loss",
@@ -190,6 +194,14 @@ def _record(
 
 def _start(stage: Stage, run: RunView, settings: PipelineSettings) -> dict[str, Any]:
     now = _now()
+    if stage is Stage.DEPLOY:  # Validate rejected a target the stack does not allow; never deploy to one anyway
+        run_limits.require_deploy_target(run.result("pipeline").get("deploy_target"), settings)
+    ended = (_item(settings, run, Stage.RUN).get("status") or "") if stage is not Stage.VALIDATE else ""
+    if ended in _OUTCOMES:  # a redriven execution (RedriveExecution) must not train or deploy a run that ended
+        raise RunAlreadyEnded(
+            f"run {run.run_id} ended {ended} already: a redriven execution does not run it again; upload the dataset "
+            "again to start a new run"
+        )
     if stage is Stage.VALIDATE:  # the first stage: the run begins
         ledger.put_stage(
             settings.ledger_table,
@@ -206,8 +218,7 @@ def _start(stage: Stage, run: RunView, settings: PipelineSettings) -> dict[str, 
         )
     if stage in _NEWEST_ONLY:  # an older upload's run stops before it spends or deploys (RunSuperseded)
         dataset_runs.ensure_newest(settings.ledger_table, run.bucket, run.key, run.run_id, run.state.get("sequencer"))
-    if stage is Stage.DEPLOY:  # Validate rejected a target the stack does not allow; never deploy to one anyway
-        run_limits.require_deploy_target(run.result("pipeline").get("deploy_target"), settings)
+    if stage is Stage.DEPLOY:
         dataset_runs.take_deploy_lease(
             settings.ledger_table, run.bucket, run.key, run.run_id, settings.deploy_lease_s
         )  # DeploymentInProgress: the state machine waits and asks again
@@ -241,7 +252,9 @@ def _hand_off(run: RunView, settings: PipelineSettings) -> dict[str, Any]:
         raise InvalidConfiguration(
             f"hand_off: the Validate result is not a hand-off ({exc.error_count()} errors)"
         ) from exc
-    spec = job_requests.validate_job(settings, run.run_id, handoff.input_uri, handoff.data_bytes, handoff.gzip)
+    spec = job_requests.validate_job(
+        settings, run.run_id, handoff.input_uri, handoff.data_bytes, handoff.gzip, handoff.max_data_bytes
+    )
     fields = {
         "engine": "processing",
         "job_name": _job_name(spec),
@@ -291,6 +304,8 @@ def job_spec(stage: Stage, run: RunView, settings: PipelineSettings) -> JobSpec:
 
 
 def _end_badly(stage: Stage, run: RunView, settings: PipelineSettings, status: Status) -> dict[str, Any]:
+    if one_line_cause(run.result("error"))[0] == RunAlreadyEnded.__name__:  # its outcome stands: record nothing
+        return {"status": "ended", "stage": stage.value, "error": RunAlreadyEnded.__name__}
     if status is Status.REJECTED and stage is Stage.EVALUATE:
         outcome = evaluation_outcome(run, settings)
         error, cause = "GateFailed", outcome.message or "did not pass the gate"
@@ -463,10 +478,6 @@ def _queue_for_capacity(run: RunView, settings: PipelineSettings) -> dict[str, A
     return {"wait_s": interval, "waits": waits + 1}
 
 
-# The run outcomes recorded by the state machine itself: a run that has one needs nothing from the reconciler.
-_OUTCOMES = frozenset(
-    {Status.SUCCEEDED.value, Status.FAILED.value, Status.REJECTED.value, Status.SUPERSEDED.value, Status.SKIPPED.value}
-)
 _EXECUTION_ERRORS = {"ABORTED": "ExecutionAborted", "TIMED_OUT": "ExecutionTimedOut", "FAILED": "ExecutionFailed"}
 
 

@@ -78,7 +78,7 @@ def _sidecar_sections(
         invalid = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InvalidTrainingData(f"invalid dataset settings ({sidecar or 'sidecar file'}): {invalid}") from exc
     problems = (
-        run_limits.training_problems(training, settings)
+        run_limits.training_problems(training, settings, request.deploy_target or settings.deploy_target)
         + run_limits.evaluation_problems(evaluation, settings)
         + run_limits.deploy_problems(request.deploy_target, settings)
     )
@@ -113,6 +113,7 @@ def _run_estimate(
     settings: ValidateSettings,
     parameters: int | None,
     pricing: PricingTable,
+    report: ValidationReport | None = None,
 ) -> CostEstimate:
     """The run's estimate: training with its real epochs or steps, batch, sequence length and spot setting, then
     merge, (quantize,) evaluate and deploy; checked against MaxRunCostUsd and MaxTrainingRuntimeSeconds.
@@ -128,6 +129,15 @@ def _run_estimate(
         endpoint_instance_type=settings.endpoint_instance_type,
         endpoint_instances=settings.endpoint_min_instances,
         bake_time_s=settings.bake_time_s,
+        # the evaluate stage priced from the eval split: its examples and their mean tokens (an upper bound of a
+        # prompt's), up to the sidecar's max_examples and max_new_tokens
+        evaluation=EvaluationOverrides.model_validate(request.evaluation or {}),
+        eval_examples=report.split.eval_examples if report and report.split else None,
+        eval_tokens_per_example=(
+            report.tokens.total / report.tokens.examples
+            if report and report.tokens and report.tokens.examples
+            else None
+        ),
     )
     caps = run_limits.run_caps(settings)
     candidates = [
@@ -252,7 +262,9 @@ def validate_and_store(
             if stopped:
                 raise BeyondReach(stopped[0].first_message)
         if report.cost is not None:  # the whole run's estimate, on the run's real settings, checked against the caps
-            report.cost = _run_estimate(report.cost, plan.training, request, settings, model.parameters, pricing)
+            report.cost = _run_estimate(
+                report.cost, plan.training, request, settings, model.parameters, pricing, report
+            )
             for warning in report.cost.warnings:
                 logger.warning("cost estimate incomplete", run_id=request.run_id, problem=warning)
             if report.cost.over_limits:  # nothing is uploaded for a run that will not train

@@ -4,16 +4,18 @@ The Lambda has 10 GiB of /tmp, its memory and 900 s; validation writes about twi
 (tuneplane.logic.validation.validator), so a dataset past what those hold cannot be validated there. Such a dataset is
 handed on, not rejected:
 
-1. ``validate_in_lambda`` sees it up front (an uncompressed file larger than half the free /tmp) or when the scan's
-   budget runs out midway (a gzip file, or too little time or memory). It then pins what the job will read by copying
-   inside S3 into ``runs/<run-id>/validation-input/``: the dataset's and the eval file's versions as StartRun pinned
-   them (a Processing job's S3 input names no version, and an upload of the same key meanwhile must not change what
-   this run validates), the base model's tokenizer files (not its weights), and ``job.json`` (the request, the stack's
-   settings, the price table: the job runs with network isolation). It answers a ValidateHandoff.
-2. The state machine's ValidateEngine choice starts the Processing job (containers/validate), which runs the same
-   ``validate_and_store`` with the instance's budget and writes the report, the splits and ``result.json`` to the keys
-   the Lambda would have written.
-3. ``collect`` (the Validate function's second call) reads ``result.json``: the summary, or the rejection raised as
+1. ``validate_in_lambda`` sees it up front (an uncompressed file larger than half its /tmp, or more data than it
+   reads in its time) or when the scan's budget runs out midway (a gzip file, or too little time or memory), and
+   answers a ValidateHandoff (files over max_file_bytes are rejected instead).
+2. The state machine's ValidateEngine choice calls ``prepare_job_inputs`` (the Validate function again, with its
+   whole 900 s for the copies): it pins what the job will read by copying inside S3 into
+   ``runs/<run-id>/validation-input/`` the dataset's and the eval file's versions as StartRun pinned them (a
+   Processing job's S3 input names no version, and an upload of the same key meanwhile must not change what this run
+   validates), the base model's tokenizer files (not its weights), and ``job.json`` (the request, the stack's
+   settings, the price table: the job runs with network isolation).
+3. The Processing job (containers/validate) runs the same ``validate_and_store`` with the instance's budget and writes
+   the report, the splits and ``result.json`` to the keys the Lambda would have written.
+4. ``collect`` (the Validate function's last call) reads ``result.json``: the summary, or the rejection raised as
    InvalidTrainingData, so both engines end the stage the same way.
 
 The copies are run intermediates: tagged for expiry with the splits when the run ends (logic/retention.py).
@@ -42,6 +44,7 @@ from tuneplane.logic.validate_stage import (
     validate_and_store,
 )
 from tuneplane.logic.validation.scanner import DISK_HEADROOM_BYTES, ResourceBudget
+from tuneplane.logic.validation.validator import DatasetSource
 from tuneplane.models.stage import ValidateHandoff, ValidateRequest, ValidateSummary
 from tuneplane.observability import logger
 
@@ -88,28 +91,59 @@ def beyond_lambda(data_bytes: int, gzip: bool, budget: ResourceBudget) -> str | 
 def validate_in_lambda(
     request: ValidateRequest, settings: ValidateSettings, budget: ResourceBudget
 ) -> ValidateSummary | ValidateHandoff:
-    """Validate here when this Lambda can; else hand the dataset to a Processing job (see the module docstring).
-    Settings beyond the stack's limits are rejected here either way, before any copy is made."""
+    """Validate here when this Lambda can; else hand the dataset on to a Processing job (see the module docstring).
+    Settings beyond the stack's limits, and files over max_file_bytes, are rejected here either way: nothing is
+    copied for a run that cannot pass."""
     plan = plan_validation(request, settings)
     train = _source(request.bucket, request.key, request.version_id)
     evaluation = _source(request.bucket, request.eval_key, request.eval_version_id) if request.eval_key else None
-    sizes = [source.size or 0 for source in (train, evaluation) if source is not None]
+    sources = [source for source in (train, evaluation) if source is not None]
+    data_bytes = sum(source.size or 0 for source in sources)
     gzip = any(key.lower().endswith(_GZIP_SUFFIXES) for key in (request.key, request.eval_key or ""))
-    reason = beyond_lambda(sum(sizes), gzip, budget)
+    reason = beyond_lambda(data_bytes, gzip, budget)
     if reason:
-        return hand_off(plan, reason, sum(sizes), gzip)
+        _refuse_files_over_the_limit(plan, sources)
+        return _handoff(plan, reason, data_bytes, gzip)
     model = load_model_context(settings.base_model_s3_uri)
     try:
         return validate_and_store(
             plan, train, evaluation, model, S3Store(settings.data_bucket), budget, beyond_reach_is_handed_on=True
         )
     except BeyondReach as exc:
-        return hand_off(plan, str(exc), sum(sizes), gzip)
+        return _handoff(plan, str(exc), data_bytes, gzip)
 
 
-def hand_off(plan: ValidationPlan, reason: str, data_bytes: int, gzip: bool) -> ValidateHandoff:
-    """Pin the inputs of the Processing job under runs/<run-id>/validation-input/ and say so."""
-    request, settings = plan.request, plan.settings
+def _refuse_files_over_the_limit(plan: ValidationPlan, sources: list[DatasetSource]) -> None:
+    limit = plan.options.max_file_bytes
+    over = [f"{source.name} is {source.size:,} bytes" for source in sources if (source.size or 0) > limit]
+    if over:
+        raise InvalidTrainingData(
+            f"REJECTED: file_too_large: {'; '.join(over)}; the limit is {limit:,} bytes (max_file_bytes). "
+            "Split the dataset or remove examples, then upload it again."
+        )
+
+
+def _handoff(plan: ValidationPlan, reason: str, data_bytes: int, gzip: bool) -> ValidateHandoff:
+    """The answer that sends the dataset to a Processing job; its inputs are pinned by the next state
+    (``prepare_job_inputs``), a call of its own with the Lambda's whole time for the copy."""
+    request = plan.request
+    input_uri = f"s3://{plan.settings.data_bucket}/{input_prefix(plan.settings, request.run_id)}"
+    logger.info("dataset handed on to a processing job", run_id=request.run_id, reason=reason)
+    return ValidateHandoff(
+        run_id=request.run_id,
+        reason=reason[:1000],
+        input_uri=input_uri,
+        data_bytes=data_bytes,
+        gzip=gzip,
+        max_data_bytes=plan.options.max_decompressed_bytes,
+    )
+
+
+def prepare_job_inputs(request: ValidateRequest, settings: ValidateSettings) -> dict[str, str]:
+    """Pin the inputs of the validation job under runs/<run-id>/validation-input/: the dataset's (and eval file's)
+    versions copied inside S3, the base model's tokenizer files, and job.json (the request, the stack's settings, the
+    price table: the job runs with network isolation). Idempotent: a retried call copies the same versions again."""
+    plan = plan_validation(request, settings)
     bucket, prefix = settings.data_bucket, input_prefix(settings, request.run_id)
     s3.copy_version(request.bucket, request.key, request.version_id, bucket, f"{prefix}train/{_name(request.key)}")
     if request.eval_key:
@@ -122,10 +156,8 @@ def hand_off(plan: ValidationPlan, reason: str, data_bytes: int, gzip: bool) -> 
         "pricing": plan.pricing.model_dump(mode="json"),
     }
     input_uri = s3.put_json(bucket, prefix + JOB_FILE, job).removesuffix(JOB_FILE)
-    logger.info("dataset handed to a processing job", run_id=request.run_id, reason=reason, input_uri=input_uri)
-    return ValidateHandoff(
-        run_id=request.run_id, reason=reason[:1000], input_uri=input_uri, data_bytes=data_bytes, gzip=gzip
-    )
+    logger.info("validation job inputs pinned", run_id=request.run_id, input_uri=input_uri)
+    return {"input_uri": input_uri}
 
 
 def _name(key: str) -> str:

@@ -46,6 +46,18 @@ class ValidateHandoff(BaseModel):
     input_uri: str = Field(description="s3:// prefix holding job.json and the pinned copies (train/, eval/, model/).")
     data_bytes: int = Field(ge=0, description="The dataset files' sizes as stored (compressed when gzip).")
     gzip: bool = False
+    max_data_bytes: int | None = Field(
+        default=None, ge=0, description="max_decompressed_bytes: the most data a gzip file may expand to."
+    )
+
+
+class PrepareValidationRequest(BaseModel):
+    """The Validate function's call that pins a handed-off dataset's inputs for its Processing job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prepare: Literal[True]
+    state: ValidateRequest
 
 
 class CollectValidationRequest(BaseModel):

@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tuneplane.logic.validation.pii import redact
-from tuneplane.models.validation import Code, CodeCount, Problem, Severity, Source, ValidationOptions
+from tuneplane.models.validation import (
+    DEFAULT_SEVERITY,
+    Code,
+    CodeCount,
+    Problem,
+    Severity,
+    Source,
+    ValidationOptions,
+)
 
 FIRST_LINES_KEPT = 5
 MESSAGE_MAX = 1000  # characters of a problem's message (a chat template's error may quote a whole conversation)
@@ -77,6 +85,22 @@ class ProblemLog:
             t.severity is Severity.ERROR and (file_level_only is None or code in file_level_only)
             for (_, code), t in self._tallies.items()
         )
+
+    def has_line_errors(self, source: Source, file_level: frozenset[Code]) -> bool:
+        """Whether ``source`` has a line-level problem of error severity: one that names why its lines were left out.
+        A code downgraded to a warning (severity_overrides) still leaves its line out, but names no error."""
+        return any(
+            t.severity is Severity.ERROR and s == source and code not in file_level
+            for (s, code), t in self._tallies.items()
+        )
+
+    def downgraded(self, source: Source) -> list[str]:
+        """``code xN`` of each code of ``source`` that severity_overrides turned from an error into a warning."""
+        return [
+            f"{code.value} x{t.count:,}"
+            for (s, code), t in sorted(self._tallies.items(), key=lambda kv: -kv[1].count)
+            if s == source and t.severity is Severity.WARNING and DEFAULT_SEVERITY[code] is Severity.ERROR
+        ]
 
     def _trim(self) -> None:
         self._listed.sort(key=_order)

@@ -19,6 +19,7 @@ Hostile input (issue 15) shaped this module:
 
 from __future__ import annotations
 
+import ast
 import gzip
 import http.client
 import io
@@ -78,6 +79,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 # What a corrupt or truncated gzip stream raises: BadGzipFile (an OSError), EOFError, zlib.error.
 CORRUPT_GZIP_ERRORS: tuple[type[BaseException], ...] = (gzip.BadGzipFile, EOFError, zlib.error)
+# gzip's message when the bytes after a member are not another member's header ("Not a gzipped file (b'ga')").
+_NOT_GZIP = re.compile(r"^Not a gzipped file \((b'.{0,16}'|b\".{0,16}\")\)$")
 
 
 class Readable(Protocol):
@@ -219,6 +222,51 @@ class _GzipStream(gzip.GzipFile):
     def __init__(self, under: io.BufferedReader[_RawAdapter]) -> None:
         super().__init__(fileobj=under, mode="rb")
         self._under = under
+        self._deferred: BaseException | None = None
+        self.junk_at: int | None = None  # compressed byte where bytes that are not gzip follow a complete member
+
+    def read(self, size: int | None = -1) -> bytes:
+        """GzipFile.read, except that the data of complete members before junk that is not gzip is returned first
+        and the error raised by the next read. GzipFile.read(n) fills its n bytes through io.BufferedReader, which
+        drops what it already decompressed when a later raw read fails: junk after the last gzip member (trailing
+        garbage) then lost the whole last chunk, and was reported "after line 0" for a file smaller than a chunk."""
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
+        if size is None or size < 0:
+            return super().read(size)
+        parts: list[bytes] = []
+        got = 0
+        while got < size:
+            try:
+                part = self.read1(size - got)  # at most one decompression step: nothing decompressed is dropped
+            except CORRUPT_GZIP_ERRORS as exc:
+                self._note_junk(exc)
+                # Only junk after a member keeps what came before: that data passed the member's CRC check. Bytes
+                # zlib produced before it found a corrupt stretch mid-member are not trusted (dropped as before).
+                if not parts or self.junk_at is None:
+                    raise
+                self._deferred = exc
+                break
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+
+    def _note_junk(self, error: BaseException) -> None:
+        """Where bytes that are not a gzip header follow a complete member: GzipFile reads the next member's magic
+        (2 bytes) from its padded view of the source, which holds back the bytes the decompressor did not use."""
+        match = _NOT_GZIP.search(str(error))
+        if not isinstance(error, gzip.BadGzipFile) or match is None:
+            return
+        try:
+            magic = ast.literal_eval(match.group(1))
+            padded = self._buffer.raw._fp  # type: ignore[attr-defined]  # gzip._GzipReader's _PaddedFile
+            held_back = 0 if padded._read is None else padded._length - padded._read
+            self.junk_at = max(0, self._under.tell() - held_back - len(magic))
+        except (AttributeError, TypeError, ValueError, SyntaxError):  # another Python's gzip internals
+            self.junk_at = None
 
     def close(self) -> None:
         try:
@@ -362,11 +410,11 @@ class _Splitter:
             return newline + 1, LongLine(size)
         self.pending += chunk[:newline]
         line, self.pending = bytes(self.pending), bytearray()
-        if len(line) > self.max:
-            return newline + 1, LongLine(len(line) + 1)
-        if not line or line.isspace():
+        if not line or line.isspace():  # a blank line however long, as where it does not straddle chunks
             self.blanks += 1
             return newline + 1, None
+        if len(line) > self.max:
+            return newline + 1, LongLine(len(line) + 1)
         return newline + 1, line[:-1] if line.endswith(b"\r") else line
 
     def feed(self, chunk: bytes) -> Iterator[Item]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from tuneplane.errors import PlatformLimitExceeded, StorageError
+from tuneplane.errors import DatasetNotFound, PermissionDenied, PlatformLimitExceeded, StorageError
 from tuneplane.logic.validation.formats import (
     CHECKERS,
     Finding,
@@ -226,6 +226,9 @@ class FileScanner:
                 self._read(stream, self._counted(usable))
         except SourceReadError as exc:  # the transport's fault, retried already: never the data's
             raise StorageError(f"cannot read {name} after line {self.outcome.lines_read:,}: {exc}") from exc
+        except (DatasetNotFound, PermissionDenied) as exc:  # a resumed read refused for good: named by its cause
+            exc.args = (f"cannot read {name} after line {self.outcome.lines_read:,}: {exc}",)
+            raise
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise PlatformLimitExceeded(
@@ -263,11 +266,20 @@ class FileScanner:
             )
         except CORRUPT_GZIP_ERRORS as exc:
             self.outcome.complete = False
+            where = f"after line {self.outcome.lines_read:,}, {self.outcome.decompressed_bytes:,} bytes decompressed"
+            junk_at = getattr(stream, "junk_at", None)
+            if junk_at is not None:
+                self._file_problem(
+                    Code.UNSUPPORTED_COMPRESSION,
+                    f"bytes that are not gzip follow the end of the compressed data at compressed byte {junk_at:,} "
+                    f"({where}; trailing garbage, e.g. from a concatenation or a broken upload): {exc}. Compress "
+                    "the file again, e.g. `gunzip -c in.jsonl.gz | gzip > out.jsonl.gz`",
+                )
+                return
             self._file_problem(
                 Code.UNSUPPORTED_COMPRESSION,
                 f"corrupt or truncated gzip at or before compressed byte {self._progress.compressed:,} "
-                f"(after line {self.outcome.lines_read:,}, {self.outcome.decompressed_bytes:,} bytes decompressed): "
-                f"{exc or type(exc).__name__}",
+                f"({where}): {exc or type(exc).__name__}",
             )
 
     def _counted(self, usable: Usable) -> Usable:

@@ -85,7 +85,8 @@ class DatasetSource:
         def open_at(offset: int) -> Readable:
             if offset >= size:  # failed on the very last read: nothing is left to fetch (S3 would answer 416)
                 return io.BytesIO()
-            return s3.open_object(bucket, key, version_id, start=offset, if_match=if_match)  # type: ignore[no-any-return]
+            # 403, 412 (replaced), 416, 404 raise by their cause (never retried); a 5xx or throttling: StorageError
+            return s3.open_object_at(bucket, key, version_id, start=offset, if_match=if_match)  # type: ignore[no-any-return]
 
         return cls(f"s3://{bucket}/{key}", lambda: s3.open_object(bucket, key, version_id), size, open_at)
 
@@ -262,11 +263,21 @@ def _check_sizes(
         problems.add(Code.TOO_FEW_EXAMPLES, "the eval file has no usable example", source="eval")
     for role, outcome in outcomes.items():
         bad = problems.error_lines[role]
-        if bad and options.max_invalid_fraction > 0 and bad > options.max_invalid_fraction * outcome.non_blank_lines:
+        if not bad or bad <= options.max_invalid_fraction * outcome.non_blank_lines:
+            continue
+        # With max_invalid_fraction 0 the line errors themselves say why the file is rejected; but a code downgraded
+        # to a warning (severity_overrides) still leaves its lines out, and then no error would name the reason.
+        if options.max_invalid_fraction > 0 or not problems.has_line_errors(role, FILE_LEVEL_CODES):
+            downgraded = problems.downgraded(role)
+            why = (
+                f" ({', '.join(downgraded)}: made warnings by severity_overrides, such lines are still left out)"
+                if downgraded
+                else ""
+            )
             problems.add(
                 Code.TOO_MANY_INVALID,
-                f"{bad} of {outcome.non_blank_lines} lines ({bad / outcome.non_blank_lines:.1%}) have errors; "
-                f"max_invalid_fraction allows {options.max_invalid_fraction:.1%}",
+                f"{bad} of {outcome.non_blank_lines} lines ({bad / outcome.non_blank_lines:.1%}) cannot be used"
+                f"{why}; max_invalid_fraction allows {options.max_invalid_fraction:.1%}",
                 source=role,
             )
 
