@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -76,3 +79,30 @@ def base_model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
 @pytest.fixture(scope="session")
 def base_model_dir(base_model_factory: Callable[..., Path]) -> Path:
     return base_model_factory()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _asl_parsed_once_per_definition() -> Iterator[None]:
+    """moto's Step Functions parses a definition with its ANTLR parser when the state machine is created and again
+    for every execution (about half a second for the pipeline's ASL on this machine, hundreds of times a session).
+    The syntax tree of a definition is kept and only the evaluation components are built afresh from it each time
+    (by moto's own Preprocessor, so patches of the local cloud and each execution's own components are as without
+    the cache); a definition that does not parse raises as before and is not kept."""
+    from moto.stepfunctions.parser.asl.parse import asl_parser
+    from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
+
+    original = asl_parser.AmazonStateLanguageParser.parse
+    trees: OrderedDict[str, Any] = OrderedDict()  # the latest few: a deployment's definition names its functions
+
+    def parse(definition: str) -> tuple[Any, Any]:
+        tree = trees.get(definition)
+        if tree is None:
+            program, tree = original(definition)
+            trees[definition] = tree
+            while len(trees) > 4:
+                trees.popitem(last=False)
+            return program, tree
+        return Preprocessor().visit(tree), tree
+
+    with mock.patch.object(asl_parser.AmazonStateLanguageParser, "parse", staticmethod(parse)):
+        yield

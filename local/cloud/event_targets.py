@@ -13,7 +13,8 @@ machine target (the S3 notification path swallows it, so an upload silently star
   invocation is Lambda's asynchronous one (``lambda_async``): a function error is retried as the function's
   ``EventInvokeConfig`` says, then recorded in its on-failure destination;
 - a state machine target starts an execution with the event as its input (the rule's ``RoleArn`` is not checked);
-- rules that are not ``ENABLED`` deliver nothing (moto delivers for disabled rules too);
+- rules that are not ``ENABLED`` deliver nothing (moto delivers for disabled rules too), and a rule with only a
+  ``ScheduleExpression`` matches no event (moto's empty pattern matched every one); schedules do not fire here;
 - every other target type is left to moto.
 
 Not emulated: ``RetryPolicy`` (a failed delivery is not retried: it goes to the DLQ or is logged), and asynchrony
@@ -156,6 +157,10 @@ def _dead_letter(rule: Rule, target: dict[str, Any], event: dict[str, Any], erro
 def _send_to_targets(self: Rule, original_event: dict[str, Any], transform_input: bool = True) -> None:
     """Replacement for ``Rule.send_to_targets``: Lambda and Step Functions targets here, the rest to moto."""
     if self.state != "ENABLED" or not self.event_pattern.matches_event(original_event):  # type: ignore[arg-type]
+        return
+    if self.scheduled_expression and not self.event_pattern.dump():
+        # A rule with only a schedule matches no event (the EventBridge user guide: a rule has an event pattern or
+        # a schedule); moto's empty pattern matches every event, so each S3 write offered it the rule's target.
         return
     others = []
     for target in self.targets:

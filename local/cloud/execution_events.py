@@ -17,11 +17,10 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 from unittest import mock
 
-from moto.core.utils import unix_time
 from moto.events.utils import EventMessageType
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication, Execution
 
@@ -52,7 +51,7 @@ def send_status_change(execution: Execution) -> None:
             "detail-type": DETAIL_TYPE,
             "source": "aws.states",
             "account": execution.account_id,
-            "time": unix_time(),
+            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),  # ISO-8601, as EventBridge writes it
             "region": execution.region_name,
             "resources": [execution.exec_arn],
             "detail": {

@@ -1,4 +1,5 @@
-"""The state-machine test harness: the real template deployed into moto (local/cloud), one fresh stack per test.
+"""The state-machine test harness: the real template deployed into moto (local/cloud), one fresh stack per test, or
+one stack shared by the tests of a module (``StackPool``) where each test only needs its own runs.
 
 Every event published on the stack's bus is copied to an SQS queue by a catch-all rule, so tests can assert on the
 sequence of stage events; S3's events on the default bus are copied the same way, so a test can re-deliver one.
@@ -11,8 +12,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,12 @@ class ScriptedJobs:
     adapter_rank: int = 8
     bedrock_importable: bool = True
     started: list[tuple[str, str]] = field(default_factory=list)  # (job name, instance type)
+
+    def reset(self) -> None:
+        """Back to a fresh instance's script, in place (the local cloud holds this object as its executor)."""
+        fresh = ScriptedJobs()
+        for name in (f.name for f in fields(self)):
+            setattr(self, name, getattr(fresh, name))
 
     def __call__(self, job: LocalJob) -> JobOutcome:
         stage = _stage_of(job.name)
@@ -258,3 +265,50 @@ def deployed_cloud(
             endpoints=endpoints,
             bedrock=bedrock,
         )
+
+
+class StackPool:
+    """One deployed stack at a time, shared by the tests of a module that only need their own runs (a run id and a
+    dataset key of their own): deploying the stack takes seconds, a scripted run a fraction of that.
+
+    ``cloud(parameters)`` gives the stack deployed with ``parameters``, deploying it (into a fresh local cloud, the
+    previous one closed) only when they differ from the current stack's: order a module's tests by stack. Before each
+    test the stack is made to look fresh where the harness scripts it: SageMaker jobs, model servers and the Bedrock
+    stand-in back to their defaults, ``jobs.started`` empty, the capture queues drained, the StartRun trigger on.
+    What the test's runs leave in AWS (objects, ledger items, executions, endpoints) stays: a test must tell its own
+    from them (by run id, dataset key or what changed since it began). Changes to a function's environment
+    (``stage_function_environment``) are not undone: a test that makes one needs the ``cloud`` fixture."""
+
+    def __init__(self, base_model_dir: Path) -> None:
+        self._base_model_dir = base_model_dir
+        self._stack = ExitStack()
+        self._parameters: dict[str, str] | None = None
+        self._cloud: Cloud | None = None
+
+    def cloud(self, parameters: dict[str, str] | None = None) -> Cloud:
+        wanted = dict(parameters or {})
+        if self._cloud is None or self._parameters != wanted:
+            self.close()
+            self._cloud = self._stack.enter_context(deployed_cloud(self._base_model_dir, wanted))
+            self._parameters = wanted
+            return self._cloud
+        cloud = self._cloud
+        cloud.jobs.reset()
+        endpoints, bedrock = ScriptedEndpointBackend(), LocalModelImport()
+        cloud.endpoints.reply, cloud.endpoints.start_error = endpoints.reply, endpoints.start_error
+        cloud.endpoints.error, cloud.endpoints.gate = endpoints.error, endpoints.gate
+        cloud.bedrock.answer, cloud.bedrock.polls_to_complete = bedrock.answer, bedrock.polls_to_complete
+        cloud.bedrock.cold_start_chats, cloud.bedrock.fail_with = bedrock.cold_start_chats, bedrock.fail_with
+        cloud.bus_events(), cloud.s3_events()
+        boto3.client("events").enable_rule(Name=cloud.deployment.resources[TRIGGER_RULE])
+        return cloud
+
+    def close(self) -> None:
+        self._stack.close()
+        self._stack, self._cloud, self._parameters = ExitStack(), None, None
+
+    def __enter__(self) -> StackPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

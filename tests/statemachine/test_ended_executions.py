@@ -4,9 +4,13 @@ records Run Failed, stops the run's jobs and frees the same content to be traine
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import timedelta
 from typing import Any
 
+import boto3
+import pytest
 from tests.statemachine.harness import Cloud
 
 
@@ -75,3 +79,46 @@ def test_a_run_that_recorded_its_outcome_is_left_alone(cloud: Cloud, reversal_li
     # THEN the run still has its one outcome: nothing was added or changed
     assert [e["detail-type"] for e in outcomes] == ["Run Rejected"]
     assert cloud.ledger(outcomes[0]["detail"]["run_id"])["run"]["status"] == "rejected"
+
+
+def test_a_run_whose_status_event_was_lost_gets_its_outcome_from_the_hourly_sweep(
+    cloud: Cloud, reversal_lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneplane.logic import reconcile
+
+    # GIVEN a run stopped by hand while the status-change rule delivered nothing (best-effort delivery lost it)
+    events = boto3.client("events")
+    events.disable_rule(Name=cloud.deployment.resources["StageFunctionExecutionEnded"])
+    cloud.jobs.hang.add("train")
+    cloud.upload("incoming/support.jsonl", reversal_lines)
+    arn = str(_running(cloud)["executionArn"])
+    cloud.sfn.stop_execution(executionArn=arn)
+    assert cloud.wait(arn)["status"] == "ABORTED"
+    assert _run_outcomes(cloud, deadline_s=2.0) == []
+    # WHEN the hourly schedule invokes the Stage function (runs of any age: the test does not wait 30 minutes)
+    monkeypatch.setattr(reconcile, "SWEEP_MIN_AGE", timedelta(0))
+    scheduled = {
+        "version": "0",
+        "id": "sweep-1",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": "2026-12-04T20:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {},
+    }
+    answer = boto3.client("lambda").invoke(
+        FunctionName=cloud.deployment.resources["StageFunction"], Payload=json.dumps(scheduled).encode()
+    )
+    swept = json.loads(answer["Payload"].read())
+    # THEN the run gets its one outcome, and a second sweep changes nothing
+    assert len(swept["reconciled"]) == 1, swept
+    outcomes = _run_outcomes(cloud)
+    assert [e["detail-type"] for e in outcomes] == ["Run Failed"] and outcomes[0]["detail"][
+        "error"
+    ] == "ExecutionAborted"
+    again = boto3.client("lambda").invoke(
+        FunctionName=cloud.deployment.resources["StageFunction"], Payload=json.dumps(scheduled).encode()
+    )
+    assert json.loads(again["Payload"].read())["reconciled"] == []

@@ -126,10 +126,10 @@ def test_every_file_in_events_is_a_sample_of_a_known_function() -> None:
 def test_the_handler_parses_its_event_with_the_model_the_samples_are_checked_against(rule: Sample) -> None:
     # GIVEN the function's handler source
     source = (ROOT / "functions" / rule.function / "app.py").read_text(encoding="utf-8")
-    # WHEN its event_parser model is read
-    models = re.findall(r"@event_parser\(model=(\w+)\)", source)
-    # THEN it is the model this test parses the function's samples with
-    assert models == [rule.model.__name__]
+    # WHEN the models it parses events with are read (@event_parser, or parse() where it takes several kinds)
+    models = re.findall(r"@event_parser\(model=(\w+)\)|\bparse\(event=event, model=(\w+)\)", source)
+    # THEN the model this test parses the function's samples with is one of them
+    assert rule.model.__name__ in {name for found in models for name in found if name}
 
 
 @pytest.mark.parametrize("name", SAMPLES)

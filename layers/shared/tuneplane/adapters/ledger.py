@@ -202,3 +202,23 @@ def run_history(table: str, run_id: str) -> list[dict[str, Any]]:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
     except ClientError as exc:
         raise StorageError(f"ledger {table}: query {run_id}: {exc}") from exc
+
+
+def runs_with_status(table: str, status: str) -> list[dict[str, Any]]:
+    """Every run item (stage "run") whose status is ``status``: a Scan with a filter, for the hourly sweep of runs
+    whose execution ended unrecorded (their number is small; the scan reads the table once an hour)."""
+    found: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {
+        "FilterExpression": "#stage = :run AND #status = :status",
+        "ExpressionAttributeNames": {"#stage": "stage", "#status": "status"},
+        "ExpressionAttributeValues": {":run": "run", ":status": status},
+    }
+    try:
+        while True:
+            page = dynamodb().Table(table).scan(**kwargs)
+            found += [_from_item(item) for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    except ClientError as exc:
+        raise StorageError(f"ledger {table}: scan for {status} runs: {exc}") from exc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.exceptions import ClientError
@@ -52,3 +52,13 @@ def start_execution(state_machine_arn: str, name: str, execution_input: str) -> 
             raise RunAlreadyStarted(execution_arn(state_machine_arn, name)) from exc
         raise OrchestrationError(f"start execution {name} of {state_machine_arn}: {_code(exc) or exc}") from exc
     return str(response["executionArn"])
+
+
+def describe_execution(arn: str) -> dict[str, Any] | None:
+    """The execution's description (status, input, error, cause, dates), or None when there is no such execution."""
+    try:
+        return dict(sfn_client().describe_execution(executionArn=arn))
+    except ClientError as exc:
+        if _code(exc) == "ExecutionDoesNotExist":
+            return None
+        raise OrchestrationError(f"describe {arn}: {_code(exc) or exc}") from exc

@@ -7,7 +7,6 @@ The state machine calls this with its whole state (``$``): the run input plus ea
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +26,7 @@ from tuneplane.logic.stage_outcomes import (
     outcome_of,
 )
 from tuneplane.models.events import PipelineEvent, Stage, Status, run_identifiers
-from tuneplane.models.pipeline import ExecutionStatusChange, JobSpec, StageOutcome, StageRequest
+from tuneplane.models.pipeline import JobSpec, StageOutcome, StageRequest
 from tuneplane.models.stage import ValidateHandoff
 from tuneplane.observability import logger
 
@@ -35,7 +34,7 @@ _JOB_STAGES = {Stage.TRAIN, Stage.MERGE, Stage.QUANTIZE, Stage.EVALUATE}
 _NEWEST_ONLY = {Stage.TRAIN, Stage.REGISTER, Stage.DEPLOY}  # what an upload superseded by a newer one must not do
 _STOPS = {"RunSuperseded": Status.SUPERSEDED, "SameContent": Status.SKIPPED}
 # The run outcomes: a run that has one is over (the reconciler leaves it alone, a redriven execution stops).
-_OUTCOMES = frozenset(
+OUTCOMES = frozenset(
     {Status.SUCCEEDED.value, Status.FAILED.value, Status.REJECTED.value, Status.SUPERSEDED.value, Status.SKIPPED.value}
 )
 _HEADLINE_METRICS = (
@@ -197,7 +196,7 @@ def _start(stage: Stage, run: RunView, settings: PipelineSettings) -> dict[str, 
     if stage is Stage.DEPLOY:  # Validate rejected a target the stack does not allow; never deploy to one anyway
         run_limits.require_deploy_target(run.result("pipeline").get("deploy_target"), settings)
     ended = (_item(settings, run, Stage.RUN).get("status") or "") if stage is not Stage.VALIDATE else ""
-    if ended in _OUTCOMES:  # a redriven execution (RedriveExecution) must not train or deploy a run that ended
+    if ended in OUTCOMES:  # a redriven execution (RedriveExecution) must not train or deploy a run that ended
         raise RunAlreadyEnded(
             f"run {run.run_id} ended {ended} already: a redriven execution does not run it again; upload the dataset "
             "again to start a new run"
@@ -322,7 +321,7 @@ def _end_badly(stage: Stage, run: RunView, settings: PipelineSettings, status: S
         logger.warning("stopped jobs of the failed run", run_id=run.run_id, jobs=stopped)
         outcome = outcome.model_copy(update={"notes": [*outcome.notes, f"stopped {', '.join(stopped)}"]})
     _record(settings, run, stage, status, outcome, error=error)
-    _finish_run(
+    finish_run(
         settings, run, status, f"{stage.value}: {cause}", error, outcome.metrics, outcome.artifacts, outcome.notes
     )
     return {"status": status.value, "stage": stage.value, "error": error, "cause": cause, "stopped_jobs": stopped}
@@ -336,7 +335,7 @@ def _validation_report_uris(run: RunView, settings: PipelineSettings) -> dict[st
     return {name: uri for name, uri in uris.items() if exists(uri)}
 
 
-def _finish_run(
+def finish_run(
     settings: PipelineSettings,
     run: RunView,
     status: Status,
@@ -406,7 +405,7 @@ def _complete(run: RunView, settings: PipelineSettings) -> dict[str, Any]:
                 metrics[key] = value
         artifacts |= {f"{stage}.{name}": uri for name, uri in (item.get("artifacts") or {}).items()}
     message = _run_outcome_line(run, settings)
-    event = _finish_run(settings, run, Status.SUCCEEDED, message, None, metrics, artifacts)
+    event = finish_run(settings, run, Status.SUCCEEDED, message, None, metrics, artifacts)
     return {"status": event.status.value, "metrics": metrics, "artifacts": artifacts}
 
 
@@ -439,7 +438,7 @@ def _stop(run: RunView, settings: PipelineSettings) -> dict[str, Any]:
     status = _STOPS.get(error)
     if status is None:
         raise InvalidConfiguration(f"Stage function: stop is for {', '.join(_STOPS)}, not {error}")
-    event = _finish_run(settings, run, status, cause, None, {}, {})
+    event = finish_run(settings, run, status, cause, None, {}, {})
     return {"status": event.status.value, "cause": cause}
 
 
@@ -476,62 +475,3 @@ def _queue_for_capacity(run: RunView, settings: PipelineSettings) -> dict[str, A
     event = _event(run, Stage.TRAIN, Status.WAITING, started_at=_started_at(item), message=message)
     _publish_once(settings, run, event, item, occurrence=waits)
     return {"wait_s": interval, "waits": waits + 1}
-
-
-_EXECUTION_ERRORS = {"ABORTED": "ExecutionAborted", "TIMED_OUT": "ExecutionTimedOut", "FAILED": "ExecutionFailed"}
-
-
-def reconcile_ended_execution(change: ExecutionStatusChange, settings: PipelineSettings) -> dict[str, Any]:
-    """A pipeline execution ended (Step Functions' status-change event): when its run has no outcome recorded (the
-    execution was stopped by hand, timed out, or failed where no state could record it), record one: Run Failed
-    with what ended it, the run's jobs stopped, its deployment lease given back. Nothing else is touched, and a run
-    with an outcome is left alone, so a redelivered event is harmless.
-
-    Without this a stopped run stayed "started" in the ledger for ever, and an upload of the same content was
-    answered "same content as run X" by a run that never finished."""
-    if change.status not in _EXECUTION_ERRORS:
-        return {"reconciled": False, "reason": f"execution {change.status}"}
-    state = _execution_input(change)
-    run_id = str(state.get("run_id") or change.name)
-    item = ledger.get_stage(settings.ledger_table, run_id, Stage.RUN.value)
-    if item is None:  # it ended before Init recorded it (StartValidate failed): nothing was started or claimed
-        return {"reconciled": False, "reason": "the run was never recorded"}
-    if item.get("status") in _OUTCOMES:
-        return {"reconciled": False, "reason": f"the run already ended {item['status']}"}
-    run = RunView(
-        {**state, "run_id": run_id, "bucket": item.get("bucket", ""), "key": item.get("dataset", "")},
-        change.execution_arn,
-    )
-    error = _EXECUTION_ERRORS[change.status]
-    _, cause = one_line_cause({"Error": change.error or error, "Cause": change.cause or ""})
-    how = {
-        "ABORTED": "was stopped (StopExecution, e.g. from the Step Functions console)",
-        "TIMED_OUT": "ran past its time limit",
-        "FAILED": "failed where no state could record it",
-    }[change.status]
-    stopped = sagemaker.stop_running_jobs(job_requests.job_prefix(run_id))
-    open_stages = [
-        stage
-        for stage in ledger.run_history(settings.ledger_table, run_id)
-        if stage.get("stage") != Stage.RUN.value
-        and stage.get("status") in (Status.STARTED.value, Status.WAITING.value)
-    ]
-    for stage in open_stages:
-        ledger.put_stage(
-            settings.ledger_table, run_id, str(stage["stage"]), {"status": Status.FAILED.value, "error": error}
-        )
-    notes = [f"stopped {', '.join(stopped)}"] if stopped else []
-    where = f" during {', '.join(str(stage['stage']) for stage in open_stages)}" if open_stages else ""
-    message = f"the pipeline execution {how}{where}" + (f": {cause}" if change.error or change.cause else "")
-    message += "; upload the dataset again to run it again (identical content is trained again)"
-    _finish_run(settings, run, Status.FAILED, message, error, {}, {}, notes)
-    logger.warning("run ended without an outcome: recorded", run_id=run_id, status=change.status, stopped=stopped)
-    return {"reconciled": True, "run_id": run_id, "error": error, "stopped_jobs": stopped}
-
-
-def _execution_input(change: ExecutionStatusChange) -> dict[str, Any]:
-    try:
-        state = json.loads(change.input) if change.input else {}
-    except ValueError:
-        return {}
-    return state if isinstance(state, dict) else {}
