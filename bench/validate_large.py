@@ -131,6 +131,10 @@ def run_one(cloud: dict[str, Any], data: Path, key: str, timeout_s: float) -> di
     # No aws-chunked body (botocore's default checksum for a streamed file): moto reads it quadratically.
     s3 = boto3.client("s3", config=Config(request_checksum_calculation="when_required"))
     sfn, deployment = boto3.client("stepfunctions"), cloud["deployment"]
+    # A few training steps: the run's estimate must stay within the stack's limits (5 GB at the default epochs is
+    # a 24 h training run, which MaxTrainingRuntimeSeconds refuses); this measures validation.
+    stem = key.removesuffix(".jsonl")
+    s3.put_object(Bucket=deployment.bucket_name, Key=f"{stem}.tuneplane.json", Body=b'{"training": {"max_steps": 10}}')
     started = time.monotonic()
     with data.open("rb") as body:  # one PUT (up to 5 GB): moto assembles a multipart upload in memory
         s3.put_object(Bucket=deployment.bucket_name, Key=key, Body=body)

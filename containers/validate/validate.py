@@ -180,7 +180,7 @@ def main(cfg: ValidateJobConfig) -> dict[str, Any]:
         summary = summary.model_copy(update={"engine": "processing"})
     except InvalidTrainingData as exc:
         rejection = str(exc)
-    document = result_document(summary, rejection)
+    document = result_document(request.run_id, summary, rejection)
     output.json(f"{output.run_prefix}validation/{RESULT_FILE}", document)
     print(
         f"validation {'passed' if summary else 'rejected'}: {summary.headline if summary else rejection}", flush=True

@@ -754,3 +754,35 @@ def test_a_redriven_execution_of_an_ended_run_starts_nothing_and_records_nothing
     assert _published(aws) == []
     assert _item(aws, Stage.RUN)["status"] == "succeeded"
     assert ledger.get_stage(TABLE, RUN_ID, Stage.TRAIN.value) is None
+
+
+def test_a_hand_started_copy_of_a_runs_input_neither_runs_nor_ends_the_run(aws: SimpleNamespace) -> None:
+    from tuneplane.errors import ForeignExecution
+
+    # GIVEN a run begun by its execution
+    _call(aws, "start", Stage.VALIDATE, _state())
+    _published(aws)
+    copy_arn = EXECUTION_ARN.rsplit(":", 1)[0] + ":operator-retry"
+    # WHEN a second execution with the same input (started by hand) starts a stage, then fails and reports it
+    with pytest.raises(ForeignExecution, match="belongs to execution"):
+        handle(StageRequest(action="start", stage=Stage.TRAIN, execution_arn=copy_arn, state=_state()), aws.settings)
+    failed = _state(error={"Error": "ForeignExecution", "Cause": "belongs to another execution"})
+    answer = handle(StageRequest(action="fail", stage=Stage.TRAIN, execution_arn=copy_arn, state=failed), aws.settings)
+    # THEN nothing of the run changed and nothing was published: the run is still its first execution's
+    assert answer["status"] == "ignored"
+    assert _published(aws) == []
+    assert _item(aws, Stage.RUN)["status"] == "started" and _item(aws, Stage.RUN)["execution_arn"] == EXECUTION_ARN
+
+
+def test_when_two_paths_end_a_run_at_once_only_the_first_outcome_is_recorded_and_published(
+    aws: SimpleNamespace,
+) -> None:
+    # GIVEN a run ended Failed (a stop's reconciler got there first)
+    _call(aws, "start", Stage.VALIDATE, _state())
+    _call(aws, "fail", Stage.TRAIN, _state(error={"Error": "ExecutionAborted", "Cause": "stopped"}))
+    assert [detail_type for detail_type, _ in _published(aws)][-1] == "Run Failed"
+    # WHEN the execution's own last state, still running, completes the run
+    _call(aws, "complete", Stage.RUN, _state())
+    # THEN no second outcome is published and the first stands
+    assert [detail_type for detail_type, _ in _published(aws) if detail_type.startswith("Run ")] == []
+    assert _item(aws, Stage.RUN)["status"] == "failed"

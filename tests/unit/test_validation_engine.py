@@ -69,7 +69,7 @@ def test_a_dataset_beyond_the_lambda_is_validated_by_the_job_as_the_lambda_would
     prepared = handler({"prepare": True, "state": request}, CONTEXT)
     # THEN the version is pinned by a copy, with the job's inputs beside it
     assert prepared == {"input_uri": f"s3://{BUCKET}/{prefix}"} and handoff["input_uri"] == prepared["input_uri"]
-    assert _read(aws, f"{prefix}train/reverse.jsonl") == body
+    assert _read(aws, f"{prefix}train/dataset.jsonl") == body
     assert {"tokenizer.json", "config.json"} <= {
         item["Key"].removeprefix(f"{prefix}model/")
         for item in aws.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}model/")["Contents"]
@@ -105,12 +105,12 @@ def test_a_gzip_dataset_the_job_rejects_is_rejected_by_the_stage_with_the_jobs_r
     context = type(CONTEXT)(**{**vars(CONTEXT), "memory_limit_in_mb": 448})
     handler = _load_handler().handler
     request = {"run_id": "run-2", "bucket": BUCKET, "key": "incoming/bad.jsonl.gz"}
-    # WHEN the Lambda runs THEN it hands the gzip file on, its name (and so its compression) kept
+    # WHEN the Lambda runs THEN it hands the gzip file on, its compression kept in the copy's name
     handoff = handler(request, context)
     assert handoff["engine"] == "processing" and handoff["gzip"] is True
     assert "usable examples" in handoff["reason"]
     handler({"prepare": True, "state": request}, CONTEXT)
-    assert aws.list_objects_v2(Bucket=BUCKET, Prefix="runs/run-2/validation-input/train/bad.jsonl.gz")["KeyCount"]
+    assert aws.list_objects_v2(Bucket=BUCKET, Prefix="runs/run-2/validation-input/train/dataset.jsonl.gz")["KeyCount"]
     # WHEN the job runs: a rejection is its answer, not its failure
     result = _run_job(aws, "run-2", tmp_path)
     assert "unrecognized_role x1" in result["rejected"]
@@ -146,8 +146,9 @@ def test_settings_beyond_the_stacks_limits_are_rejected_before_anything_is_copie
     ("document", "error", "match"),
     [
         (None, StorageError, "ended without writing"),
-        ({"summary": {"run_id": "run-4"}}, StorageError, "is not a validation result"),
-        ({"rejected": "REJECTED: 3 lines"}, InvalidTrainingData, "REJECTED: 3 lines"),
+        ({"run_id": "run-4", "summary": {"run_id": "run-4"}}, StorageError, "is not a validation result"),
+        ({"run_id": "run-4", "rejected": "REJECTED: 3 lines"}, InvalidTrainingData, "REJECTED: 3 lines"),
+        ({"run_id": "run-3", "rejected": "REJECTED: 3 lines"}, StorageError, "is the result of run 'run-3'"),
     ],
 )
 def test_collect_without_a_usable_result_is_a_platform_fault_and_a_rejection_is_the_datas(

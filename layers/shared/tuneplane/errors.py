@@ -145,3 +145,8 @@ class CapacityUnavailable(TuneplaneError):
 class RunAlreadyEnded(TuneplaneError):
     """The run's outcome is recorded already (the execution was redriven after it ended, or after the reconciler
     recorded it): nothing runs again and nothing is recorded twice; a new upload starts a new run."""
+
+
+class ForeignExecution(TuneplaneError):
+    """The execution is not the one that began this run (an operator started a copy of its input by hand): it may
+    neither run the run's stages nor record its outcome."""

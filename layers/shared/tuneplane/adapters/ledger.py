@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import heapq
 import math
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
@@ -222,3 +223,29 @@ def runs_with_status(table: str, status: str) -> list[dict[str, Any]]:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
     except ClientError as exc:
         raise StorageError(f"ledger {table}: scan for {status} runs: {exc}") from exc
+
+
+def record_outcome(table: str, run_id: str, fields: dict[str, Any], outcomes: Iterable[str]) -> bool:
+    """Write the run item's outcome (``fields["status"]``) unless it records another outcome already; False when it
+    does. One conditional write decides between the paths that may end a run at the same moment (the execution's own
+    last state and the reconciler of a stopped execution); the same outcome again (a retried task) is allowed."""
+    items = _fitted({name: _to_item(value) for name, value in fields.items() if value is not None}, ITEM_BUDGET // 2)
+    names = {f"#f{i}": name for i, name in enumerate(items)} | {"#status": "status"}
+    values = {f":v{i}": value for i, value in enumerate(items.values())}
+    ended = {f":o{i}": outcome for i, outcome in enumerate(outcomes)}
+    values |= ended | {":this": fields["status"]}
+    expression = "SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(items)))
+    condition = f"attribute_not_exists(#status) OR #status = :this OR NOT (#status IN ({', '.join(ended)}))"
+    try:
+        dynamodb().Table(table).update_item(
+            Key={"run_id": run_id, "stage": "run"},
+            UpdateExpression=expression,
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return False
+        raise StorageError(f"ledger {table}: record the outcome of {run_id}: {exc}") from exc
+    return True

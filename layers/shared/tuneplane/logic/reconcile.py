@@ -48,6 +48,8 @@ def reconcile_ended_execution(change: ExecutionStatusChange, settings: PipelineS
         return {"reconciled": False, "reason": "the run was never recorded"}
     if item.get("status") in stages.OUTCOMES:
         return {"reconciled": False, "reason": f"the run already ended {item['status']}"}
+    if item.get("execution_arn") and item["execution_arn"] != change.execution_arn:  # a hand-started copy ended
+        return {"reconciled": False, "reason": f"the run belongs to execution {item['execution_arn']}"}
     run = RunView(
         {**state, "run_id": run_id, "bucket": item.get("bucket", ""), "key": item.get("dataset", "")},
         change.execution_arn,

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from tuneplane.adapters import events, ledger, sagemaker
 from tuneplane.config import PipelineSettings
-from tuneplane.errors import CapacityUnavailable, InvalidConfiguration, RunAlreadyEnded
+from tuneplane.errors import CapacityUnavailable, ForeignExecution, InvalidConfiguration, RunAlreadyEnded
 from tuneplane.logic import dataset_runs, job_requests, retention, run_limits
 from tuneplane.logic.registry import registration
 from tuneplane.logic.rollback_report import rollback_notes
@@ -55,6 +55,16 @@ def handle(request: StageRequest, settings: PipelineSettings) -> dict[str, Any]:
     state = request.state
     run = RunView(state, request.execution_arn)
     action = request.action
+    owner = _owner(settings, run)
+    if owner and run.execution_arn and owner != run.execution_arn:
+        # A copy of a run's input started by hand: it must not train, deploy or end a run another execution owns.
+        if action == "start":
+            raise ForeignExecution(
+                f"run {run.run_id} belongs to execution {owner}; this execution ({run.execution_arn}) does nothing. "
+                "To run the dataset again, upload it again"
+            )
+        logger.warning("ignored a call of an execution that does not own the run", run_id=run.run_id, owner=owner)
+        return {"status": "ignored", "reason": f"run {run.run_id} belongs to execution {owner}"}
     if action == "start":
         return _start(request.stage, run, settings)
     if action == "finish":
@@ -83,6 +93,12 @@ def handle(request: StageRequest, settings: PipelineSettings) -> dict[str, Any]:
     if action == "hand_off":
         return _hand_off(run, settings)
     return _end_badly(request.stage, run, settings, Status.REJECTED if action == "reject" else Status.FAILED)
+
+
+def _owner(settings: PipelineSettings, run: RunView) -> str | None:
+    """The execution that began the run (recorded by StartValidate), if it began."""
+    owner = _item(settings, run, Stage.RUN).get("execution_arn")
+    return str(owner) if owner else None
 
 
 def _now() -> datetime:
@@ -363,10 +379,9 @@ def finish_run(
         error=error,
         notes=notes or [],
     )
-    ledger.put_stage(
+    recorded = ledger.record_outcome(
         settings.ledger_table,
         run.run_id,
-        Stage.RUN.value,
         {
             "status": status.value,
             "finished_at": finished,
@@ -374,7 +389,11 @@ def finish_run(
             "message": event.message,
             "error": event.error,
         },
+        OUTCOMES,
     )
+    if not recorded:  # another path ended the run first (a stop racing the run's last state): its outcome stands
+        logger.warning("the run ended already: this outcome is not published", run_id=run.run_id, status=status.value)
+        return event
     _publish_once(settings, run, event, item)
     return event
 

@@ -161,16 +161,17 @@ def prepare_job_inputs(request: ValidateRequest, settings: ValidateSettings) -> 
 
 
 def _name(key: str) -> str:
-    """The file's own name, which keeps its extension: the job reads a .gz file as gzip, as the Lambda does."""
-    return key.rsplit("/", 1)[-1] or "dataset.jsonl"
+    """A fixed local name that keeps the compression: the job reads a .gz file as gzip, as the Lambda does. Not the
+    upload's own name, which S3 allows up to 1,024 bytes and a file system to 255."""
+    return "dataset.jsonl.gz" if key.lower().endswith(_GZIP_SUFFIXES) else "dataset.jsonl"
 
 
-def result_document(summary: ValidateSummary | None, rejection: str | None) -> dict[str, Any]:
+def result_document(run_id: str, summary: ValidateSummary | None, rejection: str | None) -> dict[str, Any]:
     """What the job writes to result.json: the stage's summary, or the rejection message (a rejection is an ending
-    of the stage, not a failure of the job)."""
+    of the stage, not a failure of the job), with the run it is of."""
     if summary is not None:
-        return {"summary": summary.model_dump(mode="json")}
-    return {"rejected": rejection}
+        return {"run_id": run_id, "summary": summary.model_dump(mode="json")}
+    return {"run_id": run_id, "rejected": rejection}
 
 
 def collect(request: ValidateRequest, settings: ValidateSettings) -> ValidateSummary:
@@ -179,6 +180,8 @@ def collect(request: ValidateRequest, settings: ValidateSettings) -> ValidateSum
     document = s3.read_json_object(uri)
     if document is None:
         raise StorageError(f"the validation job ended without writing {uri}")
+    if document.get("run_id") != request.run_id:
+        raise StorageError(f"{uri} is the result of run {document.get('run_id')!r}, not of {request.run_id}")
     if isinstance(document.get("rejected"), str):
         raise InvalidTrainingData(document["rejected"])
     try:
