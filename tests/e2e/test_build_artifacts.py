@@ -168,7 +168,7 @@ def test_module_left_out_of_the_layer_is_reported(doctored: Path) -> None:
     assert "SharedLayer: python/tuneplane/logic/cost.py is missing (in the source package)" in findings
     # AND the import closure says which handler's import breaks, and where
     broken = [f for f in findings if f.startswith("ValidateFunction:") and "'tuneplane.logic.cost'" in f]
-    assert broken and "SharedLayer/python/tuneplane/logic/validate_stage.py:" in broken[0], findings
+    assert broken and "SharedLayer/python/tuneplane/logic/validation_engine.py:" in broken[0], findings
 
 
 def test_data_file_left_out_or_changed_is_reported(doctored: Path) -> None:
