@@ -6,6 +6,7 @@ Each test asserts on the execution history, the run ledger, the bus events and w
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ def _manual_runs_only(cloud: Cloud) -> None:
     cloud.disable_trigger()
 
 
-def _start(cloud: Cloud, run_id: str, lines: list[str]) -> dict[str, Any]:
+def _start(cloud: Cloud, run_id: str, lines: list[str], **settings: Any) -> dict[str, Any]:
     version = cloud.upload(KEY, lines)
     request = {
         "run_id": run_id,
@@ -32,6 +33,7 @@ def _start(cloud: Cloud, run_id: str, lines: list[str]) -> dict[str, Any]:
         "key": KEY,
         "version_id": version,
         "rerun": True,
+        **settings,
     }
     return cloud.run(run_id, request)
 
@@ -172,11 +174,12 @@ def test_vllm_failed_smoke_test_deletes_the_new_endpoint(cloud: Cloud, reversal_
 def test_a_lora_rank_the_server_cannot_take_is_refused_before_deploying(
     cloud: Cloud, reversal_lines: list[str]
 ) -> None:
-    # GIVEN LoRA serving with max_lora_rank 8 and a run whose adapter has rank 16
+    # GIVEN LoRA serving with max_lora_rank 8, and a run whose settings ask for rank 8 (the Validate stage refuses
+    # more) but whose adapter came out with rank 16
     cloud.jobs.adapter_rank = 16
 
     # WHEN the run reaches deploy
-    execution = _start(cloud, "run-one", reversal_lines)
+    execution = _start(cloud, "run-one", reversal_lines, training={"lora_r": 8})
 
     # THEN it fails with the reason, and no model, config or endpoint was created
     assert execution["status"] == "FAILED"
@@ -186,6 +189,20 @@ def test_a_lora_rank_the_server_cannot_take_is_refused_before_deploying(
     assert sagemaker.list_endpoints()["Endpoints"] == []
     assert sagemaker.list_models()["Models"] == []
     assert cloud.ledger("run-one")["deploy"]["status"] == "failed"
+
+
+@pytest.mark.stack_parameters(DeployTarget="bedrock")
+@pytest.mark.stack_parameters(DeployTarget="vllm", ServeMode="lora", MaxLoraRank="8")
+def test_a_lora_rank_over_the_servers_is_rejected_at_validate_before_training(
+    cloud: Cloud, reversal_lines: list[str]
+) -> None:
+    # GIVEN LoRA serving with max_lora_rank 8 and a run that would train the default rank 16
+    # WHEN it is validated
+    execution = _start(cloud, "run-one", reversal_lines)
+    # THEN it is rejected before any job, naming the setting and the stack's limit
+    assert execution["status"] == "FAILED" and execution["error"] == "InvalidTrainingData"
+    assert cloud.jobs.started == []
+    assert "MaxLoraRank" in json.loads(str(execution["cause"]))["errorMessage"]
 
 
 @pytest.mark.stack_parameters(DeployTarget="bedrock")
