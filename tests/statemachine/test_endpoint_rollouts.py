@@ -342,7 +342,12 @@ def _start(cloud: Cloud, run_id: str, lines: list[str]) -> str:
 
 def _the_endpoint() -> dict[str, Any]:
     sagemaker = boto3.client("sagemaker")
-    [summary] = sagemaker.list_endpoints()["Endpoints"]
+    for _ in range(20):
+        try:
+            [summary] = sagemaker.list_endpoints()["Endpoints"]
+            break
+        except RuntimeError:  # moto lists its endpoints dict while the deploy thread may be adding to it
+            time.sleep(0.01)
     return dict(sagemaker.describe_endpoint(EndpointName=summary["EndpointName"]))
 
 

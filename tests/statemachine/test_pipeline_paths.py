@@ -19,6 +19,7 @@ HAPPY_STATES = [
     "Init",
     "StartValidate",
     "Validate",
+    "ValidateEngine",
     "FinishValidate",
     "StartTrain",
     "Train",

@@ -47,7 +47,7 @@ from unittest import mock
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from local.cloud import EndpointRegistry, local_cloud
+from local.cloud import ContainerExecutor, EndpointRegistry, JobOutcome, LocalJob, local_cloud
 from moto.awslambda.models import LambdaFunction
 from moto.core.exceptions import JsonRESTError, ServiceException
 from moto.dynamodb.models import DynamoDBBackend
@@ -58,8 +58,9 @@ from moto.sagemaker.models import SageMakerModelBackend
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
     StateTaskServiceAwsSdk,
 )
-from tests.statemachine.harness import Cloud, deployed_cloud
+from tests.statemachine.harness import Cloud, ScriptedJobs, deployed_cloud
 
+from tuneplane.logic import validation_engine
 from tuneplane.logic.job_requests import job_prefix
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")  # a handler failed, on purpose
@@ -100,6 +101,8 @@ RETRY_PAIRS = _retry_pairs()
 NOT_INJECTABLE: dict[tuple[str, str], str] = {
     ("StartDeploy", "DeploymentInProgress"): "not a one-shot fault but another run of the dataset holding its "
     "deployment lease: test_dataset_runs_pipeline.py and test_failure_paths.py hold one and see the run wait",
+    ("StartValidateJob", "OrchestrationError"): "the hand-off publishes no event, so nothing there raises it; the "
+    "state retries it as every Stage function state does (the function may raise it)",
 }
 
 # The product's errors: the first call of this AWS operation (the moto backend method) made while the state's
@@ -109,6 +112,8 @@ SERVICE_FAULTS: dict[tuple[str, str], tuple[type, str]] = {
     ("StageFunction", "StorageError"): (DynamoDBBackend, "update_item"),  # the ledger
     ("StageFunction", "OrchestrationError"): (EventsBackend, "put_events"),  # the stage's event
     ("ValidateFunction", "StorageError"): (S3Backend, "put_object"),  # the splits and the report
+    ("CollectValidation", "StorageError"): (S3Backend, "get_object"),  # the validation job's result.json
+    ("StartValidateJob", "StorageError"): (DynamoDBBackend, "get_item"),  # the run item (which execution owns it)
     ("DeployBegin", "StorageError"): (S3Backend, "get_object"),  # the merge report
     ("DeployBegin", "DeployServiceError"): (SageMakerModelBackend, "describe_endpoint"),
     ("DeployPoll", "DeployServiceError"): (SageMakerModelBackend, "describe_endpoint"),
@@ -195,6 +200,7 @@ class Run:
     deploys: str | None = None  # the target DeployBegin deploys to, if the run gets there
     rerun: bool = True  # the runs share their examples: each trains unless it tests the same-content stop
     waits_for_capacity: bool = False  # its first training attempt finds no capacity (QueueForCapacity, one round)
+    handed_off: bool = False  # beyond the Validate Lambda: validated by the real containers/validate job
 
 
 # Stacks (template parameters) and their runs, in order: the happy path of each deploy target first, so that the
@@ -237,6 +243,8 @@ SCENARIOS: list[tuple[dict[str, str], list[Run]]] = [
             Run("dataset-skips-deploy", "SUCCEEDED", None, "Run Succeeded", deploy_target="none"),
             Run("awaiting-approval", "SUCCEEDED", None, "Run Succeeded", deploy_target="vllm"),
             Run("waits-for-capacity", "SUCCEEDED", None, "Run Succeeded", waits_for_capacity=True),
+            # too large for its Validate Lambda: PrepareValidateJob, StartValidateJob, ValidateJob, CollectValidation
+            Run("handed-off", "SUCCEEDED", None, "Run Succeeded", handed_off=True),
             # the same examples and settings as the runs before: RecordStop ends it (Run Skipped)
             Run("same-content", "SUCCEEDED", None, "Run Skipped", rerun=False),
         ],
@@ -448,17 +456,25 @@ def _state_of(tasks: dict[str, list[tuple[str, dict[str, Any]]]], function_name:
     if not candidates:
         return None
     event = json.loads(body) if isinstance(body, str | bytes) and body else {}
-    matches = [state for state, constants in candidates if all(event.get(k) == v for k, v in constants.items())]
+    found = [
+        (state, constants) for state, constants in candidates if all(event.get(k) == v for k, v in constants.items())
+    ]
+    # the most specific: Validate passes the whole state (no constants), PrepareValidateJob adds {"prepare": true}
+    most = max((len(constants) for _, constants in found), default=0)
+    matches = [state for state, constants in found if len(constants) == most]
     assert len(matches) == 1, f"an invocation of {function_name} matches states {matches}: {str(event)[:200]}"
     return matches[0]
 
 
 def _job_state(request: dict[str, Any]) -> str:
-    """The .sync state of a job request (its name ends with the stage, e.g. ``-merge``, ``-train0``)."""
+    """The .sync state of a job request (its name ends with the stage, e.g. ``-merge``, ``-train0``; ``-validate``
+    is the ValidateJob state's)."""
     name = request.get("training_job_name") or request["processing_job_name"]
     stage = str(name).rsplit("-", 1)[1].rstrip("0123456789")
     [state] = [
-        s for s, task in STATES.items() if s.lower() == stage and str(task.get("Resource")) in SAGEMAKER_CREATES
+        s
+        for s, task in STATES.items()
+        if s.lower() in (stage, f"{stage}job") and str(task.get("Resource")) in SAGEMAKER_CREATES
     ]
     return state
 
@@ -505,7 +521,8 @@ def _execute(cloud: Cloud, faults: Faults, run: Run) -> RunResult:
         _no_capacity_for_the_first_attempt(cloud, run.run_id)
     if run.deploy_target is not None:
         request["deploy_target"] = run.deploy_target
-    execution = cloud.run(run.run_id, request)
+    with _beyond_the_validate_lambda() if run.handed_off else ExitStack():
+        execution = cloud.run(run.run_id, request)
     faults.run = None
     sagemaker = boto3.client("sagemaker")
     _wait_until_settled(sagemaker)
@@ -532,6 +549,24 @@ def _execute(cloud: Cloud, faults: Faults, run: Run) -> RunResult:
         },
         imported_models=[model.name for model in cloud.bedrock.models.values()],
     )
+
+
+@contextmanager
+def _beyond_the_validate_lambda() -> Iterator[None]:
+    """The Validate Lambda's /tmp holds the validation of 10 bytes, and validation jobs run the real container."""
+    scripted = ScriptedJobs.__call__
+
+    def run(self: ScriptedJobs, job: LocalJob) -> JobOutcome:
+        if not job.name.endswith("-validate"):
+            return scripted(self, job)
+        self.started.append((job.name, job.instance_type))
+        return ContainerExecutor()(job)
+
+    with (
+        mock.patch.object(validation_engine, "_lambda_disk_reach", lambda budget: 10),
+        mock.patch.object(ScriptedJobs, "__call__", run),
+    ):
+        yield
 
 
 def _no_capacity_for_the_first_attempt(cloud: Cloud, run_id: str) -> None:

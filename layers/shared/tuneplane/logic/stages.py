@@ -55,16 +55,11 @@ def handle(request: StageRequest, settings: PipelineSettings) -> dict[str, Any]:
     state = request.state
     run = RunView(state, request.execution_arn)
     action = request.action
-    owner = _owner(settings, run)
-    if owner and run.execution_arn and owner != run.execution_arn:
-        # A copy of a run's input started by hand: it must not train, deploy or end a run another execution owns.
-        if action == "start":
-            raise ForeignExecution(
-                f"run {run.run_id} belongs to execution {owner}; this execution ({run.execution_arn}) does nothing. "
-                "To run the dataset again, upload it again"
-            )
-        logger.warning("ignored a call of an execution that does not own the run", run_id=run.run_id, owner=owner)
-        return {"status": "ignored", "reason": f"run {run.run_id} belongs to execution {owner}"}
+    if action == "start" and request.stage is Stage.DEPLOY:  # never deploy where the stack does not allow
+        run_limits.require_deploy_target(run.result("pipeline").get("deploy_target"), settings)
+    ignored = _refuse_a_foreign_execution(action, run, settings)
+    if ignored is not None:
+        return ignored
     if action == "start":
         return _start(request.stage, run, settings)
     if action == "finish":
@@ -93,6 +88,21 @@ def handle(request: StageRequest, settings: PipelineSettings) -> dict[str, Any]:
     if action == "hand_off":
         return _hand_off(run, settings)
     return _end_badly(request.stage, run, settings, Status.REJECTED if action == "reject" else Status.FAILED)
+
+
+def _refuse_a_foreign_execution(action: str, run: RunView, settings: PipelineSettings) -> dict[str, Any] | None:
+    """A copy of a run's input started by hand must not train, deploy or end a run another execution owns: its
+    starts are refused (ForeignExecution), its other calls answered "ignored"; None for the run's own execution."""
+    owner = _owner(settings, run)
+    if not owner or not run.execution_arn or owner == run.execution_arn:
+        return None
+    if action == "start":
+        raise ForeignExecution(
+            f"run {run.run_id} belongs to execution {owner}; this execution ({run.execution_arn}) does nothing. "
+            "To run the dataset again, upload it again"
+        )
+    logger.warning("ignored a call of an execution that does not own the run", run_id=run.run_id, owner=owner)
+    return {"status": "ignored", "reason": f"run {run.run_id} belongs to execution {owner}"}
 
 
 def _owner(settings: PipelineSettings, run: RunView) -> str | None:
@@ -209,8 +219,6 @@ def _record(
 
 def _start(stage: Stage, run: RunView, settings: PipelineSettings) -> dict[str, Any]:
     now = _now()
-    if stage is Stage.DEPLOY:  # Validate rejected a target the stack does not allow; never deploy to one anyway
-        run_limits.require_deploy_target(run.result("pipeline").get("deploy_target"), settings)
     ended = (_item(settings, run, Stage.RUN).get("status") or "") if stage is not Stage.VALIDATE else ""
     if ended in OUTCOMES:  # a redriven execution (RedriveExecution) must not train or deploy a run that ended
         raise RunAlreadyEnded(
