@@ -396,11 +396,12 @@ def test_evaluate_passes_the_gate_thresholds_with_sidecar_overrides_last() -> No
     merged = f"s3://{BUCKET}/runs/{RUN_ID}/merged/"
     # WHEN the evaluate request is built
     request = evaluate_job(settings, RUN_ID, merged, str(DATA["eval_uri"]), overrides).request
-    # THEN the candidate, base and eval are mounted and the arguments carry the sidecar's values
+    # THEN the candidate, base, eval and graders.json are mounted and the arguments carry the sidecar's values
     assert _inputs(request) == {
         "candidate": (merged, "/opt/ml/processing/input/candidate"),
         "base": (f"s3://{BUCKET}/models/tiny/", "/opt/ml/processing/input/base"),
         "eval": (DATA["eval_uri"], "/opt/ml/processing/input/eval"),
+        "graders": (f"s3://{BUCKET}/runs/{RUN_ID}/evaluation-input/graders/", "/opt/ml/processing/input/graders"),
     }
     assert _outputs(request) == {
         "evaluation": (f"s3://{BUCKET}/runs/{RUN_ID}/evaluation/", "/opt/ml/processing/output/evaluation")
@@ -409,11 +410,13 @@ def test_evaluate_passes_the_gate_thresholds_with_sidecar_overrides_last() -> No
         "--candidate_dir=/opt/ml/processing/input/candidate",
         "--base_dir=/opt/ml/processing/input/base",
         "--eval_dir=/opt/ml/processing/input/eval",
+        "--graders_dir=/opt/ml/processing/input/graders",
         "--output_dir=/opt/ml/processing/output/evaluation",
         "--failure_file=/opt/ml/output/message",
         "--primary_metric=token_f1",
         "--min_score=0.6",
         "--min_improvement_over_base=0.05",
+        "--max_regression_drop=0.1",
         "--max_new_tokens=64",
     ]
 

@@ -24,7 +24,7 @@ from tuneplane.logic.stages import _HEADLINE_METRICS, _run_outcome_line, job_spe
 from tuneplane.logic.start_run import dataset_stem
 from tuneplane.models.deploy import DeployRequest
 from tuneplane.models.events import EVENT_SOURCE, PipelineEvent, Stage
-from tuneplane.models.pipeline import StageRequest
+from tuneplane.models.pipeline import EvaluationOverrides, GradeRequest, StageRequest
 from tuneplane.models.run import RunInput
 from tuneplane.models.stage import ValidateRequest
 
@@ -57,6 +57,7 @@ RULES = (
     Sample("stage_", "stage", StageRequest),
     Sample("deploy_", "deploy", DeployRequest),
     Sample("pipeline_event_", "notify", PipelineEventBridgeModel),
+    Sample("grade_", "grade", GradeRequest),
 )
 
 
@@ -152,7 +153,20 @@ def test_the_readme_table_lists_every_sample_and_no_other() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# StartRun, Validate and Notify samples
+# StartRun, Validate, Grade and Notify samples
+
+
+def test_the_grade_sample_is_the_payload_the_state_machine_sends_and_its_graders_are_valid() -> None:
+    # GIVEN the Grade sample and the GradeAnswers state's Payload
+    sample = GradeRequest.model_validate(_load("grade_pass_judge.json"))
+    payload = ASL["States"]["GradeAnswers"]["Parameters"]["Payload"]
+    # THEN it carries exactly what the state sends (the execution, the state, where to resume)
+    assert {key.removesuffix(".$") for key in payload} == set(sample.model_fields_set)
+    assert sample.next == sample.state["grading"]["next"]
+    # AND its evaluation settings are a sidecar section the stack would accept (a judge, thresholds on its metrics)
+    evaluation = EvaluationOverrides.model_validate(sample.state["evaluation"])
+    assert evaluation.graders is not None and evaluation.graders.judge is not None
+    assert set(evaluation.thresholds or {}) == {"judge_score", "judge_win_rate"}
 
 
 def test_the_s3_sample_is_a_dataset_upload_startrun_acts_on() -> None:

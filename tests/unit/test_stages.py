@@ -22,7 +22,7 @@ from tuneplane.adapters import ledger
 from tuneplane.adapters import s3 as s3_adapter
 from tuneplane.adapters import sagemaker as sagemaker_adapter
 from tuneplane.config import pipeline_settings
-from tuneplane.errors import InvalidConfiguration
+from tuneplane.errors import DatasetNotFound, InvalidConfiguration
 from tuneplane.logic import job_requests
 from tuneplane.logic.stage_outcomes import CAUSE_MAX, one_line_cause
 from tuneplane.logic.stages import handle
@@ -375,6 +375,74 @@ def test_finishing_evaluate_reads_the_report_and_returns_the_verdict(aws: Simple
     assert outcome["message"] == "passed the gate"
     [(detail_type, event)] = _published(aws)
     assert detail_type == "Stage Succeeded" and event.metrics["candidate.exact_match"] == 0.82
+
+
+def test_starting_evaluate_writes_the_jobs_graders_and_keeps_the_judges_thresholds_for_the_grade_function(
+    aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a stack with a judge, and a sidecar with classification labels, a pattern and thresholds on both kinds
+    monkeypatch.setenv("JUDGE_MODEL_ID", "judge-model")
+    pipeline_settings.cache_clear()
+    aws.settings = pipeline_settings()
+    evaluation = {
+        "graders": {
+            "classification": {"labels": ["yes", "no"]},
+            "pattern": {"must_not_contain": ["As an AI"]},
+            "judge": {"rubric": "Correct and polite?"},
+        },
+        "thresholds": {"classification_accuracy": 0.8, "judge_score": 0.6},
+    }
+    # WHEN Evaluate starts
+    spec = _call(aws, "start", Stage.EVALUATE, _state(evaluation=evaluation))
+    # THEN the job reads graders.json from its own input, which holds the job's graders and thresholds only
+    [graders_input] = [i for i in spec["request"]["ProcessingInputs"] if i["InputName"] == "graders"]
+    uri = graders_input["S3Input"]["S3Uri"]
+    assert uri == f"s3://{BUCKET}/runs/{RUN_ID}/evaluation-input/graders/"
+    written = json.loads(
+        aws.s3.get_object(Bucket=BUCKET, Key=uri.split(BUCKET + "/")[1] + "graders.json")["Body"].read()
+    )
+    assert written == {
+        "classification": {"labels": ["yes", "no"]},
+        "pattern": {"must_contain": [], "must_not_contain": ["As an AI"]},
+        "thresholds": {"classification_accuracy": 0.8},
+    }
+    assert (
+        "--graders_dir=/opt/ml/processing/input/graders" in spec["request"]["AppSpecification"]["ContainerArguments"]
+    )
+
+
+def test_the_gate_joins_the_jobs_verdict_and_the_judges(aws: SimpleNamespace) -> None:
+    # GIVEN an evaluation the job passed, and a grading where the judge's score fell short
+    _put_evaluation(aws, passed=True)
+    grading = {
+        "passed": False,
+        "reasons": ["candidate judge_score 0.4000 is below its threshold 0.6000 (short by 0.2000)"],
+        "metrics": {"candidate": {"judge_score": 0.4, "judge_win_rate": 0.3}, "base": {"judge_score": 0.5}},
+        "graders": {"judge": {"cost_usd": 0.12}},
+        "worst_examples": [{"index": 4, "judge_score": 0.0, "judge_reason": "Wrote to jane.doe@example.com."}],
+    }
+    aws.s3.put_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/evaluation/grading.json", Body=json.dumps(grading).encode())
+    evaluation = {"graders": {"judge": {"rubric": "Correct and polite?"}}, "thresholds": {"judge_score": 0.6}}
+    # WHEN Evaluate finishes
+    outcome = _call(aws, "finish", Stage.EVALUATE, _state(evaluation=evaluation))
+    # THEN the gate fails on the judge's reason, with every model's judge scores and the judge's cost
+    assert outcome["passed"] is False
+    assert outcome["message"] == "did not pass the gate: " + grading["reasons"][0]
+    assert outcome["metrics"]["candidate.judge_score"] == 0.4 and outcome["metrics"]["base.judge_score"] == 0.5
+    assert outcome["metrics"]["candidate.judge_win_rate"] == 0.3 and outcome["metrics"]["judge_cost_usd"] == 0.12
+    assert outcome["artifacts"]["grading"] == f"s3://{BUCKET}/runs/{RUN_ID}/evaluation/grading.json"
+    # AND the judge's worst example is shown with the data's e-mail address masked
+    [note] = outcome["notes"]
+    assert note.startswith("worst by the judge: #4 judge 0.00:") and "jane.doe@example.com" not in note
+
+
+def test_a_run_with_a_judge_but_no_grading_is_not_gated_on_the_job_alone(aws: SimpleNamespace) -> None:
+    # GIVEN a passing evaluation.json but no grading.json for a run that has a judge
+    _put_evaluation(aws, passed=True)
+    evaluation = {"graders": {"judge": {"rubric": "Correct and polite?"}}}
+    # WHEN Evaluate finishes THEN it fails instead of passing on half the verdict
+    with pytest.raises(DatasetNotFound, match="grading.json"):
+        _call(aws, "finish", Stage.EVALUATE, _state(evaluation=evaluation))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -67,6 +67,38 @@ class RunLimitSettings(BaseSettings):
         default=None, ge=1, le=512, description="MaxLoraRank: the server's max_lora_rank when ServeMode=lora."
     )
 
+    # The evaluate job's regression set (RegressionSetS3Uri) and how far below the base a candidate may fall on it.
+    regression_set_s3_uri: str = Field(default="", pattern=r"^$|^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/([^/]+/)+$")
+    max_regression_drop: float = Field(default=0.1, ge=0, le=1, description="MaxRegressionDrop.")
+    # The evaluation's control-plane graders (tuneplane/logic/grading.py): a judge on Bedrock (JudgeModelId) or
+    # behind an OpenAI-compatible URL (JudgeEndpointUrl), and the Lambda graders a sidecar may name.
+    judge_model_id: str = Field(default="", max_length=2048, description="JudgeModelId: a Bedrock model or profile.")
+    judge_endpoint_url: str = Field(
+        default="",
+        pattern=r"^$|^https://[^\s]+$|^http://(127\.0\.0\.1|localhost)(:\d+)?(/[^\s]*)?$",
+        description="JudgeEndpointUrl: an OpenAI-compatible base URL (https; plain http only on loopback).",
+    )
+    judge_price_per_million_tokens: float = Field(
+        default=3.0, ge=0, description="JudgePricePerMillionTokens: input and output tokens alike (an upper bound)."
+    )
+    grader_function_arns: str = Field(default="", description="GraderFunctionArns: Lambda graders, comma-separated.")
+
+    @property
+    def judge_configured(self) -> bool:
+        return bool(self.judge_model_id or self.judge_endpoint_url)
+
+    @property
+    def allowed_grader_functions(self) -> list[str]:
+        return [arn.strip() for arn in self.grader_function_arns.split(",") if arn.strip()]
+
+    def allowed_grader_function(self, function: str) -> str | None:
+        """The entry of GraderFunctionArns that a sidecar's name or ARN designates (the one called: never the
+        sidecar's own string), or None when the stack does not list it."""
+        for allowed in self.allowed_grader_functions:
+            if function == allowed or allowed.endswith(f":function:{function}"):
+                return allowed
+        return None
+
     @property
     def instance_types(self) -> list[str]:
         """The stack's default training instance types, in the order they are tried."""
@@ -284,3 +316,18 @@ class NotifySettings(BaseSettings):
 @cache
 def notify_settings() -> NotifySettings:
     return _from_environment(NotifySettings, "Notify")
+
+
+class GradeSettings(RunLimitSettings):
+    """What the Grade Lambda reads from its environment (see template.yaml GradeFunction): where runs live, and the
+    stack's judge and grader functions (RunLimitSettings)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    data_bucket: str = Field(min_length=3)
+    runs_prefix: str = "runs/"
+
+
+@cache
+def grade_settings() -> GradeSettings:
+    return _from_environment(GradeSettings, "Grade")

@@ -150,3 +150,14 @@ class RunAlreadyEnded(TuneplaneError):
 class ForeignExecution(TuneplaneError):
     """The execution is not the one that began this run (an operator started a copy of its input by hand): it may
     neither run the run's stages nor record its outcome."""
+
+
+class JudgeUnavailable(TuneplaneError):
+    """The evaluation's judge model did not answer (throttling, a server error, a timeout): the state machine retries
+    the grading pass, which resumes where it stopped."""
+
+
+class GraderFailed(TuneplaneError):
+    """A grader could not score the answers: the custom Lambda grader raised or answered something that is not one
+    score in [0, 1] per item, or the judge refused the request (access denied, an unknown model). Retrying would
+    fail the same way; the message names the grader and what it did."""

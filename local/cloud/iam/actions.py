@@ -12,7 +12,7 @@ Reference) say otherwise, e.g.:
   ``kms:GenerateDataKey`` and one read ``kms:Decrypt``, on the key, with ``kms:ViaService`` = ``s3.<region>
   .amazonaws.com`` and the encryption context ``aws:s3:arn`` (the bucket's ARN when it uses an S3 Bucket Key);
 - Lambda ``Invoke`` is ``lambda:InvokeFunction``; SageMaker Runtime ``InvokeEndpoint`` is ``sagemaker:InvokeEndpoint``;
-  Bedrock Runtime ``InvokeModel`` is ``bedrock:InvokeModel``;
+  Bedrock Runtime ``InvokeModel`` and ``Converse`` are ``bedrock:InvokeModel``;
 - EventBridge ``PutEvents`` is ``events:PutEvents`` on each entry's bus, with ``events:source``/``events:detail-type``;
 - a request that passes a role (SageMaker ``RoleArn``/``ExecutionRoleArn``, Bedrock ``roleArn``) needs
   ``iam:PassRole`` on it with ``iam:PassedToService``; one with ``Tags`` needs the service's ``AddTags``/
@@ -26,6 +26,7 @@ Global keys that depend on the caller (``aws:PrincipalArn``, ``aws:SecureTranspo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -629,13 +630,28 @@ BEDROCK: dict[str, Mapper] = {
 }
 
 
+# A system-defined cross-region inference profile's id starts with its geography (the Bedrock user guide, "Supported
+# Regions and models for inference profiles": us., eu., apac., global., ...).
+_PROFILE_ID = re.compile(r"^(us|eu|apac|us-gov|ca|jp|au|global)\.")
+
+
 def _model(call: Call) -> str:
-    """``modelId``: an ARN (an imported model's), or a foundation model's id (its ARN has no account)."""
+    """``modelId``: an ARN (an imported model's, a profile's), an inference profile's id (its ARN has the account),
+    or a foundation model's id (its ARN has no account)."""
     model = str(call.params["modelId"])
-    return model if model.startswith("arn:") else call.arn("bedrock", f"foundation-model/{model}", account="")
+    if model.startswith("arn:"):
+        return model
+    if _PROFILE_ID.match(model):
+        return call.arn("bedrock", f"inference-profile/{model}")
+    return call.arn("bedrock", f"foundation-model/{model}", account="")
 
 
-BEDROCK_RUNTIME: dict[str, Mapper] = {"InvokeModel": _same_name("bedrock", _model)}
+# Converse is authorized as bedrock:InvokeModel (the Service Authorization Reference lists no Converse action; the
+# Converse API reference names InvokeModel as the permission it needs).
+BEDROCK_RUNTIME: dict[str, Mapper] = {
+    "InvokeModel": _same_name("bedrock", _model),
+    "Converse": lambda call, facts: [Check("bedrock:InvokeModel", _model(call))],
+}
 
 
 def _queue(call: Call) -> str:

@@ -193,6 +193,9 @@ class RunShape:
     eval_tokens_per_example: float | None = None  # prompt tokens per eval example (None: the sequence length)
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     max_processing_runtime_s: int | None = None  # MaxProcessingRuntimeSeconds: SageMaker stops the job there
+    # The evaluation's LLM judge (logic/grading.py): the most tokens it may read and write, and their price.
+    judge_tokens: int | None = None
+    judge_price_per_million_tokens: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -332,6 +335,18 @@ def estimate_run(shape: RunShape, caps: RunCaps, pricing: PricingTable) -> CostE
     if shape.quantize and shape.deploy_target != "bedrock":  # Bedrock imports the bf16 model: no quantize stage
         stages.append(_processing("quantize", shape, pricing))
     stages.append(_processing("evaluate", shape, pricing))
+    if shape.judge_tokens:
+        stages.append(
+            StageCost(
+                stage="judge",
+                instance_type=None,
+                hours=None,
+                price_per_hour_usd=None,
+                cost_usd=round(shape.judge_tokens * shape.judge_price_per_million_tokens / 1e6, 2),
+                basis=f"at most {shape.judge_tokens:,} judge tokens at ${shape.judge_price_per_million_tokens:g} per "
+                "million (JudgePricePerMillionTokens)",
+            )
+        )
     if (deploy := _deploy(shape, pricing)) is not None:
         stages.append(deploy)
     warnings = list(training.warnings)
@@ -390,6 +405,9 @@ def describe_stages(stages: list[StageCost]) -> str:
     parts = []
     for stage in stages:
         name = "training" if stage.stage == "train" else stage.stage
+        if stage.stage == "judge":
+            parts.append(f"judge ${stage.cost_usd:,.2f}")
+            continue
         where = (
             f" on {stage.instances}x {stage.instance_type}" if stage.instances > 1 else f" on {stage.instance_type}"
         )

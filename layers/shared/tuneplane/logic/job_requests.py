@@ -225,6 +225,11 @@ def quantize_job(settings: PipelineSettings, run_id: str, merged_uri: str, data:
     return _processing_job(settings, run_id, Stage.QUANTIZE, settings.quantize_image_uri, inputs, outputs, {})
 
 
+def graders_input_uri(settings: PipelineSettings, run_id: str) -> str:
+    """The folder of the evaluate job's graders.json (the Stage function writes it when the stage starts)."""
+    return run_uri(settings, run_id, "evaluation-input", "graders", "")
+
+
 def evaluate_job(
     settings: PipelineSettings,
     run_id: str,
@@ -235,12 +240,20 @@ def evaluate_job(
     problems = run_limits.evaluation_problems(overrides, settings)
     if problems:  # the Validate stage rejects these first; a request is never built with a looser gate
         raise InvalidConfiguration(f"evaluation request looser than the stack's gate: {'; '.join(problems)}")
-    inputs = {"candidate": candidate_uri, "base": settings.base_model_s3_uri, "eval": eval_uri}
+    inputs = {
+        "candidate": candidate_uri,
+        "base": settings.base_model_s3_uri,
+        "eval": eval_uri,
+        "graders": graders_input_uri(settings, run_id),
+    }
+    if settings.regression_set_s3_uri:
+        inputs["regression"] = settings.regression_set_s3_uri
     outputs = {"evaluation": run_uri(settings, run_id, "evaluation", "")}
     arguments = {
         "primary_metric": settings.primary_metric,
         "min_score": str(settings.min_score),
         "min_improvement_over_base": str(settings.min_improvement_over_base),
+        "max_regression_drop": str(settings.max_regression_drop),
         **overrides.arguments(),
     }
     return _processing_job(settings, run_id, Stage.EVALUATE, settings.evaluate_image_uri, inputs, outputs, arguments)

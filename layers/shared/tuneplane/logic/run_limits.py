@@ -40,7 +40,9 @@ from typing import Any
 
 from tuneplane.config import RunLimitSettings
 from tuneplane.errors import InvalidConfiguration
-from tuneplane.logic.cost import DEFAULT_MAX_NEW_TOKENS, RunCaps, RunShape
+from tuneplane.logic.cost import DEFAULT_MAX_NEW_TOKENS, EVALUATED_MODELS, RunCaps, RunShape
+from tuneplane.logic.grading import judge_token_bound
+from tuneplane.models.graders import Graders, required_grader
 from tuneplane.models.pipeline import EvaluationOverrides, TrainingOverrides
 from tuneplane.models.validation import Code, Severity, ValidationOptions
 
@@ -130,12 +132,53 @@ def evaluation_problems(evaluation: EvaluationOverrides, limits: RunLimitSetting
                 f"evaluation.{name}: {_number(value)} would loosen the stack's {stack_name} {_number(floor)} "
                 "(a sidecar may only raise it)"
             )
+    problems += grader_problems(evaluation, limits)
+    if evaluation.max_regression_drop is not None and evaluation.max_regression_drop > limits.max_regression_drop:
+        problems.append(
+            f"evaluation.max_regression_drop: {_number(evaluation.max_regression_drop)} would loosen the stack's "
+            f"MaxRegressionDrop {_number(limits.max_regression_drop)} (a sidecar may only lower it)"
+        )
     ceiling = limits.max_regression_vs_production
     if evaluation.max_regression_vs_production is not None and evaluation.max_regression_vs_production > ceiling:
         problems.append(
             f"evaluation.max_regression_vs_production: {_number(evaluation.max_regression_vs_production)} would "
             f"loosen the stack's {_number(ceiling)} (a sidecar may only lower it)"
         )
+    return problems
+
+
+def grader_problems(evaluation: EvaluationOverrides, limits: RunLimitSettings) -> list[str]:
+    """What the stack does not allow or cannot do of the sidecar's graders and thresholds: a judge without a judge
+    model, a Lambda grader the stack does not list, a threshold on a metric no grader computes."""
+    graders = evaluation.graders or Graders()
+    problems: list[str] = []
+    if graders.judge is not None and not limits.judge_configured:
+        problems.append("evaluation.graders.judge: this stack has no judge (JudgeModelId or JudgeEndpointUrl)")
+    if graders.custom is not None and limits.allowed_grader_function(graders.custom.function) is None:
+        allowed = ", ".join(limits.allowed_grader_functions) or "none"
+        problems.append(
+            f"evaluation.graders.custom.function: {graders.custom.function} is not one of this stack's "
+            f"GraderFunctionArns ({allowed})"
+        )
+    configured = {
+        "judge": graders.judge is not None,
+        "custom": graders.custom is not None,
+        "pattern": graders.pattern is not None and graders.pattern.configured(),
+        "regression": bool(limits.regression_set_s3_uri),
+    }
+    for metric in evaluation.thresholds or {}:
+        needed = required_grader(metric)
+        if needed == "regression" and not configured[needed]:
+            problems.append(f"evaluation.thresholds.{metric}: this stack has no regression set (RegressionSetS3Uri)")
+        elif needed is not None and not configured[needed]:
+            problems.append(f"evaluation.thresholds.{metric}: needs evaluation.graders.{needed}")
+        elif metric.startswith("classification_") and not (
+            graders.classification is not None and graders.classification.labels
+        ):
+            problems.append(
+                f"evaluation.thresholds.{metric}: needs evaluation.graders.classification.labels (without them the "
+                "job decides from the references whether they are labels)"
+            )
     return problems
 
 
@@ -259,7 +302,20 @@ def run_shape(
         eval_tokens_per_example=eval_tokens_per_example,
         max_new_tokens=evaluation.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
         max_processing_runtime_s=limits.max_processing_runtime_s,
+        judge_tokens=judge_tokens(evaluation, eval_examples),
+        judge_price_per_million_tokens=limits.judge_price_per_million_tokens,
     )
+
+
+def judge_tokens(evaluation: EvaluationOverrides, eval_examples: int | None) -> int | None:
+    """The most tokens the run's judge may read and write: its examples (its max_examples, fewer when the eval split
+    is smaller) x the bound per example (every evaluated model scored, and the pairwise comparisons)."""
+    judge = evaluation.graders.judge if evaluation.graders else None
+    if judge is None:
+        return None
+    examples = min(judge.max_examples, eval_examples) if eval_examples is not None else judge.max_examples
+    max_new_tokens = evaluation.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    return examples * judge_token_bound(judge, max_new_tokens, EVALUATED_MODELS)
 
 
 def run_caps(limits: RunLimitSettings) -> RunCaps:

@@ -14,10 +14,14 @@ from tuneplane.bounds import bound_text
 from tuneplane.config import PipelineSettings
 from tuneplane.errors import DatasetNotFound, InvalidConfiguration
 from tuneplane.logic import job_requests
+from tuneplane.logic.grading import masked_worst
 from tuneplane.models.events import Stage
 from tuneplane.models.pipeline import EvaluationOverrides, StageOutcome, TrainingOverrides
 
 CAUSE_MAX = 500
+# Shown for every model when computed (the gate's thresholds are shown too): the graders beyond exact match.
+SHOWN_GRADER_METRICS: tuple[str, ...] = ("classification_accuracy", "classification_macro_f1", "json_schema_match")
+SHOWN_GRADER_METRICS += ("pattern_pass_rate", "judge_score", "judge_win_rate", "custom_score")
 _Overrides = TypeVar("_Overrides", TrainingOverrides, EvaluationOverrides)
 
 
@@ -178,25 +182,37 @@ def exists(uri: str) -> bool:
 
 
 def evaluation_outcome(run: RunView, settings: PipelineSettings) -> StageOutcome:
+    """The gate's verdict: the evaluate job's (its metrics and thresholds) joined with the Grade function's (the
+    judge's and a custom grader's, grading.json) when the run has such graders."""
     folder = job_requests.run_uri(settings, run.run_id, "evaluation", "")
     report = read_json(folder + "evaluation.json")
+    graders = run.evaluation().graders
+    grading = read_json(folder + "grading.json") if graders is not None and graders.control_plane() else {}
     primary = str(report.get("primary_metric") or "exact_match")
-    metrics: dict[str, Any] = {
-        "primary_metric": primary,
-        "passed": bool(report.get("passed")),
-        "examples": report.get("examples"),
-    }
-    for model, scores in (report.get("metrics") or {}).items():
-        for name in (primary, "token_f1", "stop_rate"):
-            if name in scores:
-                metrics[f"{model}.{name}"] = scores[name]
-    reasons = [str(reason) for reason in report.get("reasons") or []]
+    passed = bool(report.get("passed")) and bool(grading.get("passed", True))
+    metrics: dict[str, Any] = {"primary_metric": primary, "passed": passed, "examples": report.get("examples")}
+    scores: dict[str, dict[str, Any]] = {}
+    for source in (report.get("metrics") or {}, grading.get("metrics") or {}):
+        for model, values in source.items():
+            scores.setdefault(model, {}).update(values)
+    shown = (primary, "token_f1", "stop_rate", *SHOWN_GRADER_METRICS, *(run.evaluation().thresholds or {}))
+    for model, values in scores.items():
+        for name in dict.fromkeys(shown):
+            if values.get(name) is not None:
+                metrics[f"{model}.{name}"] = values[name]
+    reasons = [str(reason) for reason in [*(report.get("reasons") or []), *(grading.get("reasons") or [])]]
     artifacts = {"evaluation": folder + "evaluation.json"}
+    if grading:
+        artifacts["grading"] = folder + "grading.json"
+        judge = (grading.get("graders") or {}).get("judge") or {}
+        if judge.get("cost_usd") is not None:
+            metrics["judge_cost_usd"] = judge["cost_usd"]
     if report.get("chart"):
         artifacts["chart"] = folder + "evaluation.png"
-    message = "passed the gate" if report.get("passed") else "did not pass the gate: " + "; ".join(reasons)
+    message = "passed the gate" if passed else "did not pass the gate: " + "; ".join(reasons)
+    notes = [f"worst by the judge: {line}" for line in masked_worst(grading)] if grading else []
     return StageOutcome(
-        stage=Stage.EVALUATE, metrics=metrics, artifacts=artifacts, passed=bool(report.get("passed")), message=message
+        stage=Stage.EVALUATE, metrics=metrics, artifacts=artifacts, passed=passed, message=message, notes=notes
     )
 
 

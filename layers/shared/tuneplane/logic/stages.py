@@ -12,10 +12,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tuneplane.adapters import events, ledger, sagemaker
+from tuneplane.adapters import events, ledger, s3, sagemaker
 from tuneplane.config import PipelineSettings
 from tuneplane.errors import CapacityUnavailable, ForeignExecution, InvalidConfiguration, RunAlreadyEnded
 from tuneplane.logic import dataset_runs, job_requests, retention, run_limits
+from tuneplane.logic.grading import job_graders
 from tuneplane.logic.registry import registration
 from tuneplane.logic.rollback_report import rollback_notes
 from tuneplane.logic.stage_outcomes import (
@@ -246,6 +247,9 @@ def _start(stage: Stage, run: RunView, settings: PipelineSettings) -> dict[str, 
             settings.ledger_table, run.bucket, run.key, run.run_id, settings.deploy_lease_s
         )  # DeploymentInProgress: the state machine waits and asks again
     spec = job_spec(stage, run, settings) if stage in _JOB_STAGES else None
+    if stage is Stage.EVALUATE:
+        bucket, key = s3.parse_s3_uri(job_requests.graders_input_uri(settings, run.run_id) + "graders.json")
+        s3.put_json(bucket, key, job_graders(run.evaluation()))
     fields: dict[str, Any] = {"status": Status.STARTED.value, "started_at": now}
     notes: list[str] = []
     if spec is not None:

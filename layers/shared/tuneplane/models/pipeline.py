@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tuneplane.models.events import Stage
+from tuneplane.models.graders import ContainerMetric, GraderMetric, Graders
 
 INSTANCE_TYPE_PATTERN = r"^ml\.[a-z0-9-]+\.[a-z0-9]+$"
-PRIMARY_METRICS = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_schema_match")
 
 
 class TrainingOverrides(BaseModel):
@@ -47,20 +47,29 @@ class TrainingOverrides(BaseModel):
 
 
 class EvaluationOverrides(BaseModel):
-    """The sidecar's ``evaluation`` section: the promotion gate's thresholds (containers/evaluate/evaluate.py)."""
+    """The sidecar's ``evaluation`` section: the promotion gate's thresholds (containers/evaluate/evaluate.py), the
+    graders that score answers beyond exact match and thresholds on any of their metrics (models/graders.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    primary_metric: Literal["exact_match", "token_f1", "rouge_l", "json_valid", "json_schema_match"] | None = None
+    primary_metric: ContainerMetric | None = None
     min_score: float | None = Field(default=None, ge=0, le=1)
     min_improvement_over_base: float | None = Field(default=None, ge=-1, le=1)
     max_regression_vs_production: float | None = Field(default=None, ge=0, le=1)
     min_stop_rate: float | None = Field(default=None, ge=0, le=1)
     max_examples: int | None = Field(default=None, ge=0)
     max_new_tokens: int | None = Field(default=None, ge=1, le=8192)
+    max_regression_drop: float | None = Field(default=None, ge=0, le=1)
+    graders: Graders | None = None
+    thresholds: dict[GraderMetric, Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        default=None, max_length=20, description="A minimum for the candidate on each metric named."
+    )
 
     def arguments(self) -> dict[str, str]:
-        return {name: str(value) for name, value in self.model_dump(exclude_none=True).items()}
+        """The evaluate job's arguments; graders and thresholds go to it as a file (graders.json: a job argument
+        holds at most 256 characters)."""
+        values = self.model_dump(exclude_none=True, exclude={"graders", "thresholds"})
+        return {name: str(value) for name, value in values.items()}
 
 
 class DeployOverrides(BaseModel):
@@ -86,6 +95,26 @@ class StageRequest(BaseModel):
     execution_arn: str | None = None
     reason: str | None = Field(default=None, max_length=500, description="Why a stage is skipped.")
     state: dict[str, Any] = Field(description="The execution's state ($): the run input and every stage's result.")
+
+
+class GradeRequest(BaseModel):
+    """One grading pass of the Grade function (logic/grading.py): the execution state, and the example to resume at
+    (``next`` of the previous pass's answer; 0 at first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    execution_arn: str | None = None
+    state: dict[str, Any] = Field(description="The execution's state ($): the run input and every stage's result.")
+    next: int = Field(default=0, ge=0)
+
+
+class GradeProgress(BaseModel):
+    """What a grading pass returns: whether every example is graded (then grading.json is written), and where the
+    next pass starts."""
+
+    done: bool
+    next: int = Field(ge=0)
+    graded: int = Field(ge=0, description="Examples graded by this pass.")
 
 
 class JobSpec(BaseModel):

@@ -194,7 +194,7 @@ class StageCost(BaseModel):
     """One stage's part of a run's estimate; ``hours``/``cost_usd`` are None when the pricing table has no row for
     its instance type."""
 
-    stage: Literal["train", "merge", "quantize", "evaluate", "deploy"]
+    stage: Literal["train", "merge", "quantize", "evaluate", "judge", "deploy"]
     instance_type: str | None
     instances: int = 1
     hours: float | None

@@ -32,7 +32,7 @@ NOTES_MAX = 10
 NOTE_MAX = 250  # 10 notes and the "more" line stay within a section's 3000 characters
 CAUSE_MAX = 500
 ANSWER_MAX = 600
-SCORES_MAX = 8
+SCORES_MAX = 10
 
 STATUS_EMOJI = {
     Status.STARTED: ":hourglass_flowing_sand:",
@@ -52,8 +52,22 @@ _RUN_DETAIL_TYPES = {
     Status.SKIPPED: "Run Skipped",
 }
 _CONSOLE_HOSTS = {"aws": "{region}.console.aws.amazon.com", "aws-us-gov": "console.amazonaws-us-gov.com"}
-# The evaluation's score metrics in the order the evaluate container computes them (higher is better).
-_SCORE_ORDER = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_schema_match", "stop_rate")
+# The evaluation's score metrics (higher is better), after the primary one: the graders a sidecar chose first, then
+# the text metrics every evaluation has.
+_SCORE_ORDER = (
+    "judge_score",
+    "judge_win_rate",
+    "custom_score",
+    "classification_accuracy",
+    "classification_macro_f1",
+    "json_schema_match",
+    "pattern_pass_rate",
+    "exact_match",
+    "token_f1",
+    "rouge_l",
+    "json_valid",
+    "stop_rate",
+)
 _MODELS = ("candidate", "base", "production")
 _STAGE_NAMES = frozenset(stage.value for stage in Stage if stage is not Stage.RUN)
 _STAGE_PREFIX = re.compile(r"^(?P<stage>[a-z]+):\s*(?P<rest>.*)$", re.DOTALL)
@@ -253,6 +267,7 @@ def _evaluate_facts(m: _Metrics) -> _Facts:
     if passed is not None:
         facts.add("Gate", ":white_check_mark: passed" if passed else ":no_entry: did not pass")
     facts.add("Eval examples", m.number("examples", "eval_examples"))
+    facts.add("Judge cost", m.number("judge_cost_usd"), _usd)
     primary = m.text("primary_metric")
     facts.lines = [_score_line(m, name, primary) for name in _score_names(m)]
     return facts

@@ -1,0 +1,72 @@
+"""The evaluation's custom graders: Lambda functions the stack allows (GraderFunctionArns), invoked synchronously
+with a batch of items and answering one score in [0, 1] per item.
+
+Request: ``{"items": [{"index": 3, "model": "candidate", "prompt": [messages], "reference": "...",
+"answer": "..."}]}``.
+Answer: ``{"scores": [0.5, ...]}`` in the items' order. A function error (the function raised), an answer of the
+wrong shape or a score outside [0, 1] is ``GraderFailed`` naming the function; throttling is ``JudgeUnavailable``'s
+kin for graders, retried by the state machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tuneplane.errors import GraderFailed, JudgeUnavailable
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
+
+# Lambda's synchronous invocation payload quota is 6 MB each way (the Lambda quotas page); batches stay well under.
+MAX_REQUEST_BYTES = 5 * 1024 * 1024
+_TRANSIENT = {"TooManyRequestsException", "ServiceException", "EC2ThrottledException", "ResourceNotReadyException"}
+
+
+@cache
+def _lambda() -> LambdaClient:
+    return boto3.client("lambda", config=Config(read_timeout=900, retries={"mode": "standard"}))
+
+
+def score(function: str, items: list[dict[str, Any]]) -> list[float]:
+    """The function's scores of ``items`` (one each, in order)."""
+    payload = json.dumps({"items": items}).encode()
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise GraderFailed(f"grader {function}: a batch of {len(items)} items is {len(payload)} bytes, over the limit")
+    try:
+        response = _lambda().invoke(FunctionName=function, InvocationType="RequestResponse", Payload=payload)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _TRANSIENT:
+            raise JudgeUnavailable(f"grader {function} was not invoked: {code}") from exc
+        raise GraderFailed(f"grader {function} could not be invoked: {code} {exc}") from exc
+    except BotoCoreError as exc:
+        raise JudgeUnavailable(f"grader {function} was not invoked: {exc}") from exc
+    raw = response["Payload"].read()
+    if response.get("FunctionError"):
+        try:
+            detail = json.loads(raw).get("errorMessage", "")
+        except (ValueError, AttributeError):
+            detail = raw[:300].decode("utf-8", "replace")
+        raise GraderFailed(f"grader {function} raised an error: {detail}")
+    try:
+        scores = json.loads(raw)["scores"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GraderFailed(f'grader {function} answered without a "scores" list: {raw[:200]!r}') from exc
+    if not isinstance(scores, list) or len(scores) != len(items):
+        got = len(scores) if isinstance(scores, list) else type(scores).__name__
+        raise GraderFailed(f"grader {function} answered {got} scores for {len(items)} items")
+    checked: list[float] = []
+    for position, value in enumerate(scores):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise GraderFailed(f"grader {function}: score {position} is {value!r}, not a number in [0, 1]")
+        if not 0.0 <= value <= 1.0:
+            raise GraderFailed(f"grader {function}: score {position} is {value}, outside [0, 1]")
+        checked.append(float(value))
+    return checked

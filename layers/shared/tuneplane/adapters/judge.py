@@ -1,0 +1,140 @@
+"""The evaluation's judge model: one chat turn (a system prompt and a user message) answered greedily.
+
+Two kinds, chosen by the stack: Bedrock's Converse API (``JudgeModelId``: a model or inference profile id; the
+Grade function's role may call ``bedrock:InvokeModel`` on it) or any OpenAI-compatible chat-completions server
+(``JudgeEndpointUrl``: a self-hosted vLLM, a gateway; in the local cloud, a local endpoint). Throttling, server
+errors and timeouts are ``JudgeUnavailable`` (the state machine retries the pass); a refusal that a retry cannot
+change (access denied, an unknown model, a malformed request) is ``GraderFailed``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tuneplane.errors import GraderFailed, JudgeUnavailable
+
+if TYPE_CHECKING:
+    from mypy_boto3_bedrock_runtime import BedrockRuntimeClient
+
+JUDGE_MAX_TOKENS = 512  # a verdict and its reasons; also the cost estimate's bound on the judge's output
+# Bedrock's Converse errors that a retry can fix (the API reference: ThrottlingException, ServiceUnavailableException,
+# InternalServerException, ModelNotReadyException, ModelTimeoutException); anything else is the request's fault.
+_TRANSIENT = {
+    "ThrottlingException",
+    "ServiceUnavailableException",
+    "InternalServerException",
+    "ModelNotReadyException",
+    "ModelTimeoutException",
+}
+_TRANSIENT_HTTP = {408, 409, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class JudgeReply:
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+
+class Judge(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def ask(self, system: str, user: str) -> JudgeReply: ...
+
+
+@cache
+def _runtime() -> BedrockRuntimeClient:
+    # Standard retry mode backs off throttling itself before the error reaches the state machine's Retry.
+    return boto3.client("bedrock-runtime", config=Config(read_timeout=120, retries={"mode": "standard"}))
+
+
+@dataclass(frozen=True)
+class BedrockJudge:
+    model_id: str
+
+    @property
+    def name(self) -> str:
+        return f"bedrock:{self.model_id}"
+
+    def ask(self, system: str, user: str) -> JudgeReply:
+        try:
+            response = _runtime().converse(
+                modelId=self.model_id,
+                system=[{"text": system}],
+                messages=[{"role": "user", "content": [{"text": user}]}],
+                inferenceConfig={"maxTokens": JUDGE_MAX_TOKENS, "temperature": 0.0},
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            message = exc.response.get("Error", {}).get("Message", "")
+            if code in _TRANSIENT:
+                raise JudgeUnavailable(f"the judge {self.model_id} did not answer: {code} {message}") from exc
+            raise GraderFailed(f"the judge {self.model_id} refused the request: {code} {message}") from exc
+        except BotoCoreError as exc:
+            raise JudgeUnavailable(f"the judge {self.model_id} did not answer: {exc}") from exc
+        blocks = response.get("output", {}).get("message", {}).get("content", [])
+        text = "".join(str(block.get("text", "")) for block in blocks)
+        usage: Any = response.get("usage", {})
+        return JudgeReply(text, int(usage.get("inputTokens", 0)), int(usage.get("outputTokens", 0)))
+
+
+@dataclass(frozen=True)
+class OpenAICompatibleJudge:
+    base_url: str
+    model: str = "judge"
+    timeout_s: float = 120.0
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self.base_url} ({self.model})"
+
+    def ask(self, system: str, user: str) -> JudgeReply:
+        body = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "max_tokens": JUDGE_MAX_TOKENS,
+            "temperature": 0,
+            "stream": False,
+        }
+        request = urllib.request.Request(
+            self.base_url.rstrip("/") + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 (https or loopback)
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:300].decode("utf-8", "replace")
+            if exc.code in _TRANSIENT_HTTP:
+                raise JudgeUnavailable(f"the judge at {self.base_url} answered HTTP {exc.code}: {detail}") from exc
+            raise GraderFailed(f"the judge at {self.base_url} refused the request: HTTP {exc.code} {detail}") from exc
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            raise JudgeUnavailable(f"the judge at {self.base_url} did not answer: {exc}") from exc
+        except ValueError as exc:
+            raise JudgeUnavailable(f"the judge at {self.base_url} answered something that is not JSON") from exc
+        try:
+            text = str(answer["choices"][0]["message"]["content"] or "")
+        except (KeyError, IndexError, TypeError) as exc:
+            raise GraderFailed(f"the judge at {self.base_url} answered without choices[0].message.content") from exc
+        usage = answer.get("usage") or {}
+        return JudgeReply(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+def judge_for(model_id: str, endpoint_url: str) -> Judge:
+    """The stack's judge: the OpenAI-compatible server when JudgeEndpointUrl is set (JudgeModelId then names the
+    model it serves), else Bedrock's JudgeModelId."""
+    if endpoint_url:
+        return OpenAICompatibleJudge(endpoint_url, model_id or "judge")
+    return BedrockJudge(model_id)

@@ -1,0 +1,221 @@
+"""The sidecar's ``evaluation.graders`` and ``evaluation.thresholds``: how answers are scored beyond exact match.
+
+Two places score: the Evaluate job (containers/evaluate, on the GPU, no network) computes the metrics of
+``CONTAINER_METRICS`` from the answers it generates; the Grade function (functions/grade, in the control plane,
+where Bedrock and Lambda can be called) adds the judge's and a custom Lambda grader's (``CONTROL_PLANE_METRICS``)
+from the answers the job wrote. Every metric is in [0, 1], higher is better, so a threshold is always a minimum.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+# Computed by the Evaluate job (containers/evaluate/graders.py names the same ones).
+CONTAINER_METRICS = (
+    "exact_match",
+    "token_f1",
+    "rouge_l",
+    "json_valid",
+    "json_schema_match",
+    "stop_rate",
+    "classification_accuracy",
+    "classification_macro_f1",
+    "pattern_pass_rate",
+    "pattern_regex",
+    "pattern_must_contain",
+    "pattern_must_not_contain",
+    "regression_pass_rate",
+)
+# Computed by the Grade function (tuneplane/logic/grading.py).
+CONTROL_PLANE_METRICS = ("judge_score", "judge_win_rate", "custom_score")
+GRADER_METRICS = CONTAINER_METRICS + CONTROL_PLANE_METRICS
+ContainerMetric = Literal[
+    "exact_match",
+    "token_f1",
+    "rouge_l",
+    "json_valid",
+    "json_schema_match",
+    "stop_rate",
+    "classification_accuracy",
+    "classification_macro_f1",
+    "pattern_pass_rate",
+    "pattern_regex",
+    "pattern_must_contain",
+    "pattern_must_not_contain",
+    "regression_pass_rate",
+]
+GraderMetric = Literal[
+    "exact_match",
+    "token_f1",
+    "rouge_l",
+    "json_valid",
+    "json_schema_match",
+    "stop_rate",
+    "classification_accuracy",
+    "classification_macro_f1",
+    "pattern_pass_rate",
+    "pattern_regex",
+    "pattern_must_contain",
+    "pattern_must_not_contain",
+    "regression_pass_rate",
+    "judge_score",
+    "judge_win_rate",
+    "custom_score",
+]
+MAX_SCHEMA_CHARS = 20_000
+MAX_RUBRIC_CHARS = 4_000
+MAX_GRADED_EXAMPLES = 2_000  # per run, for the judge and a custom grader (the caps of the stack may be lower)
+
+_Phrase = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassificationGrader(_Section):
+    """Accuracy, macro-F1 and a confusion matrix over a label set. Without ``labels`` the job decides from the
+    references (a small set of short answers); with them it is on, and every reference must be one. ``enabled``
+    false turns the automatic decision off."""
+
+    enabled: bool = True
+    labels: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] | None = Field(
+        default=None, min_length=2, max_length=50
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is not None and len({label.strip().casefold() for label in labels}) != len(labels):
+            raise ValueError("labels must be distinct (compared without case and surrounding spaces)")
+        return labels
+
+
+class JsonGrader(_Section):
+    """JSON validity, and a match against ``schema`` (a JSON Schema, Draft 2020-12) or, without one, the shape of the
+    references."""
+
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is None:
+            return None
+        import json
+
+        if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
+            raise ValueError(f"the schema is longer than {MAX_SCHEMA_CHARS} characters")
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            where = "/".join(str(part) for part in exc.path) or "(top level)"
+            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from exc
+        return schema
+
+
+class PatternGrader(_Section):
+    """Checks of each answer's text: a regular expression it must match (``re.search``), phrases it must contain,
+    phrases it must not contain."""
+
+    regex: str | None = Field(default=None, min_length=1, max_length=500)
+    must_contain: list[_Phrase] = Field(default_factory=list, max_length=20)
+    must_not_contain: list[_Phrase] = Field(default_factory=list, max_length=20)
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, regex: str | None) -> str | None:
+        if regex is None:
+            return None
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        if _NESTED_QUANTIFIER.search(regex):
+            # A quantified group that itself ends in a quantifier ((a+)+, (\w*)*) backtracks exponentially on a
+            # long answer that almost matches: the job would run to its time limit.
+            raise ValueError("a repeated group that itself repeats (e.g. (a+)+) can take exponential time; simplify")
+        return regex
+
+    def configured(self) -> bool:
+        return bool(self.regex or self.must_contain or self.must_not_contain)
+
+
+_NESTED_QUANTIFIER = re.compile(r"[+*}]\)[+*{]")
+
+
+class JudgeGrader(_Section):
+    """An LLM judge (the stack's JudgeModelId on Bedrock, or its JudgeEndpointUrl) scores answers against a rubric.
+
+    Each model's answer gets a score from 1 to 10 (``judge_score``, scaled to [0, 1]); with ``pairwise`` the
+    candidate is also compared with production (or the base, when nothing is in production) twice, with the two
+    answers' positions swapped, so that a judge that prefers the first answer cancels out (``judge_win_rate``)."""
+
+    rubric: str = Field(min_length=10, max_length=MAX_RUBRIC_CHARS)
+    pairwise: bool = True
+    max_examples: int = Field(default=100, ge=1, le=MAX_GRADED_EXAMPLES)
+
+
+class CustomGrader(_Section):
+    """A Lambda function that scores batches of (prompt, reference, answer); it must be one the stack allows
+    (GraderFunctionArns): a sidecar can only choose among them."""
+
+    function: str = Field(
+        min_length=1,
+        max_length=170,
+        pattern=r"^(arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:)?[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9$_-]{1,128})?$",
+        description="The function's name or ARN, as listed in the stack's GraderFunctionArns.",
+    )
+    max_examples: int = Field(default=500, ge=1, le=MAX_GRADED_EXAMPLES)
+
+
+class Graders(_Section):
+    classification: ClassificationGrader | None = None
+    json_: JsonGrader | None = Field(default=None, alias="json")
+    pattern: PatternGrader | None = None
+    judge: JudgeGrader | None = None
+    custom: CustomGrader | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def container_config(self) -> dict[str, Any]:
+        """The graders.json sections the Evaluate job reads (containers/evaluate/graders.py)."""
+        config: dict[str, Any] = {}
+        if self.classification is not None and not self.classification.enabled:
+            config["classification"] = False
+        elif self.classification is not None:
+            config["classification"] = self.classification.model_dump(exclude_none=True, exclude={"enabled"})
+        if self.json_ is not None:
+            config["json"] = self.json_.model_dump(by_alias=True, exclude_none=True)
+        if self.pattern is not None and self.pattern.configured():
+            config["pattern"] = self.pattern.model_dump(exclude_none=True)
+        return config
+
+    def control_plane(self) -> bool:
+        """Whether the Grade function has work: a judge or a custom grader."""
+        return self.judge is not None or self.custom is not None
+
+
+def metric_owner(metric: str) -> Literal["job", "grade"]:
+    return "grade" if metric in CONTROL_PLANE_METRICS else "job"
+
+
+def required_grader(metric: str) -> str | None:
+    """The grader a metric needs configured in the sidecar (None: always computed or automatic)."""
+    if metric.startswith("judge_"):
+        return "judge"
+    if metric == "custom_score":
+        return "custom"
+    if metric.startswith("pattern_"):
+        return "pattern"
+    if metric == "regression_pass_rate":
+        return "regression"
+    return None
