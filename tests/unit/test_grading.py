@@ -8,10 +8,12 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+import yaml
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
@@ -23,6 +25,7 @@ from tuneplane.errors import GraderFailed, JudgeUnavailable
 from tuneplane.logic import grading
 from tuneplane.models.graders import Graders
 
+ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "grading-bucket"
 FOLDER = f"s3://{BUCKET}/runs/r1/evaluation/"
 GRADER_ARN = "arn:aws:lambda:us-east-1:123456789012:function:my-grader"
@@ -364,3 +367,20 @@ def test_bedrock_throttling_is_retried_and_a_refusal_is_not(
     bedrock_stub.add_client_error("converse", code, http_status_code=429 if "Throttling" in code else 403)
     with pytest.raises(error, match=code):
         BedrockJudge("judge").ask("sys", "user")
+
+
+def test_a_pass_always_has_time_for_the_slowest_chunk_it_starts() -> None:
+    # GIVEN the Grade function's timeout in the template and the worst a chunk can take (every judge call timing
+    # out on every attempt, then the custom grader's call timing out)
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    template = yaml.load((ROOT / "template.yaml").read_text(), Loader=_Loader)
+    timeout_s = template["Resources"]["GradeFunction"]["Properties"]["Timeout"]
+    worst_chunk_s = (
+        -(-grading.CHUNK * 5 // grading.JUDGE_THREADS) * judge.JUDGE_ATTEMPTS * judge.JUDGE_TIMEOUT_S
+        + grader_functions.GRADER_TIMEOUT_S
+    )
+    # THEN a pass stops taking chunks while the worst one could still outlast the function
+    assert worst_chunk_s * 1000 < grading.PASS_RESERVE_MS < timeout_s * 1000

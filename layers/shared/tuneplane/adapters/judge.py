@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from mypy_boto3_bedrock_runtime import BedrockRuntimeClient
 
 JUDGE_MAX_TOKENS = 512  # a verdict and its reasons; also the cost estimate's bound on the judge's output
+# A call waits at most JUDGE_TIMEOUT_S per attempt, JUDGE_ATTEMPTS attempts (Bedrock's own retry of throttling), so
+# a grading pass can bound a chunk's time (logic/grading.py); longer outages are the state machine's Retry.
+JUDGE_TIMEOUT_S = 60
+JUDGE_ATTEMPTS = 2
 # Bedrock's Converse errors that a retry can fix (the API reference: ThrottlingException, ServiceUnavailableException,
 # InternalServerException, ModelNotReadyException, ModelTimeoutException); anything else is the request's fault.
 _TRANSIENT = {
@@ -54,8 +58,13 @@ class Judge(Protocol):
 
 @cache
 def _runtime() -> BedrockRuntimeClient:
-    # Standard retry mode backs off throttling itself before the error reaches the state machine's Retry.
-    return boto3.client("bedrock-runtime", config=Config(read_timeout=120, retries={"mode": "standard"}))
+    # Standard retry mode backs off throttling once itself before the error reaches the state machine's Retry.
+    return boto3.client(
+        "bedrock-runtime",
+        config=Config(
+            read_timeout=JUDGE_TIMEOUT_S, retries={"mode": "standard", "total_max_attempts": JUDGE_ATTEMPTS}
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,7 @@ class BedrockJudge:
 class OpenAICompatibleJudge:
     base_url: str
     model: str = "judge"
-    timeout_s: float = 120.0
+    timeout_s: float = JUDGE_TIMEOUT_S
 
     @property
     def name(self) -> str:

@@ -31,17 +31,21 @@ from typing import Any
 from pydantic import ValidationError
 
 from tuneplane.adapters import grader_functions, s3
-from tuneplane.adapters.judge import JUDGE_MAX_TOKENS, Judge, JudgeReply, judge_for
+from tuneplane.adapters.grader_functions import GRADER_TIMEOUT_S
+from tuneplane.adapters.judge import JUDGE_ATTEMPTS, JUDGE_MAX_TOKENS, JUDGE_TIMEOUT_S, Judge, JudgeReply, judge_for
 from tuneplane.config import GradeSettings, RunLimitSettings
 from tuneplane.errors import InvalidConfiguration, OrchestrationError
 from tuneplane.logic.validation.pii import mask_pii
 from tuneplane.models.graders import CONTROL_PLANE_METRICS, CustomGrader, Graders, JudgeGrader, metric_owner
 from tuneplane.models.pipeline import EvaluationOverrides, GradeProgress, GradeRequest
 
-CHUNK = 16  # examples per part file
+CHUNK = 8  # examples per part file
 JUDGE_THREADS = 8
-CUSTOM_BATCH = 32  # items per custom-grader invocation
-PASS_RESERVE_MS = 150_000  # a chunk may take two judge timeouts; stop taking chunks with less time than this left
+CUSTOM_BATCH = 32  # items per custom-grader invocation: a chunk's answers (8 examples x 3 models) in one call
+# A pass takes no new chunk with less time left than a chunk may take at worst: every judge call of the chunk (up to
+# 5 per example) in rounds of JUDGE_THREADS, each call its attempts x its timeout, then the custom grader's call.
+_JUDGE_ROUNDS = -(-CHUNK * 5 // JUDGE_THREADS)
+PASS_RESERVE_MS = (_JUDGE_ROUNDS * JUDGE_ATTEMPTS * JUDGE_TIMEOUT_S + GRADER_TIMEOUT_S + 30) * 1000
 MAX_CONVERSATION_CHARS = 8_000  # of the prompt shown to the judge (its end kept): bounds the judge's cost
 MAX_ANSWER_CHARS = 6_000
 WORST_SHOWN = 3
