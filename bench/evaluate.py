@@ -1,13 +1,15 @@
-"""Evaluate stage throughput: batched greedy generation (the container's default batch) vs one prompt at a time.
+"""Evaluate stage throughput: the job's batches sized to the GPU's memory (batch_size 0, the default) against the
+fixed batch of 16 it used before, in the same run.
 
-    python bench/evaluate.py --model-size 7b --examples 64 --batch-size 16     # an H100: examples/s, ratio
-    python bench/evaluate.py --model-size tiny --examples 8 --batch-size 4      # CPU smoke run
+    python bench/evaluate.py --model-size 7b --examples 512 --out bench/results/evaluate_auto_7b_<gpu>_<date>.json
+    python bench/evaluate.py --model-size tiny --examples 8 --batch-size 4 --baseline-batch-size 1   # CPU smoke run
 
 Builds a random model of the given shape (Mistral-7B dimensions; the vocabulary of the tiny tokenizer of
 local/tiny_model.py, so every generated id decodes), writes synthetic chat conversations, and runs
-containers/evaluate/evaluate.py as a subprocess twice on the same data: `--batch_size 1` (the baseline) and the given
-batch size. A random model never emits its end-of-turn token, so every answer runs to `--max-new-tokens`: the figure
-is the worst case. Prints examples/s and generated tokens/s of each run and the ratio batched / one at a time.
+containers/evaluate/evaluate.py as a subprocess twice on the same data: `--batch_size 16` (the baseline) and the
+given batch size (0: sized to the free memory). A random model never emits its end-of-turn token, so every answer
+runs to `--max-new-tokens`: the figure is the worst case. Prints the job's own generated tokens/s (the candidate's
+generation, timed inside the job) of each run and the ratio.
 Needs torch, transformers and safetensors only.
 """
 
@@ -81,42 +83,27 @@ def evaluate(root: Path, model_dir: Path, eval_file: Path, batch: int, max_new_t
         reason = failure.read_text() if failure.is_file() else done.stderr[-2000:]
         raise SystemExit(f"evaluate.py --batch_size {batch} failed: {reason}")
     report = json.loads((out / "evaluation.json").read_text())
-    candidate = report["metrics"]["candidate"]
-    per_second = _find(report, "examples_per_second")
+    candidate = report["models"]["candidate"]
     return {
         "batch_size": batch,
         "job_wall_s": round(wall, 2),
-        "examples_per_second": per_second,
-        "generated_tokens_per_second": per_second * candidate.get("mean_generated_tokens", max_new_tokens)
-        if per_second
-        else None,
-        "mean_generated_tokens": candidate.get("mean_generated_tokens"),
-        "stop_rate": candidate.get("stop_rate"),
+        "device": report.get("device"),
+        "generation_seconds": candidate["generation_seconds"],
+        "examples_per_second": candidate["examples_per_second"],
+        "generated_tokens_per_second": candidate.get("generated_tokens_per_second"),
+        "batches": candidate.get("batches"),
+        "largest_batch": candidate.get("largest_batch"),
+        "mean_generated_tokens": report["metrics"]["candidate"].get("mean_generated_tokens"),
+        "peak_memory_gb": report.get("peak_memory_gb"),
     }
-
-
-def _find(document: Any, key: str) -> float | None:
-    """The first value of ``key`` anywhere in the report (the candidate's generation timing)."""
-    if isinstance(document, dict):
-        if key in document and isinstance(document[key], int | float):
-            return float(document[key])
-        for value in document.values():
-            found = _find(value, key)
-            if found is not None:
-                return found
-    if isinstance(document, list):
-        for value in document:
-            found = _find(value, key)
-            if found is not None:
-                return found
-    return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-size", choices=sorted(SHAPES), default="7b")
-    parser.add_argument("--examples", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16, help="the batched run (the container's default: 16)")
+    parser.add_argument("--examples", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=0, help="the run measured (0: sized to the GPU's memory)")
+    parser.add_argument("--baseline-batch-size", type=int, default=16, help="the baseline (the job's old default)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
     args = parser.parse_args()
@@ -125,25 +112,42 @@ def main() -> None:
         started = time.monotonic()
         model_dir, eval_file = build(root, args.model_size, args.examples)
         print(f"built a random {args.model_size} model in {time.monotonic() - started:.1f}s", flush=True)
-        one = evaluate(root, model_dir, eval_file, 1, args.max_new_tokens)
-        batched = evaluate(root, model_dir, eval_file, args.batch_size, args.max_new_tokens)
+        baseline = evaluate(root, model_dir, eval_file, args.baseline_batch_size, args.max_new_tokens)
+        print(f"baseline: {json.dumps(baseline)}", flush=True)
+        measured = evaluate(root, model_dir, eval_file, args.batch_size, args.max_new_tokens)
+    ratio = (
+        measured["generated_tokens_per_second"] / baseline["generated_tokens_per_second"]
+        if measured["generated_tokens_per_second"] and baseline["generated_tokens_per_second"]
+        else None
+    )
     results = {
+        "command": " ".join(["python", "bench/evaluate.py", *sys.argv[1:]]),
+        "gpu": _gpu_name(),
         "model_size": args.model_size,
         "examples": args.examples,
         "max_new_tokens": args.max_new_tokens,
-        "one_at_a_time": one,
-        "batched": batched,
-        "speedup": (batched["examples_per_second"] or 0) / one["examples_per_second"]
-        if one["examples_per_second"]
-        else None,
+        "baseline": baseline,
+        "measured": measured,
+        "generated_tokens_per_second_ratio": ratio,
     }
     print(json.dumps(results, indent=2))
-    print(
-        f"batch {args.batch_size}: {batched['examples_per_second']:.2f} examples/s vs one at a time "
-        f"{one['examples_per_second']:.2f} examples/s: ratio {results['speedup']:.2f}x"
-    )
+    if ratio is not None:
+        print(
+            f"batch {args.batch_size or 'auto'} (largest {measured['largest_batch']}): "
+            f"{measured['generated_tokens_per_second']:.1f} generated tokens/s vs batch {args.baseline_batch_size}: "
+            f"{baseline['generated_tokens_per_second']:.1f}: ratio {ratio:.2f}x"
+        )
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _gpu_name() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        return None
 
 
 if __name__ == "__main__":

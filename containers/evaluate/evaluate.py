@@ -1,32 +1,65 @@
 """Evaluate a fine-tuned model against its base (and production) under the SageMaker Processing contract.
 
-SageMaker Processing mounts the inputs under /opt/ml/processing/input/{candidate,base,production,eval} (the merged
-candidate model, the base model it was trained from, optionally the model now in production, and the eval split as
-chat JSONL) and uploads /opt/ml/processing/output/evaluation; a one-line cause of any failure goes to the failure
-file (/opt/ml/output/message by default: SageMaker Processing reports it as the job's ExitMessage; the job exits
-non-zero). No production input (the directory is absent or `--production_dir ""`) means there is no model in
-production yet: that threshold is then skipped.
+SageMaker Processing mounts the inputs under
+/opt/ml/processing/input/{candidate,base,production,eval,graders,regression} (the merged candidate model, the base
+model it was trained from, optionally the model now in production, the eval split as chat JSONL, optionally
+graders/graders.json, optionally the stack's regression set as *.jsonl files) and uploads
+/opt/ml/processing/output/evaluation; a one-line cause of any failure goes to the failure file (/opt/ml/output/message
+by default: SageMaker Processing reports it as the job's ExitMessage; the job exits non-zero). No production input
+(the directory is absent or `--production_dir ""`) means there is no model in production yet: that threshold is
+then skipped. No graders.json (neither `--graders_file` nor
+graders.json in `--graders_dir`, the graders input's folder) means `{}`. No regression set (`--regression_dir`
+absent, "", without *.jsonl files or with blank ones) means no regression metric, rule or output: the rest is
+unchanged.
 
 What it does: for each eval conversation the prompt is every message but the final assistant one, rendered with the
 model's chat template (`add_generation_prompt`), and the reference is that final assistant message. Each model
 answers greedily, in batches with left padding, at most `max_new_tokens` tokens, stopping on its end-of-turn
 token(s) (the tokenizer's eos plus generation_config.json's eos ids plus a known end-of-turn marker of the chat
-template). The answers are scored (exact match, token F1, ROUGE-L F, JSON validity and schema match when every
-reference is JSON, mean generated length, stop rate: the share of answers that ended on an end-of-turn token rather
-than at `max_new_tokens`), and `passed` is decided from the thresholds given (`min_score` on `primary_metric`,
-`max_regression_vs_production`, `min_improvement_over_base`, `min_stop_rate`), each failure spelled out in
-`reasons`. The gate itself is a decision of the state machine: this job only computes the numbers and the flag.
+template). The answers are scored by graders.py (its docstring lists every metric and graders.json's keys): exact
+match, token F1, ROUGE-L F, mean generated length, stop rate (the share of answers that ended on an end-of-turn token
+rather than at `max_new_tokens`); JSON validity and schema match (against graders.json's `json.schema`, or the
+references' shape when every reference is JSON); classification accuracy, macro-F1 and a confusion matrix (with
+graders.json's `classification.labels`, or automatically when the references are a few short labels); pattern checks
+(`pattern`: regex, must_contain, must_not_contain). `passed` is decided from the thresholds given (`min_score` on
+the primary metric, `max_regression_vs_production`, `min_improvement_over_base`, `min_stop_rate`, and graders.json's
+`thresholds`, a minimum per metric for the candidate; graders.json's `primary_metric` overrides `--primary_metric`),
+each failure spelled out in `reasons`. A primary metric or threshold on a metric that is not computed is a
+ConfigError, raised before any model is loaded. The gate itself is a decision of the state machine: this job only
+computes the numbers and the flag.
 
-Writes `evaluation.json` (per-model metrics, deltas vs base and vs production, passed, reasons, the worst
-`worst_examples` examples with prompt/reference/answers) and `evaluation.png` (grouped bars per metric in [0, 1]:
-candidate, base, production; no text in the image, the legend is in evaluation.json's `chart`).
+Regression set: general prompts with expected behaviours, the same for every run of the stack, so that a fine-tune
+that forgets how to follow an instruction or how to stop is caught even when its task metric improves. Each line of
+each `*.jsonl` file in `--regression_dir` (sorted by name; at most 2,000 prompts) is `{"id": "optional", "messages":
+[... ending with a user turn], "expect": {...}}`, expect keys must_contain, must_not_contain, regex, stops, max_words
+(regression.py's docstring has the details); a bad line is a ConfigError naming `file:line`, raised before any model
+loads. Every model answers them in the same generate call as the eval split (same chat template, greedy settings and
+batching; `generation_seconds` covers both). Metric: `regression_pass_rate` (the share of prompts whose every
+expectation holds) in each model's metrics: it can be the primary metric or a threshold and is drawn in the chart.
+Gate: the candidate's rate may be at most `max_regression_drop` (default 0.1; inf: off) below the base's; the reason
+lists up to 5 ids of the prompts the base passed and the candidate failed.
+
+Writes `evaluation.json` (per-model metrics, deltas vs base and vs production, passed, reasons, thresholds with
+graders.json's under `thresholds.metrics`, `graders`: the classification labels / whether they were detected / each
+model's confusion matrix, the JSON schema or "inferred", the pattern checks, each null when off; `regression`:
+null without a regression set, else its examples, files, per model the pass rate and the first 20 ids it failed, and
+`lost`, the ids the base passed and the candidate failed; the worst
+`worst_examples` examples with prompt/reference/answers), `answers.jsonl` (one line per eval example, in eval order:
+index, prompt, reference, and per model its answer, stop flag and scores; the control plane's judge and custom
+graders read it), with a regression set `regression_answers.jsonl` (one line per regression prompt, in set order:
+id, messages, expect, and per model its answer, stop flag, whether it passed and the expectations it failed) and
+`evaluation.png` (grouped bars per score metric computed, each in [0, 1]: candidate, base,
+production; no text in the image, the legend is in evaluation.json's `chart`).
 
 Outside SageMaker give the paths explicitly (any field of `EvaluateConfig` is a `--name value` argument):
 
 ```bash
+echo '{"pattern": {"must_not_contain": ["As an AI"]}, "thresholds": {"pattern_pass_rate": 0.5}}' \
+    > /tmp/tiny-graders.json
 python containers/evaluate/evaluate.py \
     --candidate_dir /tmp/tiny-merged --base_dir /tmp/tiny-base --production_dir "" \
-    --eval_dir runs/demo/data/eval.jsonl --output_dir /tmp/tiny-evaluation --failure_file /tmp/tiny-eval-failure \
+    --eval_dir runs/demo/data/eval.jsonl --graders_file /tmp/tiny-graders.json \
+    --output_dir /tmp/tiny-evaluation --failure_file /tmp/tiny-eval-failure \
     --max_new_tokens 32 --batch_size 4 --min_stop_rate 0
 ```
 
@@ -44,7 +77,6 @@ import struct
 import sys
 import time
 import zlib
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,20 +86,22 @@ if not __package__:  # run as a script: the directory holding containers/ (the r
 
 from containers.common import jobkit  # noqa: E402
 from containers.common.jobkit import END_OF_TURN_TOKENS, ConfigError  # noqa: E402
+from containers.evaluate import batching, graders, regression  # noqa: E402
+from containers.evaluate.graders import SCORE_METRICS, Graders  # noqa: E402
 
 SM_DEFAULTS = {
     "candidate_dir": "/opt/ml/processing/input/candidate",
     "base_dir": "/opt/ml/processing/input/base",
     "production_dir": "/opt/ml/processing/input/production",
     "eval_dir": "/opt/ml/processing/input/eval",
+    "graders_file": "/opt/ml/processing/input/graders/graders.json",
+    "graders_dir": "/opt/ml/processing/input/graders",
+    "regression_dir": "/opt/ml/processing/input/regression",
     "output_dir": "/opt/ml/processing/output/evaluation",
     "failure_file": jobkit.PROCESSING_FAILURE_FILE,
 }
 PATH_FIELDS = tuple(SM_DEFAULTS)
 MODELS = ("candidate", "base", "production")
-# Metrics in [0, 1] where higher is better: these can be the primary metric and are drawn in the chart.
-SCORE_METRICS = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_schema_match", "stop_rate")
-JSON_METRICS = ("json_valid", "json_schema_match")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 # Chart colours (RGB): candidate, base, production.
 CHART_COLORS = {"candidate": (31, 119, 180), "base": (160, 160, 160), "production": (255, 127, 14)}
@@ -86,17 +120,41 @@ class EvaluateConfig:
         f"(default: {SM_DEFAULTS['production_dir']}; absent or empty: no production model)",
     )
     eval_dir: str = _path_default("eval_dir")
+    graders_file: str = jobkit.path_field(
+        SM_DEFAULTS["graders_file"],
+        f"(default: {SM_DEFAULTS['graders_file']}; absent or empty: {{}}; keys: see graders.py)",
+    )
+    graders_dir: str = jobkit.path_field(
+        SM_DEFAULTS["graders_dir"],
+        f"(default: {SM_DEFAULTS['graders_dir']}) The graders input's folder: its graders.json is read when "
+        "--graders_file is not a file (the control plane passes each processing input as --<name>_dir).",
+    )
+    regression_dir: str = jobkit.path_field(
+        SM_DEFAULTS["regression_dir"],
+        f"(default: {SM_DEFAULTS['regression_dir']}; absent, empty or without *.jsonl files: no regression set) "
+        "The stack's regression prompts (see regression.py).",
+    )
     output_dir: str = _path_default("output_dir")
     failure_file: str = _path_default("failure_file")
 
     max_new_tokens: int = field(default=256, metadata={"help": "Most tokens generated per answer (>= 1)."})
-    batch_size: int = field(default=16, metadata={"help": "Prompts generated together, left-padded (>= 1)."})
+    batch_size: int = field(
+        default=0,
+        metadata={
+            "help": "Prompts generated together, left-padded (>= 1); 0: as many as the GPU's free memory holds "
+            "(batching.py), 16 on the CPU."
+        },
+    )
     max_examples: int = field(default=0, metadata={"help": "Eval conversations used (0: all)."})
     max_prompt_tokens: int = field(
         default=4096, metadata={"help": "Longer prompts keep their last max_prompt_tokens tokens (>= 8)."}
     )
     primary_metric: str = field(
-        default="exact_match", metadata={"help": f"Metric the thresholds apply to: one of {', '.join(SCORE_METRICS)}."}
+        default="exact_match",
+        metadata={
+            "help": f"Metric the thresholds apply to: one of {', '.join(SCORE_METRICS)} (graders.json's "
+            "primary_metric overrides it)."
+        },
     )
     min_score: float = field(default=0.0, metadata={"help": "Candidate's primary metric must be >= this (0: off)."})
     max_regression_vs_production: float = field(
@@ -114,6 +172,13 @@ class EvaluateConfig:
         default=0.9,
         metadata={"help": "Candidate's share of answers that stopped on their own must be >= this (0: off)."},
     )
+    max_regression_drop: float = field(
+        default=0.1,
+        metadata={
+            "help": "With a regression set, the candidate's regression_pass_rate may be at most this much below the "
+            "base's (inf: off)."
+        },
+    )
     worst_examples: int = field(default=20, metadata={"help": "Per-example results kept for the worst cases."})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on cuda, fp32 on cpu) | bf16 | fp16 | fp32."})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu) | cpu | cuda."})
@@ -121,7 +186,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str, str]] = [
             (self.max_new_tokens >= 1, "max_new_tokens", ">= 1"),
-            (self.batch_size >= 1, "batch_size", ">= 1"),
+            (self.batch_size >= 0, "batch_size", ">= 0 (0: sized to the GPU's memory)"),
             (self.max_examples >= 0, "max_examples", ">= 0 (0: all)"),
             (self.max_prompt_tokens >= 8, "max_prompt_tokens", ">= 8"),
             (self.primary_metric in SCORE_METRICS, "primary_metric", f"one of {', '.join(SCORE_METRICS)}"),
@@ -129,6 +194,7 @@ class EvaluateConfig:
             (self.max_regression_vs_production >= 0, "max_regression_vs_production", ">= 0 (inf: off)"),
             (not math.isnan(self.min_improvement_over_base), "min_improvement_over_base", "a number (-inf: off)"),
             (0.0 <= self.min_stop_rate <= 1.0, "min_stop_rate", "in [0, 1]"),
+            (self.max_regression_drop >= 0, "max_regression_drop", ">= 0 (inf: off)"),
             (self.worst_examples >= 0, "worst_examples", ">= 0"),
             (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
             (self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda"),
@@ -141,182 +207,14 @@ def load_config(argv: list[str] | None = None) -> EvaluateConfig:
     return jobkit.load_options(EvaluateConfig, argv, __doc__)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Metrics (pure Python)
-
-
-def exact_match(answer: str, reference: str) -> float:
-    """1.0 when the answer equals the reference after stripping surrounding whitespace."""
-    return 1.0 if answer.strip() == reference.strip() else 0.0
-
-
-def token_f1(answer: str, reference: str) -> float:
-    """SQuAD-style F1 over whitespace tokens (multiset overlap); two empty texts score 1, one empty text 0."""
-    pred, ref = answer.split(), reference.split()
-    if not pred or not ref:
-        return 1.0 if pred == ref else 0.0
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def lcs_length(a: list[str], b: list[str]) -> int:
-    """Length of the longest common subsequence of two token lists (O(len(a) * len(b)) time, O(len(b)) memory)."""
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
-
-
-def rouge_l(answer: str, reference: str) -> float:
-    """ROUGE-L F1 over whitespace tokens: 2PR/(P+R) with P = LCS/len(answer), R = LCS/len(reference)."""
-    pred, ref = answer.split(), reference.split()
-    if not pred or not ref:
-        return 1.0 if pred == ref else 0.0
-    lcs = lcs_length(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def parse_json(text: str) -> tuple[bool, Any]:
-    """(True, value) when the stripped text is a JSON document, else (False, None)."""
-    try:
-        return True, json.loads(text.strip())
-    except (json.JSONDecodeError, ValueError):
-        return False, None
-
-
-def json_type(value: Any) -> str:
-    """JSON type name of a parsed value; int and float are both 'number' (bool is not)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
-def is_json_reference(reference: str) -> bool:
-    """A reference counts as JSON when it parses to an object or an array (a bare number or word does not)."""
-    ok, value = parse_json(reference)
-    return ok and isinstance(value, dict | list)
-
-
-def json_valid(answer: str) -> float:
-    return 1.0 if parse_json(answer)[0] else 0.0
-
-
-def json_schema_match(answer: str, reference: str) -> float:
-    """1.0 when the answer parses as JSON of the reference's shape: same top-level keys with the same value types for
-    objects, the same top-level type otherwise."""
-    ok, value = parse_json(answer)
-    ref_ok, ref = parse_json(reference)
-    if not ok or not ref_ok or json_type(value) != json_type(ref):
-        return 0.0
-    if isinstance(ref, dict):
-        if set(value) != set(ref):
-            return 0.0
-        return 1.0 if all(json_type(value[k]) == json_type(ref[k]) for k in ref) else 0.0
-    return 1.0
-
-
-def score_example(answer: str, reference: str, *, json_references: bool) -> dict[str, float]:
-    scores = {
-        "exact_match": exact_match(answer, reference),
-        "token_f1": token_f1(answer, reference),
-        "rouge_l": rouge_l(answer, reference),
-    }
-    if json_references:
-        scores["json_valid"] = json_valid(answer)
-        scores["json_schema_match"] = json_schema_match(answer, reference)
-    return scores
-
-
-def aggregate(
-    answers: list[str], references: list[str], lengths: list[int], stopped: list[bool], *, json_references: bool
-) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Mean of each metric over the examples, mean generated tokens and stop rate; plus the per-example scores."""
-    if not (len(answers) == len(references) == len(lengths) == len(stopped)) or not answers:
-        raise ValueError("answers, references, lengths and stop flags must be non-empty lists of the same length")
-    per_example = [
-        score_example(a, r, json_references=json_references) for a, r in zip(answers, references, strict=True)
-    ]
-    metrics = {name: sum(s[name] for s in per_example) / len(per_example) for name in per_example[0]}
-    metrics["mean_generated_tokens"] = sum(lengths) / len(lengths)
-    metrics["stop_rate"] = sum(1 for s in stopped if s) / len(stopped)
-    return metrics, per_example
-
-
-def deltas(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    """a - b for every metric the two share."""
-    return {name: a[name] - b[name] for name in a if name in b}
-
-
-def gate(
-    metrics: dict[str, dict[str, float]],
-    *,
-    primary_metric: str,
-    min_score: float,
-    max_regression_vs_production: float,
-    min_improvement_over_base: float,
-    min_stop_rate: float,
-) -> tuple[bool, list[str]]:
-    """Whether the candidate passes; one sentence per failed threshold. `metrics` maps candidate/base/production
-    (production optional) to their aggregate metrics."""
-    candidate = metrics["candidate"]
-    if primary_metric not in candidate:
-        raise ConfigError(
-            f"primary_metric {primary_metric} was not computed (JSON metrics need JSON references); "
-            f"computed: {', '.join(sorted(candidate))}"
-        )
-    reasons: list[str] = []
-    score = candidate[primary_metric]
-    if score < min_score:
-        reasons.append(f"candidate {primary_metric} {score:.4f} is below the minimum score {min_score:.4f}")
-    base = metrics["base"][primary_metric]
-    if score - base < min_improvement_over_base:
-        reasons.append(
-            f"candidate {primary_metric} {score:.4f} improves on the base's {base:.4f} by {score - base:+.4f}, "
-            f"less than the required {min_improvement_over_base:+.4f}"
-        )
-    production = metrics.get("production")
-    if production is not None:
-        current = production[primary_metric]
-        if current - score > max_regression_vs_production:
-            reasons.append(
-                f"candidate {primary_metric} {score:.4f} regresses from production's {current:.4f} by "
-                f"{current - score:.4f}, more than the allowed {max_regression_vs_production:.4f}"
-            )
-    stop_rate = candidate.get("stop_rate", 1.0)
-    if stop_rate < min_stop_rate:
-        reasons.append(
-            f"candidate stopped on its own in only {stop_rate:.1%} of answers (minimum {min_stop_rate:.1%}): the "
-            "rest ran to max_new_tokens, so it does not emit its end-of-turn token (EOS problem)"
-        )
-    return not reasons, reasons
-
-
 def worst_examples(
     prompts: list[Any], references: list[str], results: dict[str, dict[str, Any]], primary_metric: str, count: int
 ) -> list[dict[str, Any]]:
-    """The `count` examples where the candidate scores lowest on the primary metric (then lowest token F1)."""
+    """The `count` examples where the candidate scores lowest on the primary metric (its per-example stand-in for
+    macro-F1: accuracy), then lowest token F1."""
     candidate = results["candidate"]["per_example"]
-    order = sorted(
-        range(len(references)),
-        key=lambda i: (candidate[i].get(primary_metric, 0.0), candidate[i]["token_f1"], i),
-    )
+    key = graders.per_example_key(primary_metric)
+    order = sorted(range(len(references)), key=lambda i: (candidate[i].get(key, 0.0), candidate[i]["token_f1"], i))
     out = []
     for i in order[:count]:
         entry: dict[str, Any] = {"index": i, "prompt": prompts[i], "reference": references[i]}
@@ -329,6 +227,23 @@ def worst_examples(
             }
         out.append(entry)
     return out
+
+
+def answer_records(
+    prompts: list[Any], references: list[str], results: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """answers.jsonl's lines: every eval example in eval order with every model's answer, stop flag and scores."""
+    return [
+        {
+            "index": i,
+            "prompt": prompts[i],
+            "reference": references[i],
+            "answers": {name: result["answers"][i] for name, result in results.items()},
+            "stopped": {name: result["stopped"][i] for name, result in results.items()},
+            "scores": {name: result["per_example"][i] for name, result in results.items()},
+        }
+        for i in range(len(references))
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -416,6 +331,14 @@ def read_eval(location: str, limit: int) -> tuple[list[list[dict[str, Any]]], li
     return prompts, references
 
 
+def graders_path(cfg: EvaluateConfig) -> str:
+    """--graders_file when it is a file, else graders.json in --graders_dir, else "" (graders.json is then {})."""
+    in_dir = Path(cfg.graders_dir) / "graders.json" if cfg.graders_dir else None
+    if cfg.graders_file and Path(cfg.graders_file).is_file():
+        return cfg.graders_file
+    return str(in_dir) if in_dir is not None and in_dir.is_file() else ""
+
+
 def check_model_dir(name: str, location: str) -> Path:
     path = Path(location)
     if not (path / "config.json").is_file():
@@ -471,12 +394,20 @@ def generate(
     for messages in prompts:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
         encoded.append(list(ids["input_ids"])[-cfg.max_prompt_tokens :])
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+    kv_per_token, prefill_per_token = batching.bytes_per_token(model.config.to_dict(), model.dtype.itemsize)
+    budget = batching.memory_budget(torch.cuda.mem_get_info()[0]) if device == "cuda" else None
+    batches = batching.plan_batches(  # similar lengths share a batch
+        [len(ids) for ids in encoded],
+        max_new_tokens=cfg.max_new_tokens,
+        budget_bytes=budget,
+        kv_per_token=kv_per_token,
+        prefill_per_token=prefill_per_token,
+        fixed=cfg.batch_size,
+    )
     answers, lengths, stopped = [""] * len(encoded), [0] * len(encoded), [False] * len(encoded)
     started = time.monotonic()
     with torch.inference_mode():
-        for start in range(0, len(order), cfg.batch_size):
-            batch = order[start : start + cfg.batch_size]
+        for batch in batches:
             width = max(len(encoded[i]) for i in batch)
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -505,7 +436,19 @@ def generate(
         "stop_token_ids": stops,
         "generation_seconds": round(seconds, 3),
         "examples_per_second": round(len(encoded) / seconds, 3) if seconds > 0 else None,
+        "generated_tokens_per_second": round(sum(lengths) / seconds, 3) if seconds > 0 else None,
+        "batches": len(batches),
+        "largest_batch": max((len(batch) for batch in batches), default=0),
     }
+
+
+def split_generation(result: dict[str, Any], count: int) -> dict[str, list[Any]]:
+    """Cut a generate() result's per-prompt lists after the first `count` prompts (the eval split's) and return the
+    rest (the regression set's answers, lengths and stop flags)."""
+    rest = {key: result[key][count:] for key in ("answers", "lengths", "stopped")}
+    for key in rest:
+        result[key] = result[key][:count]
+    return rest
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -513,7 +456,8 @@ def generate(
 
 
 def main(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Generate, score, gate; write cfg.output_dir/evaluation.json and evaluation.png; returns the report."""
+    """Generate, score, gate; write cfg.output_dir/evaluation.json, answers.jsonl and evaluation.png; returns the
+    report."""
     import torch
     import transformers
 
@@ -525,9 +469,13 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.production_dir and Path(cfg.production_dir).exists():
         dirs["production"] = check_model_dir("production", cfg.production_dir)
     prompts, references = read_eval(cfg.eval_dir, cfg.max_examples)
-    json_references = all(is_json_reference(r) for r in references)
-    if cfg.primary_metric in JSON_METRICS and not json_references:
-        raise ConfigError(f"primary_metric {cfg.primary_metric} needs JSON references, and the eval split's are not")
+    regression_set = regression.read_regression(cfg.regression_dir)
+    config = graders.read_graders(graders_path(cfg))
+    grading = Graders.resolve(config, references)
+    primary_metric = config.primary_metric or cfg.primary_metric
+    metric_names = grading.metric_names() + ([regression.METRIC] if regression_set is not None else [])
+    graders.require_computed(metric_names, primary_metric, config.thresholds)  # before loading any model
+    regression_prompts = regression_set.messages if regression_set is not None else []
 
     device = jobkit.resolve_device(cfg.device)
     cuda = device == "cuda"
@@ -537,27 +485,36 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     dtype = jobkit.torch_dtype(dtype_name)
 
     results: dict[str, dict[str, Any]] = {}
+    regression_failed: dict[str, list[list[str]]] = {}
     for name, model_dir in dirs.items():
-        result = generate(model_dir, prompts, cfg, device, dtype)
-        result["metrics"], result["per_example"] = aggregate(
-            result["answers"], references, result["lengths"], result["stopped"], json_references=json_references
+        # One load and one generate call per model: the regression prompts get exactly the eval split's settings.
+        result = generate(model_dir, prompts + regression_prompts, cfg, device, dtype)
+        result["regression"] = split_generation(result, len(prompts))
+        result["metrics"], result["per_example"] = grading.aggregate(
+            result["answers"], references, result["lengths"], result["stopped"]
         )
+        if regression_set is not None:
+            tail = result["regression"]
+            regression_failed[name] = regression.failures(regression_set, tail["answers"], tail["stopped"])
+            result["metrics"][regression.METRIC] = regression.pass_rate(regression_failed[name])
         results[name] = result
         print(f"{name}: " + " ".join(f"{k}={v:.4f};" for k, v in result["metrics"].items()), flush=True)
 
     metrics = {name: result["metrics"] for name, result in results.items()}
-    passed, reasons = gate(
+    passed, reasons = graders.gate(
         metrics,
-        primary_metric=cfg.primary_metric,
+        primary_metric=primary_metric,
         min_score=cfg.min_score,
         max_regression_vs_production=cfg.max_regression_vs_production,
         min_improvement_over_base=cfg.min_improvement_over_base,
         min_stop_rate=cfg.min_stop_rate,
+        thresholds=config.thresholds,
+        max_regression_drop=cfg.max_regression_drop,
+        regression_lost=regression.lost_ids(regression_set, regression_failed) if regression_set is not None else (),
     )
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    chart_metrics = [m for m in SCORE_METRICS if m in metrics["candidate"]]
-    chart = bar_chart(out / "evaluation.png", metrics, chart_metrics)
+    chart = bar_chart(out / "evaluation.png", metrics, metric_names)
     warnings = [
         f"{name} stopped on its own in only {m['stop_rate']:.0%} of answers: check its end-of-turn token"
         for name, m in metrics.items()
@@ -566,30 +523,37 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     report = {
         "passed": passed,
         "reasons": reasons,
-        "primary_metric": cfg.primary_metric,
+        "primary_metric": primary_metric,
         "thresholds": {
             "min_score": cfg.min_score,
             "max_regression_vs_production": cfg.max_regression_vs_production,
             "min_improvement_over_base": cfg.min_improvement_over_base,
             "min_stop_rate": cfg.min_stop_rate,
+            "max_regression_drop": cfg.max_regression_drop,
+            "metrics": config.thresholds,
         },
         "metrics": metrics,
-        "delta_vs_base": deltas(metrics["candidate"], metrics["base"]),
-        "delta_vs_production": deltas(metrics["candidate"], metrics["production"])
+        "delta_vs_base": graders.deltas(metrics["candidate"], metrics["base"]),
+        "delta_vs_production": graders.deltas(metrics["candidate"], metrics["production"])
         if "production" in metrics
         else None,
         "examples": len(references),
-        "json_references": json_references,
+        "json_references": all(graders.is_json_reference(r) for r in references),
+        "graders": grading.report({name: r["answers"] for name, r in results.items()}, references),
+        "regression": regression.report(regression_set, regression_failed) if regression_set is not None else None,
         "models": {
             name: {
                 "path": str(dirs[name]),
                 "stop_token_ids": r["stop_token_ids"],
                 "generation_seconds": r["generation_seconds"],
                 "examples_per_second": r["examples_per_second"],
+                "generated_tokens_per_second": r["generated_tokens_per_second"],
+                "batches": r["batches"],
+                "largest_batch": r["largest_batch"],
             }
             for name, r in results.items()
         },
-        "worst_examples": worst_examples(prompts, references, results, cfg.primary_metric, cfg.worst_examples),
+        "worst_examples": worst_examples(prompts, references, results, primary_metric, cfg.worst_examples),
         "chart": chart,
         "warnings": warnings,
         "device": device,
@@ -600,6 +564,17 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         "config": dataclasses.asdict(cfg),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
+    with (out / "answers.jsonl").open("w") as lines:
+        lines.writelines(json.dumps(record) + "\n" for record in answer_records(prompts, references, results))
+    if regression_set is not None:
+        records = regression.answer_records(
+            regression_set,
+            {name: r["regression"]["answers"] for name, r in results.items()},
+            {name: r["regression"]["stopped"] for name, r in results.items()},
+            regression_failed,
+        )
+        with (out / "regression_answers.jsonl").open("w") as lines:
+            lines.writelines(json.dumps(record) + "\n" for record in records)
     (out / "evaluation.json").write_text(json.dumps(report, indent=2, default=str))
     verdict = "passed" if passed else "did not pass: " + "; ".join(reasons)
     print(f"evaluation written to {out}; the candidate {verdict}", flush=True)
@@ -609,7 +584,10 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
 def failure_reason(exc: BaseException, cfg: EvaluateConfig | None = None) -> str:
     """One line for SageMaker's ExitMessage: the cause and what to do."""
     if jobkit.is_out_of_memory(exc):
-        reason = "CUDA out of memory while generating: lower batch_size or max_new_tokens, or use a larger GPU"
+        reason = (
+            "CUDA out of memory while generating: set batch_size (0 sizes it to the free memory), lower "
+            "max_new_tokens, or use a larger GPU"
+        )
     elif isinstance(exc, ConfigError):
         reason = f"invalid evaluation request: {exc}"
     else:

@@ -1,10 +1,12 @@
-"""The evaluate container's entrypoint: metric functions and the gate in pure Python, then an end-to-end run on CPU,
-offline, with a tiny random Llama-style model as both candidate and base."""
+"""The evaluate container's entrypoint: the chart and the options, then end-to-end runs on CPU, offline, with a tiny
+random Llama-style model as both candidate and base (the metrics, graders.json and the gate: test_graders.py)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,64 +31,7 @@ TEXTS = [m["content"] for row in EVAL for m in row["messages"]]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Metrics
-
-
-def test_exact_match_ignores_surrounding_whitespace_only() -> None:
-    assert evaluate.exact_match("  Paris\n", "Paris") == 1.0
-    assert evaluate.exact_match("paris", "Paris") == 0.0
-
-
-def test_token_f1_is_squad_style_overlap() -> None:
-    # GIVEN 2 common tokens of 3 predicted and 4 reference: P=2/3, R=1/2 -> F1 = 4/7
-    assert evaluate.token_f1("the cat sat", "the cat is here") == pytest.approx(4 / 7)
-    # multiset overlap: "a a" vs "a": P=1/2, R=1 -> 2/3
-    assert evaluate.token_f1("a a", "a") == pytest.approx(2 / 3)
-    assert evaluate.token_f1("x", "y") == 0.0
-    assert evaluate.token_f1("", "") == 1.0
-    assert evaluate.token_f1("", "y") == 0.0
-
-
-def test_rouge_l_uses_the_longest_common_subsequence() -> None:
-    # LCS("a b c d", "a c d e") = "a c d" = 3: P = R = 3/4
-    assert evaluate.lcs_length("a b c d".split(), "a c d e".split()) == 3
-    assert evaluate.rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
-    # order matters (unlike F1): LCS("c b a", "a b c") = 1 -> 1/3
-    assert evaluate.rouge_l("c b a", "a b c") == pytest.approx(1 / 3)
-    assert evaluate.rouge_l("same words", "same words") == 1.0
-    assert evaluate.rouge_l("", "x") == 0.0
-
-
-def test_json_validity_and_schema_match() -> None:
-    reference = '{"name": "Ann", "age": 3, "tags": ["x"]}'
-    assert evaluate.is_json_reference(reference)
-    assert not evaluate.is_json_reference("42")
-    assert evaluate.json_valid(' {"a": 1} ') == 1.0
-    assert evaluate.json_valid("{'a': 1}") == 0.0
-    # same keys and value types (int vs float are both numbers)
-    assert evaluate.json_schema_match('{"age": 4.5, "name": "Bo", "tags": []}', reference) == 1.0
-    assert evaluate.json_schema_match('{"name": "Bo", "age": "4", "tags": []}', reference) == 0.0  # wrong type
-    assert evaluate.json_schema_match('{"name": "Bo", "age": 4}', reference) == 0.0  # missing key
-    assert evaluate.json_schema_match('{"name": "Bo", "age": true, "tags": []}', reference) == 0.0  # bool != number
-    assert evaluate.json_schema_match("[1, 2]", "[3]") == 1.0
-    assert evaluate.json_schema_match("not json", reference) == 0.0
-
-
-def test_aggregate_means_lengths_and_stop_rate() -> None:
-    metrics, per_example = evaluate.aggregate(["a b", "x"], ["a b", "a"], [2, 5], [True, False], json_references=False)
-    assert metrics == {
-        "exact_match": 0.5,
-        "token_f1": 0.5,
-        "rouge_l": 0.5,
-        "mean_generated_tokens": 3.5,
-        "stop_rate": 0.5,
-    }
-    assert per_example[1] == {"exact_match": 0.0, "token_f1": 0.0, "rouge_l": 0.0}
-    json_metrics, _ = evaluate.aggregate(
-        ['{"a": 1}', "{"], ['{"a": 2}'] * 2, [1, 1], [True, True], json_references=True
-    )
-    assert json_metrics["json_valid"] == 0.5
-    assert json_metrics["json_schema_match"] == 0.5
+# Chart and config (the metrics and the gate: test_graders.py)
 
 
 def test_png_writer_writes_a_valid_png(tmp_path: Path) -> None:
@@ -95,80 +40,6 @@ def test_png_writer_writes_a_valid_png(tmp_path: Path) -> None:
     data = (tmp_path / "c.png").read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
     assert legend["bars_in_each_group"] == ["candidate", "base", "production"]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Gate
-
-
-def _metrics(
-    candidate: float, base: float, production: float | None = None, stop: float = 1.0
-) -> dict[str, dict[str, float]]:
-    out = {"candidate": {"exact_match": candidate, "stop_rate": stop}, "base": {"exact_match": base, "stop_rate": 1.0}}
-    if production is not None:
-        out["production"] = {"exact_match": production, "stop_rate": 1.0}
-    return out
-
-
-def _gate(
-    metrics: dict[str, dict[str, float]],
-    *,
-    primary_metric: str = "exact_match",
-    min_score: float = 0.0,
-    max_regression_vs_production: float = 0.0,
-    min_improvement_over_base: float = 0.0,
-    min_stop_rate: float = 0.0,
-) -> tuple[bool, list[str]]:
-    return evaluate.gate(
-        metrics,
-        primary_metric=primary_metric,
-        min_score=min_score,
-        max_regression_vs_production=max_regression_vs_production,
-        min_improvement_over_base=min_improvement_over_base,
-        min_stop_rate=min_stop_rate,
-    )
-
-
-def test_gate_passes_when_every_threshold_holds() -> None:
-    assert _gate(_metrics(0.6, 0.4, 0.6), min_score=0.5) == (True, [])
-
-
-def test_gate_fails_below_min_score() -> None:
-    passed, reasons = _gate(_metrics(0.3, 0.1), min_score=0.5)
-    assert not passed
-    assert reasons == ["candidate exact_match 0.3000 is below the minimum score 0.5000"]
-
-
-def test_gate_fails_without_enough_improvement_over_base() -> None:
-    passed, reasons = _gate(_metrics(0.45, 0.4), min_improvement_over_base=0.1)
-    assert not passed and len(reasons) == 1
-    assert "improves on the base's 0.4000 by +0.0500, less than the required +0.1000" in reasons[0]
-
-
-def test_gate_fails_on_regression_vs_production_and_skips_it_without_production() -> None:
-    thresholds: dict[str, Any] = {"max_regression_vs_production": 0.05}
-    passed, reasons = _gate(_metrics(0.5, 0.4, 0.6), **thresholds)
-    assert not passed and len(reasons) == 1
-    assert "regresses from production's 0.6000 by 0.1000, more than the allowed 0.0500" in reasons[0]
-    assert _gate(_metrics(0.5, 0.4, 0.54), **thresholds) == (True, [])
-    assert _gate(_metrics(0.5, 0.4), **thresholds) == (True, [])
-
-
-def test_gate_flags_a_model_that_never_stops() -> None:
-    passed, reasons = _gate(_metrics(0.5, 0.4, stop=0.0), min_stop_rate=0.9)
-    assert not passed and len(reasons) == 1
-    assert "EOS problem" in reasons[0]
-
-
-def test_gate_lists_every_failed_threshold() -> None:
-    thresholds: dict[str, Any] = {"min_score": 0.9, "min_improvement_over_base": 0.0, "min_stop_rate": 0.5}
-    passed, reasons = _gate(_metrics(0.2, 0.3, 0.8, stop=0.1), **thresholds)
-    assert not passed and len(reasons) == 4
-
-
-def test_gate_refuses_a_primary_metric_that_was_not_computed() -> None:
-    with pytest.raises(ConfigError, match="json_valid was not computed"):
-        _gate(_metrics(0.5, 0.4), primary_metric="json_valid")
 
 
 def test_config_checks_and_parsing() -> None:
@@ -201,6 +72,9 @@ def _args(task: dict[str, Path], tmp_path: Path, **overrides: str) -> list[str]:
         "base_dir": str(task["base"]),
         "production_dir": "",
         "eval_dir": str(task["eval"]),
+        "graders_file": "",  # not SageMaker's default paths: no graders.json unless a test writes one
+        "graders_dir": "",
+        "regression_dir": "",  # no regression set unless a test writes one
         "output_dir": str(tmp_path / "evaluation"),
         "failure_file": str(tmp_path / "failure"),
         "max_new_tokens": "8",
@@ -235,6 +109,10 @@ def test_same_model_as_candidate_and_base_gives_zero_deltas(task: dict[str, Path
     assert worst["prompt"][-1]["role"] == "user"
     assert isinstance(worst["candidate"]["answer"], str)
     assert not (tmp_path / "failure").exists()
+    # and without a regression set: no regression metric, section, rule or answers file
+    assert report["regression"] is None and not (out / "regression_answers.jsonl").exists()
+    assert "regression_pass_rate" not in candidate
+    assert "regression_pass_rate" not in report["chart"]["groups_left_to_right"]
 
 
 @pytest.mark.slow
@@ -247,6 +125,99 @@ def test_untrained_model_fails_the_gate_with_reasons(task: dict[str, Path], tmp_
     assert any("below the minimum score" in r for r in report["reasons"])
     if report["metrics"]["candidate"]["stop_rate"] < 1:
         assert any("EOS problem" in r for r in report["reasons"])
+
+
+LABELS = ["red", "green", "blue"]
+
+
+@pytest.mark.slow
+def test_graders_json_adds_classification_pattern_and_thresholds(task: dict[str, Path], tmp_path: Path) -> None:
+    # GIVEN a classification eval split (each colour twice: the answer is one word), and graders.json with explicit
+    # labels (one reference in upper case), a pattern, macro-F1 as the primary metric and an accuracy threshold of 1
+    rows = [
+        [{"role": "user", "content": f"say {word} once"}, {"role": "assistant", "content": word}]
+        for word in LABELS * 2
+    ]
+    rows[3][1]["content"] = "RED"
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "eval.jsonl").write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows))
+    pattern = {"regex": "^[a-z]", "must_not_contain": ["im_start"]}
+    graders_json = {
+        "classification": {"labels": LABELS},
+        "pattern": pattern,
+        "thresholds": {"classification_accuracy": 1.0, "pattern_pass_rate": 0.0},
+        "primary_metric": "classification_macro_f1",
+    }
+    (tmp_path / "graders.json").write_text(json.dumps(graders_json))
+    # WHEN the untrained tiny model is evaluated as candidate and base
+    args = _args(task, tmp_path, eval_dir=str(tmp_path / "eval"), graders_file=str(tmp_path / "graders.json"))
+    assert evaluate.run([*args, "--max_new_tokens", "4", "--batch_size", "6"]) == 0
+    out = tmp_path / "evaluation"
+    report = json.loads((out / "evaluation.json").read_text())
+    lines = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+
+    # THEN answers.jsonl has one line per example, in eval order, with every model's answer, stop flag and scores
+    assert [line["index"] for line in lines] == list(range(len(rows)))
+    assert [line["reference"] for line in lines] == [r[1]["content"] for r in rows]
+    assert all(line["prompt"] == rows[i][:1] for i, line in enumerate(lines))
+    assert all(
+        set(line["answers"]) == set(line["stopped"]) == set(line["scores"]) == {"candidate", "base"} for line in lines
+    )
+    worst = report["worst_examples"][0]
+    assert lines[worst["index"]]["answers"]["candidate"] == worst["candidate"]["answer"]
+
+    # and each confusion matrix counts what the answers imply (rows: reference, columns: answer or "(other)")
+    keys = [*LABELS, "(other)"]
+    section = report["graders"]
+    assert section["classification"]["labels"] == LABELS and section["classification"]["automatic"] is False
+    for model in ("candidate", "base"):
+        expected = [[0] * len(keys) for _ in keys]
+        for line in lines:
+            answer = line["answers"][model].strip().casefold()
+            expected[keys.index(line["reference"].casefold())][keys.index(answer) if answer in LABELS else 3] += 1
+        assert section["classification"]["confusion_matrix"][model] == {"labels": keys, "matrix": expected}
+        hits = sum(expected[i][i] for i in range(len(LABELS)))
+        assert report["metrics"][model]["classification_accuracy"] == pytest.approx(hits / len(rows))
+    assert section["pattern"] == pattern and section["json"] is None
+
+    # and the pattern scores of each answer are the checks of its stripped text
+    for line in lines:
+        text = line["answers"]["candidate"].strip()
+        regex, clean = re.search("^[a-z]", text) is not None, "im_start" not in text
+        scores = line["scores"]["candidate"]
+        assert (scores["pattern_regex"], scores["pattern_must_not_contain"]) == (float(regex), float(clean))
+        assert scores["pattern_pass_rate"] == float(regex and clean)
+
+    # and the gate: macro-F1 is the primary metric, the accuracy threshold fails with its shortfall
+    assert report["primary_metric"] == "classification_macro_f1"
+    assert report["thresholds"]["metrics"] == graders_json["thresholds"]
+    accuracy = report["metrics"]["candidate"]["classification_accuracy"]
+    assert accuracy < 1.0  # an untrained model does not name every colour
+    assert report["passed"] is False
+    assert report["reasons"] == [
+        f"candidate classification_accuracy {accuracy:.4f} is below its threshold 1.0000 (short by {1 - accuracy:.4f})"
+    ]
+    assert "classification_macro_f1" in report["chart"]["groups_left_to_right"]
+    assert "pattern_pass_rate" in report["chart"]["groups_left_to_right"]
+
+
+def test_a_threshold_on_a_metric_not_computed_fails_before_any_model_loads(
+    task: dict[str, Path], tmp_path: Path
+) -> None:
+    # GIVEN free-text references (no classification) and a threshold on classification accuracy, in the graders
+    # input's folder as the control plane mounts it (--graders_dir; --graders_file names no file)
+    (tmp_path / "graders").mkdir()
+    (tmp_path / "graders" / "graders.json").write_text(json.dumps({"thresholds": {"classification_accuracy": 0.5}}))
+    # WHEN evaluated with a candidate that is not a model at all (its config.json is enough to pass the path check)
+    fake = tmp_path / "fake-model"
+    fake.mkdir()
+    (fake / "config.json").write_text("{}")
+    (fake / "model.safetensors").write_bytes(b"not weights")
+    args = _args(task, tmp_path, candidate_dir=str(fake), graders_dir=str(tmp_path / "graders"))
+    # THEN a config error (exit 2) naming what is computed, and the fake model was never loaded
+    assert evaluate.run(args) == 2
+    reason = (tmp_path / "failure").read_text()
+    assert "threshold classification_accuracy: not computed; computed: exact_match, token_f1, rouge_l" in reason
 
 
 @pytest.mark.slow
@@ -280,5 +251,132 @@ def test_bad_input_path_writes_the_failure_file(task: dict[str, Path], tmp_path:
 
 
 def test_bad_option_exits_2_with_the_reason(tmp_path: Path) -> None:
-    assert evaluate.run(["--batch_size", "0", "--failure_file", str(tmp_path / "failure")]) == 2
-    assert "batch_size must be >= 1" in (tmp_path / "failure").read_text()
+    assert evaluate.run(["--batch_size", "-1", "--failure_file", str(tmp_path / "failure")]) == 2
+    assert "batch_size must be >= 0" in (tmp_path / "failure").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The regression set (parsing, expectations and the drop rule: test_regression.py)
+
+
+@pytest.fixture(scope="module")
+def other_model(task: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with other random weights: a candidate whose answers differ from the base's."""
+    from local.tiny_model import write_tiny_weights
+
+    directory = tmp_path_factory.mktemp("other-model") / "model"
+    shutil.copytree(task["base"], directory)
+    return write_tiny_weights(directory, seed=1)
+
+
+REGRESSION_PROMPTS = {
+    "free": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say red twice"}],
+    "a_general:2": [{"role": "user", "content": "name a colour"}],
+    "kept-1": [{"role": "user", "content": "say hi"}],
+    "kept-2": [{"role": "user", "content": "say blue once"}],
+    "stops": [{"role": "user", "content": "stop now"}],
+}
+
+
+@pytest.mark.slow
+def test_regression_set_scores_every_model_and_gates_what_the_candidate_lost(
+    task: dict[str, Path], other_model: Path, tmp_path: Path
+) -> None:
+    # GIVEN what base and candidate answer (the eval split plus the regression prompts, generated as the job does)
+    cfg = EvaluateConfig(max_new_tokens=8, batch_size=2)
+    eval_prompts, _ = evaluate.read_eval(str(task["eval"]), 0)
+    all_prompts = eval_prompts + list(REGRESSION_PROMPTS.values())
+    seen = {
+        "base": evaluate.generate(task["base"], all_prompts, cfg, "cpu", "float32"),
+        "candidate": evaluate.generate(other_model, all_prompts, cfg, "cpu", "float32"),
+    }
+    kept = {name: seen["base"]["answers"][len(eval_prompts) + i].strip() for i, name in ((2, "kept-1"), (3, "kept-2"))}
+    candidate_kept = [seen["candidate"]["answers"][len(eval_prompts) + i].strip() for i in (2, 3)]
+    assert all(kept[name] != answer for name, answer in zip(kept, candidate_kept, strict=True))
+    # and a regression set in two files (plus a file that is not *.jsonl): a prompt every answer passes, one no answer
+    # passes (default id), two only the base's exact answers pass, one that must stop
+    expects: dict[str, dict[str, Any]] = {
+        "free": {"max_words": 100000},
+        "a_general:2": {"must_contain": ["\u2603 never said"]},
+        "kept-1": {"regex": "\\A" + re.escape(kept["kept-1"]) + "\\Z"},
+        "kept-2": {"regex": "\\A" + re.escape(kept["kept-2"]) + "\\Z"},
+        "stops": {"stops": True},
+    }
+
+    def line(name: str, with_id: bool = True) -> str:
+        record = {"id": name} if with_id else {}
+        return json.dumps(record | {"messages": REGRESSION_PROMPTS[name], "expect": expects[name]}) + "\n"
+
+    folder = tmp_path / "regression"
+    folder.mkdir()
+    (folder / "b_more.jsonl").write_text(line("kept-2") + line("stops"))
+    (folder / "a_general.jsonl").write_text(line("free") + line("a_general:2", with_id=False) + "\n" + line("kept-1"))
+    (folder / "README.md").write_text("not read")
+
+    # WHEN the candidate is evaluated against the base with that set, allowing a drop of 0.15
+    args = _args(
+        task, tmp_path, candidate_dir=str(other_model), regression_dir=str(folder), max_regression_drop="0.15"
+    )
+    assert evaluate.run(args) == 0
+    out = tmp_path / "evaluation"
+    report = json.loads((out / "evaluation.json").read_text())
+    lines = [json.loads(text) for text in (out / "regression_answers.jsonl").read_text().splitlines()]
+
+    # THEN regression_answers.jsonl has every prompt in set order with the answers the models give it, the eval
+    # split's answers are still its own, and each verdict follows from the answer
+    ids = list(REGRESSION_PROMPTS)
+    assert [record["id"] for record in lines] == ids
+    assert [record["messages"] for record in lines] == list(REGRESSION_PROMPTS.values())
+    assert [record["expect"] for record in lines] == [expects[name] for name in ids]
+    answers = [json.loads(text) for text in (out / "answers.jsonl").read_text().splitlines()]
+    for model, result in seen.items():
+        assert [record["answers"][model] for record in lines] == result["answers"][len(eval_prompts) :]
+        assert [record["stopped"][model] for record in lines] == result["stopped"][len(eval_prompts) :]
+        assert [record["answers"][model] for record in answers] == result["answers"][: len(eval_prompts)]
+    by_id = {record["id"]: record for record in lines}
+    for model in ("candidate", "base"):
+        assert by_id["free"]["passed"][model] is True and by_id["free"]["failed"][model] == []
+        assert by_id["a_general:2"]["failed"][model] == ["must_contain"]
+        assert by_id["stops"]["passed"][model] is by_id["stops"]["stopped"][model]
+    for name in ("kept-1", "kept-2"):
+        assert by_id[name]["passed"] == {"candidate": False, "base": True}
+        assert by_id[name]["failed"] == {"candidate": ["regex"], "base": []}
+
+    # and evaluation.json's regression section and each model's regression_pass_rate agree with those verdicts
+    section = report["regression"]
+    assert section["examples"] == 5 and section["files"] == ["a_general.jsonl", "b_more.jsonl"]
+    for model in ("candidate", "base"):
+        rate = sum(1 for record in lines if record["passed"][model]) / 5
+        assert report["metrics"][model]["regression_pass_rate"] == rate
+        assert section["per_model"][model] == {
+            "pass_rate": rate,
+            "failed": [record["id"] for record in lines if not record["passed"][model]],
+        }
+    lost = [r["id"] for r in lines if r["passed"]["base"] and not r["passed"]["candidate"]]
+    assert section["lost"] == lost and lost[:2] == ["kept-1", "kept-2"]
+    assert "regression_pass_rate" in report["chart"]["groups_left_to_right"]
+
+    # and the candidate, at least 0.2 below the base (2 of 5 lost; "stops" may move it by 0.2 either way), fails the
+    # allowance of 0.15, naming what it lost
+    base_rate, candidate_rate = (section["per_model"][m]["pass_rate"] for m in ("base", "candidate"))
+    assert report["thresholds"]["max_regression_drop"] == 0.15 and report["passed"] is False
+    assert [r for r in report["reasons"] if "regression_pass_rate" in r] == [
+        f"candidate regression_pass_rate {candidate_rate:.4f} is {base_rate - candidate_rate:.4f} below the base's "
+        f"{base_rate:.4f} (allowed drop 0.1500): it no longer passes {', '.join(lost)}"
+    ]
+
+
+def test_a_bad_regression_line_fails_before_any_model_loads(task: dict[str, Path], tmp_path: Path) -> None:
+    # GIVEN a regression file whose second line ends on an assistant turn, and a candidate that is not a model at all
+    (tmp_path / "regression").mkdir()
+    good = {"messages": [{"role": "user", "content": "hi"}], "expect": {"stops": True}}
+    bad = {"messages": [{"role": "assistant", "content": "hi"}], "expect": {"stops": True}}
+    (tmp_path / "regression" / "general.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    fake = tmp_path / "fake-model"
+    fake.mkdir()
+    (fake / "config.json").write_text("{}")
+    (fake / "model.safetensors").write_bytes(b"not weights")
+    # WHEN evaluated THEN a config error (exit 2) naming file:line
+    args = _args(task, tmp_path, candidate_dir=str(fake), regression_dir=str(tmp_path / "regression"))
+    assert evaluate.run(args) == 2
+    assert "general.jsonl:2: the last message must be the user's" in (tmp_path / "failure").read_text()
