@@ -41,14 +41,14 @@ lists up to 5 ids of the prompts the base passed and the candidate failed.
 
 Writes `evaluation.json` (per-model metrics, deltas vs base and vs production, passed, reasons, thresholds with
 graders.json's under `thresholds.metrics`, `graders`: the classification labels / whether they were detected / each
-model's confusion matrix, the JSON schema or "inferred", the pattern checks, each null when off; `regression`:
-null without a regression set, else its examples, files, per model the pass rate and the first 20 ids it failed, and
-`lost`, the ids the base passed and the candidate failed; the worst
-`worst_examples` examples with prompt/reference/answers), `answers.jsonl` (one line per eval example, in eval order:
-index, prompt, reference, and per model its answer, stop flag and scores; the control plane's judge and custom
-graders read it), with a regression set `regression_answers.jsonl` (one line per regression prompt, in set order:
-id, messages, expect, and per model its answer, stop flag, whether it passed and the expectations it failed) and
-`evaluation.png` (grouped bars per score metric computed, each in [0, 1]: candidate, base,
+model's confusion matrix, the JSON schema (with per model `json_schema_errors`, the answers the schema itself failed
+on) or "inferred", the pattern checks, each null when off; `regression`: null without a regression set, else its
+examples, files, per model the pass rate and the first 20 ids it failed, and `lost`, the ids the base passed and the
+candidate failed; the worst `worst_examples` examples with prompt/reference/answers), `answers.jsonl` (one line per
+eval example, in eval order: index, prompt, reference, and per model its answer, stop flag and scores; the control
+plane's judge and custom graders read it), with a regression set `regression_answers.jsonl` (one line per regression
+prompt, in set order: id, messages, expect, and per model its answer, stop flag, whether it passed and the
+expectations it failed) and `evaluation.png` (grouped bars per score metric computed, each in [0, 1]: candidate, base,
 production; no text in the image, the legend is in evaluation.json's `chart`).
 
 Outside SageMaker give the paths explicitly (any field of `EvaluateConfig` is a `--name value` argument):
@@ -491,11 +491,11 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         result = generate(model_dir, prompts + regression_prompts, cfg, device, dtype)
         result["regression"] = split_generation(result, len(prompts))
         result["metrics"], result["per_example"] = grading.aggregate(
-            result["answers"], references, result["lengths"], result["stopped"]
+            result["answers"], references, result["lengths"], result["stopped"], model=name
         )
         if regression_set is not None:
             tail = result["regression"]
-            regression_failed[name] = regression.failures(regression_set, tail["answers"], tail["stopped"])
+            regression_failed[name] = regression.failures(regression_set, tail["answers"], tail["stopped"], model=name)
             result["metrics"][regression.METRIC] = regression.pass_rate(regression_failed[name])
         results[name] = result
         print(f"{name}: " + " ".join(f"{k}={v:.4f};" for k, v in result["metrics"].items()), flush=True)

@@ -10,13 +10,22 @@ Every score metric (`SCORE_METRICS`) is in [0, 1], higher is better, and may be 
   means the reference's shape (same top-level keys, same value types);
 - classification_accuracy, classification_macro_f1 (macro over the labels present in the references, like
   sklearn's `f1_score(average="macro", labels=present labels)`): with explicit labels, or automatically when the
-  references look like a small set of short labels (`detect_labels`). Answers and labels are compared after strip()
-  and casefold(); an answer that is none of the labels is the confusion matrix's "(other)";
+  references look like a small set of short labels (`detect_labels`). Answers and labels are compared after
+  guards.normalize_text (NFKC, zero-width characters removed), strip() and casefold(); an answer that is none of the
+  labels is the confusion matrix's "(other)";
 - pattern_pass_rate (every configured check passes) and one metric per configured check: pattern_regex
   (`re.search`), pattern_must_contain (every phrase present), pattern_must_not_contain (none present). The checks
-  read the answer without its surrounding whitespace (a decoded answer may start with a newline);
+  read the answer normalised (guards.normalize_text: NFKC without zero-width characters, so a non-breaking or
+  zero-width space cannot slip past must_not_contain; phrases are normalised the same way) and without its
+  surrounding whitespace (a decoded answer may start with a newline); the regex searches that normalised text too;
 - regression_pass_rate: the share of the regression set's prompts (regression.py: stack-level prompts with expected
   behaviours, answered by every model) whose every expectation holds; only with a regression set.
+
+Untrusted patterns run under a time limit (guards.time_limit, guards.TIME_LIMIT_S per check of one answer): a regex
+search or a JSON Schema validation that takes longer (catastrophic backtracking) is a ConfigError naming the pattern,
+the example and the model. A JSON Schema that fails on one answer in another way (a recursive `$ref`, a `multipleOf`
+that overflows on a huge number, ...) scores that answer 0 for json_schema_match and is counted per model in
+evaluation.json's graders.json.json_schema_errors (count and first error), instead of failing the job.
 
 graders.json (every key optional; an absent file is `{}`; null is the same as an absent key; an unknown key, at the
 top or inside a section, is a ConfigError):
@@ -33,6 +42,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,11 +50,16 @@ from pathlib import Path
 from typing import Any
 
 from containers.common.jobkit import ConfigError
-from containers.evaluate import regression
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-from referencing import Registry
-from referencing.exceptions import Unresolvable
+from containers.evaluate import guards, regression
+
+# The JSON metrics live in json_grader.py; re-exported here (graders.parse_json, ...) for evaluate.py and the tests.
+from containers.evaluate.json_grader import JsonGrader as JsonGrader
+from containers.evaluate.json_grader import SchemaFailure as SchemaFailure
+from containers.evaluate.json_grader import is_json_reference as is_json_reference
+from containers.evaluate.json_grader import json_schema_match as json_schema_match
+from containers.evaluate.json_grader import json_type as json_type
+from containers.evaluate.json_grader import json_valid as json_valid
+from containers.evaluate.json_grader import parse_json as parse_json
 
 # Metrics in [0, 1] where higher is better: these can be the primary metric or a threshold, and are drawn in the
 # chart in this order. The control plane's tuneplane/models/graders.py lists the same names (CONTAINER_METRICS).
@@ -118,100 +133,13 @@ def rouge_l(answer: str, reference: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# JSON
-
-
-def parse_json(text: str) -> tuple[bool, Any]:
-    """(True, value) when the stripped text is a JSON document, else (False, None)."""
-    try:
-        return True, json.loads(text.strip())
-    except (json.JSONDecodeError, ValueError):
-        return False, None
-
-
-def json_type(value: Any) -> str:
-    """JSON type name of a parsed value; int and float are both 'number' (bool is not)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
-def is_json_reference(reference: str) -> bool:
-    """A reference counts as JSON when it parses to an object or an array (a bare number or word does not)."""
-    ok, value = parse_json(reference)
-    return ok and isinstance(value, dict | list)
-
-
-def json_valid(answer: str) -> float:
-    return 1.0 if parse_json(answer)[0] else 0.0
-
-
-def json_schema_match(answer: str, reference: str) -> float:
-    """1.0 when the answer parses as JSON of the reference's shape: same top-level keys with the same value types for
-    objects, the same top-level type otherwise."""
-    ok, value = parse_json(answer)
-    ref_ok, ref = parse_json(reference)
-    if not ok or not ref_ok or json_type(value) != json_type(ref):
-        return 0.0
-    if isinstance(ref, dict):
-        if set(value) != set(ref):
-            return 0.0
-        return 1.0 if all(json_type(value[k]) == json_type(ref[k]) for k in ref) else 0.0
-    return 1.0
-
-
-@dataclass(frozen=True)
-class JsonGrader:
-    """json_valid and json_schema_match: against `schema` (JSON Schema, Draft 2020-12) or, when None, the shape of
-    each example's reference."""
-
-    schema: Any = None
-    validator: Any = field(default=None, compare=False, repr=False)
-
-    @classmethod
-    def with_schema(cls, schema: Any) -> JsonGrader:
-        """A bad schema is a ConfigError. The validator gets an empty registry: a `$ref` to another document is
-        never fetched (processing jobs have no network; jsonschema would otherwise try to retrieve http refs)."""
-        if not isinstance(schema, dict | bool):
-            raise ConfigError(f"graders.json json.schema must be a JSON Schema (an object), not {json_type(schema)}")
-        try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as exc:
-            where = "/".join(str(part) for part in exc.path) or "(top level)"
-            raise ConfigError(
-                f"graders.json json.schema is not a valid JSON Schema at {where}: {exc.message}"
-            ) from exc
-        return cls(schema=schema, validator=Draft202012Validator(schema, registry=Registry()))
-
-    def scores(self, answer: str, reference: str) -> dict[str, float]:
-        ok, value = parse_json(answer)
-        if self.validator is None:
-            return {"json_valid": 1.0 if ok else 0.0, "json_schema_match": json_schema_match(answer, reference)}
-        try:
-            matches = ok and bool(self.validator.is_valid(value))
-        except Unresolvable as exc:
-            raise ConfigError(f"graders.json json.schema has a $ref that cannot be resolved offline: {exc}") from exc
-        return {"json_valid": 1.0 if ok else 0.0, "json_schema_match": 1.0 if matches else 0.0}
-
-    def report(self) -> dict[str, Any]:
-        return {"schema": self.schema if self.validator is not None else "inferred"}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Classification
 
 
 def label_key(text: str) -> str:
-    """How answers, references and labels are compared."""
-    return text.strip().casefold()
+    """How answers, references and labels are compared: normalised (guards.normalize_text: NFKC, no zero-width
+    characters), stripped and casefolded, then NFKC again (casefolding can leave a text unnormalised, "ǰ")."""
+    return unicodedata.normalize("NFKC", guards.normalize_text(text).strip().casefold())
 
 
 def detect_labels(references: Sequence[str]) -> tuple[str, ...] | None:
@@ -301,15 +229,19 @@ class PatternGrader:
         checks = {"regex": self.regex, "must_contain": self.must_contain, "must_not_contain": self.must_not_contain}
         return ["pattern_pass_rate", *(f"pattern_{name}" for name, value in checks.items() if value)]
 
-    def scores(self, answer: str) -> dict[str, float]:
-        text = answer.strip()
+    def scores(self, answer: str, where: str = "an answer") -> dict[str, float]:
+        """The configured checks on the normalised, stripped answer (phrases normalised alike); the regex search runs
+        under guards' time limit, `where` naming the answer in its ConfigError."""
+        text = guards.normalize_text(answer).strip()
         checks: dict[str, bool] = {}
         if self.regex is not None:
-            checks["pattern_regex"] = self.regex.search(text) is not None
+            checks["pattern_regex"] = guards.search(self.regex, text, what="pattern regex", where=where)
         if self.must_contain:
-            checks["pattern_must_contain"] = all(phrase in text for phrase in self.must_contain)
+            checks["pattern_must_contain"] = all(guards.normalize_text(p) in text for p in self.must_contain)
         if self.must_not_contain:
-            checks["pattern_must_not_contain"] = not any(phrase in text for phrase in self.must_not_contain)
+            checks["pattern_must_not_contain"] = not any(
+                guards.normalize_text(p) in text for p in self.must_not_contain
+            )
         return {"pattern_pass_rate": 1.0 if all(checks.values()) else 0.0} | {k: float(v) for k, v in checks.items()}
 
     def report(self) -> dict[str, Any]:
@@ -352,8 +284,17 @@ def _section(raw: Mapping[str, Any], name: str, keys: Sequence[str]) -> dict[str
 
 
 def _strings(value: Any, where: str, *, minimum: int = 0) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value) or len(value) < minimum:
-        raise ConfigError(f"graders.json {where} must be a list of at least {minimum} non-empty strings")
+    """A list of strings each with a visible character: a blank one (" ", a non-breaking or zero-width space) would
+    be in every answer (must_not_contain always failing) or match nothing a model writes (a label)."""
+    shape = f"a list of at least {minimum} non-empty strings" if minimum else "a list of non-empty strings"
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) < minimum:
+        raise ConfigError(f"graders.json {where} must be {shape}")
+    for index, item in enumerate(value):
+        if guards.is_blank(item):
+            raise ConfigError(
+                f"graders.json {where} must be {shape}: item {index} ({item!r}) is blank (only whitespace or "
+                "invisible characters)"
+            )
     return tuple(value)
 
 
@@ -415,6 +356,8 @@ def read_graders(path: str) -> GradersConfig:
         raw = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"graders.json ({path}) is not JSON: {exc}") from exc
+    except RecursionError:  # json.loads on arrays/objects nested deeper than the recursion limit
+        raise ConfigError(f"graders.json ({path}) is nested too deeply to read") from None
     return parse_graders(raw)
 
 
@@ -429,6 +372,8 @@ class Graders:
     json_grader: JsonGrader | None = None
     classification: Classification | None = None
     pattern: PatternGrader = field(default_factory=PatternGrader)
+    # Per model (aggregate's `model`), the JSON Schema's failures on its answers, for report().
+    schema_failures: dict[str, list[SchemaFailure]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def resolve(cls, config: GradersConfig, references: Sequence[str]) -> Graders:
@@ -457,29 +402,43 @@ class Graders:
             names.update(self.pattern.metric_names())
         return [name for name in SCORE_METRICS if name in names]
 
-    def score(self, answer: str, reference: str) -> dict[str, float]:
-        """One example's scores (every computed metric but the set-level macro-F1 and stop_rate)."""
+    def score(
+        self, answer: str, reference: str, *, where: str = "an answer", errors: list[SchemaFailure] | None = None
+    ) -> dict[str, float]:
+        """One example's scores (every computed metric but the set-level macro-F1 and stop_rate). `where` names the
+        answer in a timeout's ConfigError; the JSON Schema's failures on it are appended to `errors`."""
         scores = {
             "exact_match": exact_match(answer, reference),
             "token_f1": token_f1(answer, reference),
             "rouge_l": rouge_l(answer, reference),
         }
         if self.json_grader is not None:
-            scores |= self.json_grader.scores(answer, reference)
+            scores |= self.json_grader.scores(answer, reference, where=where, errors=errors)
         if self.classification is not None:
             scores["classification_accuracy"] = self.classification.accuracy(answer, reference)
         if self.pattern.configured():
-            scores |= self.pattern.scores(answer)
+            scores |= self.pattern.scores(answer, where)
         return scores
 
     def aggregate(
-        self, answers: list[str], references: list[str], lengths: list[int], stopped: list[bool]
+        self,
+        answers: list[str],
+        references: list[str],
+        lengths: list[int],
+        stopped: list[bool],
+        *,
+        model: str = "model",
     ) -> tuple[dict[str, float], list[dict[str, float]]]:
         """Mean of each per-example metric, macro-F1, mean generated tokens and stop rate; plus the per-example
-        scores."""
+        scores. `model` names the answers in errors and in report()'s json_schema_errors."""
         if not (len(answers) == len(references) == len(lengths) == len(stopped)) or not answers:
             raise ValueError("answers, references, lengths and stop flags must be non-empty lists of the same length")
-        per_example = [self.score(a, r) for a, r in zip(answers, references, strict=True)]
+        failures: list[SchemaFailure] = []
+        per_example = [
+            self.score(a, r, where=f"example {i} ({model}'s answer)", errors=failures)
+            for i, (a, r) in enumerate(zip(answers, references, strict=True))
+        ]
+        self.schema_failures[model] = failures
         metrics = {name: sum(s[name] for s in per_example) / len(per_example) for name in per_example[0]}
         if self.classification is not None:
             metrics["classification_macro_f1"] = self.classification.macro_f1(answers, references)
@@ -499,11 +458,27 @@ class Graders:
                     for model, model_answers in answers.items()
                 },
             }
+        json_section = None
+        if self.json_grader is not None:
+            json_section = self.json_grader.report()
+            if self.json_grader.validator is not None:
+                json_section["json_schema_errors"] = {
+                    model: _failures_report(self.schema_failures.get(model, [])) for model in answers
+                }
         return {
             "classification": classification,
-            "json": self.json_grader.report() if self.json_grader is not None else None,
+            "json": json_section,
             "pattern": self.pattern.report() if self.pattern.configured() else None,
         }
+
+
+def _failures_report(failures: Sequence[SchemaFailure]) -> dict[str, Any]:
+    """One model's json_schema_errors: how many answers the schema failed on, and the first failure."""
+    first = failures[0] if failures else None
+    return {
+        "count": len(failures),
+        "first": {"answer": first.where, "type": first.type, "message": first.message} if first else None,
+    }
 
 
 def per_example_key(primary_metric: str) -> str:

@@ -14,12 +14,16 @@ non-blank line (a line as `jobkit.iter_jsonl` reads it) is
 
 `id` defaults to `<file stem>:<line>` and must be unique across the set. `expect` holds at least one of (null is the
 same as an absent key):
-- must_contain: non-empty list of non-empty strings, every one present in the answer (case-sensitive);
+- must_contain: non-empty list of non-empty strings (not blank: whitespace or zero-width characters only), every one
+  present in the answer (case-sensitive);
 - must_not_contain: the same shape, none present;
-- regex: a regular expression `re.search` must find in the answer (compiled once; re.error is a ConfigError);
+- regex: a regular expression `re.search` must find in the answer (compiled once; re.error is a ConfigError; a
+  search that takes more than guards.TIME_LIMIT_S on one answer is a ConfigError naming the prompt's id and model);
 - stops: true: the answer ended on an end-of-turn token instead of running to max_new_tokens (false checks nothing);
 - max_words: an int >= 1, the most whitespace-separated words the answer may have.
-The text checks read the answer without its surrounding whitespace, like graders.py's pattern checks. Bad JSON, an
+The text checks read the answer normalised (guards.normalize_text: NFKC without zero-width characters; phrases
+normalised alike, so a non-breaking or zero-width space cannot slip past must_not_contain) and without its surrounding
+whitespace, like graders.py's pattern checks; the regex searches that normalised text. Bad JSON, an
 unknown key (in the record or in `expect`), a wrong type, a line whose last message is not the user's, a duplicate id
 or more than MAX_PROMPTS prompts are ConfigErrors naming `file:line`.
 
@@ -39,6 +43,7 @@ from typing import Any
 
 from containers.common import jobkit
 from containers.common.jobkit import ConfigError
+from containers.evaluate import guards
 
 METRIC = "regression_pass_rate"
 EXPECT_KEYS = ("must_contain", "must_not_contain", "regex", "stops", "max_words")
@@ -58,13 +63,16 @@ class Expectation:
     stops: bool = False
     max_words: int | None = None
 
-    def failures(self, answer: str, stopped: bool) -> list[str]:
-        """The names (EXPECT_KEYS) of the checks the answer fails, in EXPECT_KEYS order; [] when it passes."""
-        text = answer.strip()
+    def failures(self, answer: str, stopped: bool, where: str = "an answer") -> list[str]:
+        """The names (EXPECT_KEYS) of the checks the answer fails, in EXPECT_KEYS order; [] when it passes. `where`
+        names the answer in the regex's timeout ConfigError."""
+        text = guards.normalize_text(answer).strip()
+        must_contain = [guards.normalize_text(s) for s in self.must_contain]
         failed = {
-            "must_contain": bool(self.must_contain) and not all(s in text for s in self.must_contain),
-            "must_not_contain": any(s in text for s in self.must_not_contain),
-            "regex": self.regex is not None and self.regex.search(text) is None,
+            "must_contain": bool(must_contain) and not all(s in text for s in must_contain),
+            "must_not_contain": any(guards.normalize_text(s) in text for s in self.must_not_contain),
+            "regex": self.regex is not None
+            and not guards.search(self.regex, text, what="regression expect.regex", where=where),
             "stops": self.stops and not stopped,
             "max_words": self.max_words is not None and len(text.split()) > self.max_words,
         }
@@ -96,8 +104,16 @@ class RegressionSet:
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+    """A non-empty list of strings each with a visible character (a blank must_not_contain phrase would fail every
+    answer)."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} must be a non-empty list of non-empty strings")
+    for index, item in enumerate(value):
+        if guards.is_blank(item):
+            raise ConfigError(
+                f"{where} must be a non-empty list of non-empty strings: item {index} ({item!r}) is blank (only "
+                "whitespace or invisible characters)"
+            )
     return tuple(value)
 
 
@@ -208,11 +224,16 @@ def read_regression(location: str) -> RegressionSet | None:
 # Scoring and reporting
 
 
-def failures(regression: RegressionSet, answers: Sequence[str], stopped: Sequence[bool]) -> list[list[str]]:
-    """Per prompt, the expectations its answer fails ([] when it passes)."""
+def failures(
+    regression: RegressionSet, answers: Sequence[str], stopped: Sequence[bool], *, model: str = "model"
+) -> list[list[str]]:
+    """Per prompt, the expectations its answer fails ([] when it passes); `model` names the answers in errors."""
     if not len(answers) == len(stopped) == len(regression.prompts):
         raise ValueError("one answer and one stop flag per regression prompt")
-    return [p.checks.failures(a, s) for p, a, s in zip(regression.prompts, answers, stopped, strict=True)]
+    return [
+        p.checks.failures(a, s, where=f"regression prompt {p.id!r} ({model}'s answer)")
+        for p, a, s in zip(regression.prompts, answers, stopped, strict=True)
+    ]
 
 
 def pass_rate(failed: Sequence[Sequence[str]]) -> float:

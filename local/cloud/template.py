@@ -84,7 +84,10 @@ def check_parameters(template: Mapping[str, Any], values: Mapping[str, str]) -> 
 
 def _check_parameter(name: str, spec: Mapping[str, Any], value: str) -> None:
     problem = None
-    if "AllowedPattern" in spec and not re.fullmatch(spec["AllowedPattern"], value):
+    # A CommaDelimitedList's AllowedPattern "must match each value in the list" (the AWS docs, CloudFormation
+    # "Parameters"): each value is checked, so a pattern only a whole list matches fails here as it would there.
+    values = value.split(",") if spec.get("Type") == "CommaDelimitedList" else [value]
+    if "AllowedPattern" in spec and not all(re.fullmatch(spec["AllowedPattern"], one) for one in values):
         problem = spec.get("ConstraintDescription") or f"must match {spec['AllowedPattern']}"
     elif "AllowedValues" in spec and value not in [str(allowed) for allowed in spec["AllowedValues"]]:
         problem = f"must be one of {spec['AllowedValues']}"

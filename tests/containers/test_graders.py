@@ -106,7 +106,11 @@ def test_json_schema_validates_answers_even_when_references_are_not_json() -> No
     metrics = _aggregate(grading, answers, ["Ann", "Bo", "Cy", "Di"])
     assert metrics["json_valid"] == 0.75
     assert metrics["json_schema_match"] == 0.25
-    assert grading.report({}, [])["json"] == {"schema": schema}
+    # THEN the report echoes the schema, and no answer made the schema itself fail
+    assert grading.report({"model": answers}, ["Ann", "Bo", "Cy", "Di"])["json"] == {
+        "schema": schema,
+        "json_schema_errors": {"model": {"count": 0, "first": None}},
+    }
 
 
 def test_invalid_json_schema_is_a_config_error() -> None:

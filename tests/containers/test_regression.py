@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
 from containers.common.jobkit import ConfigError
-from containers.evaluate import graders, regression
+from containers.evaluate import graders, guards, regression
 from containers.evaluate.regression import Expectation, RegressionSet
 
 USER = [{"role": "user", "content": "say hi"}]
@@ -80,6 +82,9 @@ def test_no_regression_set(tmp_path: Path, location: str) -> None:
         ([_line({"must_contain": "hi"})], "general.jsonl:1: expect.must_contain must be a non-empty list"),
         ([_line({"must_not_contain": []})], "general.jsonl:1: expect.must_not_contain must be a non-empty list"),
         ([_line({"must_contain": ["ok", ""]})], "general.jsonl:1: expect.must_contain must be a non-empty list"),
+        ([_line({"must_not_contain": [" "]})], "general.jsonl:1: expect.must_not_contain must be a non-empty list"),
+        ([_line({"must_not_contain": ["\u200b"]})], "general.jsonl:1: expect.must_not_contain must be a non-empty"),
+        ([_line({"must_contain": ["ok", "\u00a0"]})], "general.jsonl:1: expect.must_contain must be a non-empty list"),
         ([_line({"stops": "yes"})], "general.jsonl:1: expect.stops must be true or false"),
         ([_line({"max_words": 0})], "general.jsonl:1: expect.max_words must be an integer >= 1"),
         ([_line({"max_words": 2.5})], "general.jsonl:1: expect.max_words must be an integer >= 1"),
@@ -136,6 +141,69 @@ def test_regex_is_searched_in_the_stripped_answer() -> None:
     checks = _checks({"regex": "^[0-9]+$"})
     assert checks.failures("\n 42 \n", stopped=True) == []  # a decoded answer may start with a newline
     assert checks.failures("about 42", stopped=True) == ["regex"]
+
+
+def test_a_blank_phrase_is_refused_saying_which_item() -> None:
+    # GIVEN must_not_contain with a whitespace-only phrase (it would be in every answer: every answer failing)
+    # WHEN parsed THEN a ConfigError names the blank item
+    with pytest.raises(ConfigError, match=r"^t.jsonl:1: expect.must_not_contain must be .*: item 1 \(' '\) is blank"):
+        _checks({"must_not_contain": ["sorry", " "]})
+
+
+NFC_CAFE, NFD_CAFE = "caf\u00e9", "cafe\u0301"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["As\u00a0an AI, no.", "As an\u200b AI, no.", "As an A\u200cI, no.", "As\u2060 an AI, no.", "\uff21s an AI, no."],
+)
+def test_must_not_contain_cannot_be_dodged_with_invisible_or_compatibility_characters(answer: str) -> None:
+    # GIVEN must_not_contain "As an AI"; WHEN the answer spells it with a lookalike THEN it still fails the check
+    assert _checks({"must_not_contain": ["As an AI"]}).failures(answer, stopped=True) == ["must_not_contain"]
+
+
+def test_must_contain_and_regex_compare_normalised_text() -> None:
+    # GIVEN an NFD phrase and an NFC regex; WHEN the answers are NFC, and NFD with a zero-width space
+    checks = _checks({"must_contain": [NFD_CAFE], "regex": f"^{NFC_CAFE}!$"})
+    # THEN both pass (the same text, encoded differently)
+    assert checks.failures(f"{NFC_CAFE}!", stopped=True) == []
+    assert checks.failures(f"\u200b{NFD_CAFE}!", stopped=True) == []
+    assert checks.failures("cafe!", stopped=True) == ["must_contain", "regex"]
+
+
+class WatchdogFired(Exception):
+    """The test's outer timer fired: the regex ran without a time limit."""
+
+
+def test_a_backtracking_regex_is_stopped_and_names_the_prompt_and_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a regression regex that backtracks catastrophically on prompt "slow", the limit lowered to 0.2 s, and an
+    # outer 20 s timer (a missing limit fails the test instead of hanging it)
+    monkeypatch.setattr(guards, "TIME_LIMIT_S", 0.2)
+    prompts = RegressionSet(
+        (
+            regression.Prompt("fast", USER, {"max_words": 9}, Expectation(max_words=9)),
+            regression.Prompt("slow", USER, {"regex": "(a|a)+$"}, _checks({"regex": "(a|a)+$"})),
+        )
+    )
+
+    def fire(signum: int, frame: FrameType | None) -> None:
+        raise WatchdogFired("no time limit")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, 20.0)
+    try:
+        # WHEN the candidate's answers are checked THEN a ConfigError names the regex, the prompt's id and the model
+        with pytest.raises(ConfigError) as raised:
+            regression.failures(prompts, ["ok", "a" * 40 + "!"], [True, True], model="candidate")
+        # and the outer timer is handed back (still running)
+        assert signal.getsignal(signal.SIGALRM) is fire and signal.getitimer(signal.ITIMER_REAL)[0] > 10
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert str(raised.value) == (
+        "regression expect.regex '(a|a)+$' took more than 0.2 s on regression prompt 'slow' (candidate's answer): "
+        "simplify it"
+    )
 
 
 def test_stops_needs_the_end_of_turn_token_and_false_checks_nothing() -> None:
@@ -201,7 +269,7 @@ def test_pass_rate_report_and_answer_records() -> None:
 
 def test_report_keeps_the_first_20_failed_ids() -> None:
     prompts = _set(*(f"p{i}" for i in range(25)))
-    failed = {"candidate": [["stops"]] * 25, "base": [[]] * 25}
+    failed: dict[str, list[list[str]]] = {"candidate": [["stops"]] * 25, "base": [[]] * 25}
     section = regression.report(prompts, failed)
     assert section["per_model"]["candidate"]["failed"] == [f"p{i}" for i in range(20)]
     assert len(section["lost"]) == 25

@@ -4,6 +4,7 @@ what the judge may cost (run_limits.judge_tokens, counted against MaxRunCostUsd)
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -111,7 +112,7 @@ def test_the_judges_most_tokens_are_priced_into_the_run_and_can_exceed_its_budge
     evaluation = EvaluationOverrides.model_validate(
         {"graders": {"judge": {"rubric": "r" * 4000, "max_examples": 100}}, "max_new_tokens": 512}
     )
-    settings = _settings(judge_model_id="judge", judge_price_per_million_tokens=15.0)
+    settings = _settings(judge_model_id="anthropic.judge-v1:0", judge_price_per_million_tokens=15.0)
 
     def estimate(eval_examples: int, budget: float) -> Any:
         shape = run_limits.run_shape(
@@ -144,3 +145,71 @@ def test_the_judges_most_tokens_are_priced_into_the_run_and_can_exceed_its_budge
     # WHEN the budget is a cent short of the run with its judge THEN the run is over its limits, naming the judge
     over = estimate(40, small.total_cost_usd - 0.01)
     assert over.over_limits and "judge $" in over.over_limits[0]
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "problem"),
+    [
+        (
+            {
+                "graders": {"judge": {"rubric": "Is it right?", "pairwise": False}},
+                "thresholds": {"judge_win_rate": 0.5},
+            },
+            "evaluation.thresholds.judge_win_rate: needs evaluation.graders.judge with pairwise comparisons",
+        ),
+        (
+            {"graders": {"pattern": {"must_contain": ["x"]}}, "thresholds": {"pattern_regex": 1.0}},
+            "evaluation.thresholds.pattern_regex: needs evaluation.graders.pattern.regex",
+        ),
+        (
+            {"graders": {"pattern": {"regex": "^A"}}, "thresholds": {"pattern_must_not_contain": 1.0}},
+            "evaluation.thresholds.pattern_must_not_contain: needs evaluation.graders.pattern.must_not_contain",
+        ),
+        (
+            {"primary_metric": "classification_accuracy"},
+            "evaluation.primary_metric: classification_accuracy needs evaluation.graders.classification.labels",
+        ),
+        (
+            {"primary_metric": "regression_pass_rate"},
+            "evaluation.primary_metric: regression_pass_rate needs a regression set, and this stack has none",
+        ),
+        (
+            {"graders": {"pattern": {"must_not_contain": ["zzzz"]}}, "primary_metric": "pattern_must_not_contain"},
+            "evaluation.primary_metric: pattern_must_not_contain measures checks the sidecar itself defines",
+        ),
+    ],
+)
+def test_a_metric_no_grader_of_the_run_computes_is_refused_before_training(
+    evaluation: dict[str, Any], problem: str
+) -> None:
+    # GIVEN settings whose gate would fail on a metric never computed (or one the uploader controls entirely)
+    # WHEN checked at Validate THEN the problem names the setting and what it needs
+    problems = _problems(evaluation, judge_model_id="anthropic.judge-v1:0")
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def test_a_grader_function_of_another_region_is_refused() -> None:
+    other = "arn:aws:lambda:eu-west-1:123456789012:function:my-grader"
+    problems = _problems(
+        {"graders": {"custom": {"function": "my-grader"}}}, grader_function_arns=other, aws_region="us-east-1"
+    )
+    assert problems == [
+        f"evaluation.graders.custom.function: {other} is in eu-west-1, this stack in us-east-1: Lambda invokes "
+        "functions of its own Region only"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("schema", "why"),
+    [
+        ({"$ref": "#"}, "refers to itself without end"),
+        ({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "without end"),
+        ({"$ref": "https://example.com/schema.json"}, "only references inside the schema"),
+        ({"$ref": "#/$defs/nope"}, "does not resolve inside the schema"),
+        ({"type": "string", "pattern": "^(a+)+$"}, "the pattern at /: a repeated group"),
+        ({"type": "object", "patternProperties": {"(x*)*": {}}}, "the patternProperties key at /"),
+    ],
+)
+def test_a_json_schema_the_offline_job_cannot_use_is_refused(schema: dict[str, Any], why: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(why)):
+        EvaluationOverrides.model_validate({"graders": {"json": {"schema": schema}}})

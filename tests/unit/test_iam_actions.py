@@ -245,6 +245,25 @@ def test_scaling_an_endpoint_is_on_its_scalable_target() -> None:
     assert register[0].context["aws:RequestTag/k"] == ["v"]
 
 
+def test_converse_is_invoke_model_and_through_a_profile_also_on_its_foundation_model() -> None:
+    # GIVEN the judge's Converse calls: a foundation model id, then a system cross-region inference profile id
+    messages = [{"role": "user", "content": [{"text": "grade"}]}]
+    [direct] = _checks("bedrock-runtime", "Converse", modelId="anthropic.claude-judge-v1:0", messages=messages)
+    profile, foundation = _checks(
+        "bedrock-runtime", "Converse", modelId="us.anthropic.claude-judge-v1:0", messages=messages
+    )
+    # THEN each is bedrock:InvokeModel: on the foundation model (no account in its ARN), or on the profile and on the
+    # model behind it with bedrock:InferenceProfileArn, as the Bedrock user guide's inference-profile prerequisites say
+    assert (direct.action, direct.resource) == (
+        "bedrock:InvokeModel",
+        f"arn:aws:bedrock:{REGION}::foundation-model/anthropic.claude-judge-v1:0",
+    )
+    profile_arn = f"arn:aws:bedrock:{REGION}:{ACCOUNT}:inference-profile/us.anthropic.claude-judge-v1:0"
+    assert (profile.action, profile.resource) == ("bedrock:InvokeModel", profile_arn)
+    assert foundation.resource == f"arn:aws:bedrock:{REGION}::foundation-model/anthropic.claude-judge-v1:0"
+    assert foundation.context == {"bedrock:InferenceProfileArn": [profile_arn]}
+
+
 def test_kms_secrets_bedrock_and_sqs_resolve_their_resources() -> None:
     assert _checks("kms", "Decrypt", KeyId="alias/data", CiphertextBlob=b"x")[0].resource == KEY_ARN
     secret = _checks("secretsmanager", "GetSecretValue", SecretId="slack")[0]

@@ -45,7 +45,9 @@ def _problem(name: str, value: str) -> str | None:
     if allowed is not None and value not in [str(item) for item in allowed]:
         return f"{name}={value!r} not in {allowed}"
     pattern = spec.get("AllowedPattern")
-    if pattern is not None and not re.fullmatch(pattern, value):
+    # A CommaDelimitedList's pattern applies to each value (the AWS docs, CloudFormation "Parameters").
+    values = value.split(",") if kind == "CommaDelimitedList" else [value]
+    if pattern is not None and not all(re.fullmatch(pattern, one) for one in values):
         return f"{name}={value!r} does not match {pattern}"
     if kind == "Number":
         try:
@@ -112,3 +114,20 @@ def test_prod_deploys_blue_green_with_a_canary() -> None:
     assert _value("prod", "ModelApprovalStatus") == "Approved"
     assert _value("prod", "ServeMode") == "merged" and _value("prod", "QuantizeEnabled") == "false"
     assert _value("prod", "FallbackTrainingInstanceTypes"), "prod trains on demand: it needs fallback capacity"
+
+
+def test_the_local_cloud_checks_each_value_of_a_list_parameter_as_cloudformation_does() -> None:
+    # GIVEN template.yaml's list parameters, whose patterns describe one value (the AWS docs: "must match each value")
+    from local.cloud.template import TemplateError, check_parameters, load_sam_template
+
+    template = load_sam_template()
+    base = {"BaseModelS3Uri": "s3://models-bucket/base/"}
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:grader"
+    # WHEN lists of valid values are given THEN they deploy
+    check_parameters(template, {**base, "GraderFunctionArns": f"{arn},{arn}-two"})
+    check_parameters(template, {**base, "AllowedTrainingInstanceTypes": "ml.g5.2xlarge,ml.g6e.12xlarge"})
+    # WHEN one value of a list is not one THEN the deployment is refused, naming the parameter
+    with pytest.raises(TemplateError, match="GraderFunctionArns"):
+        check_parameters(template, {**base, "GraderFunctionArns": f"{arn},not-an-arn"})
+    with pytest.raises(TemplateError, match="AllowedDeployTargets"):
+        check_parameters(template, {**base, "AllowedDeployTargets": "vllm,sagemaker"})

@@ -381,7 +381,7 @@ def test_starting_evaluate_writes_the_jobs_graders_and_keeps_the_judges_threshol
     aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a stack with a judge, and a sidecar with classification labels, a pattern and thresholds on both kinds
-    monkeypatch.setenv("JUDGE_MODEL_ID", "judge-model")
+    monkeypatch.setenv("JUDGE_MODEL_ID", "anthropic.judge-v1:0")
     pipeline_settings.cache_clear()
     aws.settings = pipeline_settings()
     evaluation = {

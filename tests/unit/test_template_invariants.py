@@ -73,7 +73,7 @@ def test_validate_and_stage_functions_enforce_the_same_run_limits() -> None:
     stage = resources["StageFunction"]["Properties"]["Environment"]["Variables"]
     # THEN every limit the Stage function checks again reaches both from the same template expression (the
     # evaluate container's own floors, which have no parameter, excepted)
-    without_parameter = {"max_regression_vs_production", "min_stop_rate"}
+    without_parameter = {"max_regression_vs_production", "min_stop_rate", "aws_region"}  # AWS_REGION: Lambda's own
     stage_checks = {
         "training_instance_types",
         "allowed_training_instance_types",
@@ -84,6 +84,11 @@ def test_validate_and_stage_functions_enforce_the_same_run_limits() -> None:
         "min_improvement_over_base",
         "deploy_target",
         "allowed_deploy_targets",
+        "regression_set_s3_uri",
+        "max_regression_drop",
+        "judge_model_id",
+        "judge_endpoint_url",
+        "grader_function_arns",
     }
     assert stage_checks <= set(RunLimitSettings.model_fields) - without_parameter
     for field in set(RunLimitSettings.model_fields) - without_parameter:

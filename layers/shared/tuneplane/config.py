@@ -72,16 +72,22 @@ class RunLimitSettings(BaseSettings):
     max_regression_drop: float = Field(default=0.1, ge=0, le=1, description="MaxRegressionDrop.")
     # The evaluation's control-plane graders (tuneplane/logic/grading.py): a judge on Bedrock (JudgeModelId) or
     # behind an OpenAI-compatible URL (JudgeEndpointUrl), and the Lambda graders a sidecar may name.
-    judge_model_id: str = Field(default="", max_length=2048, description="JudgeModelId: a Bedrock model or profile.")
+    judge_model_id: str = Field(
+        default="",
+        pattern=r"^$|^[a-z0-9-]+(\.[a-z0-9-]+)+(:[0-9]+)?$",
+        description="JudgeModelId: a Bedrock foundation model or system inference profile id.",
+    )
     judge_endpoint_url: str = Field(
         default="",
         pattern=r"^$|^https://[^\s]+$|^http://(127\.0\.0\.1|localhost)(:\d+)?(/[^\s]*)?$",
         description="JudgeEndpointUrl: an OpenAI-compatible base URL (https; plain http only on loopback).",
     )
     judge_price_per_million_tokens: float = Field(
-        default=3.0, ge=0, description="JudgePricePerMillionTokens: input and output tokens alike (an upper bound)."
+        default=15.0, ge=0, description="JudgePricePerMillionTokens: input and output tokens alike (an upper bound)."
     )
     grader_function_arns: str = Field(default="", description="GraderFunctionArns: Lambda graders, comma-separated.")
+
+    aws_region: str | None = Field(default=None, description="AWS_REGION, which Lambda sets: where the stack runs.")
 
     @property
     def judge_configured(self) -> bool:
@@ -326,6 +332,11 @@ class GradeSettings(RunLimitSettings):
 
     data_bucket: str = Field(min_length=3)
     runs_prefix: str = "runs/"
+    judge_endpoint_model: str = Field(
+        default="",
+        max_length=256,
+        description="JudgeEndpointModel: the model name the JudgeEndpointUrl server serves.",
+    )
 
 
 @cache

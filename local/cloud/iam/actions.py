@@ -646,12 +646,21 @@ def _model(call: Call) -> str:
     return call.arn("bedrock", f"foundation-model/{model}", account="")
 
 
-# Converse is authorized as bedrock:InvokeModel (the Service Authorization Reference lists no Converse action; the
-# Converse API reference names InvokeModel as the permission it needs).
-BEDROCK_RUNTIME: dict[str, Mapper] = {
-    "InvokeModel": _same_name("bedrock", _model),
-    "Converse": lambda call, facts: [Check("bedrock:InvokeModel", _model(call))],
-}
+def _converse(call: Call, facts: Facts) -> list[Check]:
+    """Converse is authorized as bedrock:InvokeModel (its API reference: "This operation requires permission for the
+    bedrock:InvokeModel action"). Through a system inference profile, the Bedrock user guide ("Prerequisites for
+    inference profiles") requires it on the profile and on the foundation model in the Regions the profile routes
+    to, where the request carries ``bedrock:InferenceProfileArn``; this Region stands for them here."""
+    resource = _model(call)
+    checks = [Check("bedrock:InvokeModel", resource)]
+    model = str(call.params["modelId"])
+    if ":inference-profile/" in resource and not model.startswith("arn:"):
+        foundation = call.arn("bedrock", f"foundation-model/{model.split('.', 1)[1]}", account="")
+        checks.append(Check("bedrock:InvokeModel", foundation, {"bedrock:InferenceProfileArn": [resource]}))
+    return checks
+
+
+BEDROCK_RUNTIME: dict[str, Mapper] = {"InvokeModel": _same_name("bedrock", _model), "Converse": _converse}
 
 
 def _queue(call: Call) -> str:

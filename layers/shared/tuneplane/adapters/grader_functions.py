@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
 from tuneplane.errors import GraderFailed, JudgeUnavailable
 
@@ -28,13 +28,27 @@ if TYPE_CHECKING:
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
 # A grader must answer a batch within this (the README says so): a grading pass bounds its chunks' time with it.
 GRADER_TIMEOUT_S = 120
-_TRANSIENT = {"TooManyRequestsException", "ServiceException", "EC2ThrottledException", "ResourceNotReadyException"}
+# Invoke's errors that a retry can fix (botocore's Invoke error list): throttling, the service, a function being
+# updated or its network interface or snapshot not ready yet.
+_TRANSIENT = {
+    "TooManyRequestsException",
+    "ServiceException",
+    "EC2ThrottledException",
+    "EC2UnexpectedException",
+    "ResourceNotReadyException",
+    "ResourceConflictException",
+    "ENINotReadyException",
+    "SnapStartNotReadyException",
+}
 
 
 @cache
 def _lambda() -> LambdaClient:
     return boto3.client(
-        "lambda", config=Config(read_timeout=GRADER_TIMEOUT_S, retries={"mode": "standard", "total_max_attempts": 1})
+        "lambda",
+        config=Config(
+            connect_timeout=5, read_timeout=GRADER_TIMEOUT_S, retries={"mode": "standard", "total_max_attempts": 1}
+        ),
     )
 
 
@@ -50,8 +64,16 @@ def score(function: str, items: list[dict[str, Any]]) -> list[float]:
         if code in _TRANSIENT:
             raise JudgeUnavailable(f"grader {function} was not invoked: {code}") from exc
         raise GraderFailed(f"grader {function} could not be invoked: {code} {exc}") from exc
+    except ReadTimeoutError as exc:  # the function ran past the time a grader has (the README: 2 minutes a batch)
+        raise GraderFailed(
+            f"grader {function} did not answer a batch of {len(items)} within {GRADER_TIMEOUT_S} s"
+        ) from exc
     except BotoCoreError as exc:
         raise JudgeUnavailable(f"grader {function} was not invoked: {exc}") from exc
+    return _checked_scores(function, response, len(items))
+
+
+def _checked_scores(function: str, response: Any, count: int) -> list[float]:
     raw = response["Payload"].read()
     if response.get("FunctionError"):
         try:
@@ -63,9 +85,9 @@ def score(function: str, items: list[dict[str, Any]]) -> list[float]:
         scores = json.loads(raw)["scores"]
     except (ValueError, KeyError, TypeError) as exc:
         raise GraderFailed(f'grader {function} answered without a "scores" list: {raw[:200]!r}') from exc
-    if not isinstance(scores, list) or len(scores) != len(items):
+    if not isinstance(scores, list) or len(scores) != count:
         got = len(scores) if isinstance(scores, list) else type(scores).__name__
-        raise GraderFailed(f"grader {function} answered {got} scores for {len(items)} items")
+        raise GraderFailed(f"grader {function} answered {got} scores for {count} items")
     checked: list[float] = []
     for position, value in enumerate(scores):
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -74,3 +96,21 @@ def score(function: str, items: list[dict[str, Any]]) -> list[float]:
             raise GraderFailed(f"grader {function}: score {position} is {value}, outside [0, 1]")
         checked.append(float(value))
     return checked
+
+
+def batches(items: list[dict[str, Any]], most: int) -> list[list[dict[str, Any]]]:
+    """``items`` in order, at most ``most`` a batch and each batch's request under MAX_REQUEST_BYTES (an item too
+    large alone goes alone, and its request is refused with the reason)."""
+    out: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    size = len(b'{"items": []}')
+    for item in items:
+        item_bytes = len(json.dumps(item).encode()) + 2
+        if current and (len(current) >= most or size + item_bytes > MAX_REQUEST_BYTES):
+            out.append(current)
+            current, size = [], len(b'{"items": []}')
+        current.append(item)
+        size += item_bytes
+    if current:
+        out.append(current)
+    return out

@@ -9,6 +9,7 @@ change (access denied, an unknown model, a malformed request) is ``GraderFailed`
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -26,18 +27,21 @@ if TYPE_CHECKING:
     from mypy_boto3_bedrock_runtime import BedrockRuntimeClient
 
 JUDGE_MAX_TOKENS = 512  # a verdict and its reasons; also the cost estimate's bound on the judge's output
-# A call waits at most JUDGE_TIMEOUT_S per attempt, JUDGE_ATTEMPTS attempts (Bedrock's own retry of throttling), so
-# a grading pass can bound a chunk's time (logic/grading.py); longer outages are the state machine's Retry.
+# A read waits at most JUDGE_TIMEOUT_S; the SDK's adaptive mode rate-limits and retries throttling itself, up to
+# JUDGE_ATTEMPTS; a grading pass also bounds a whole chunk's calls (logic/grading.py CHUNK_DEADLINE_S); longer
+# outages are the state machine's Retry.
 JUDGE_TIMEOUT_S = 60
-JUDGE_ATTEMPTS = 2
-# Bedrock's Converse errors that a retry can fix (the API reference: ThrottlingException, ServiceUnavailableException,
-# InternalServerException, ModelNotReadyException, ModelTimeoutException); anything else is the request's fault.
+JUDGE_CONNECT_TIMEOUT_S = 5
+JUDGE_ATTEMPTS = 5
+# Bedrock's Converse errors that a retry can fix (the API reference's error list); anything else (access denied, an
+# unknown model, a malformed request) is the request's fault.
 _TRANSIENT = {
     "ThrottlingException",
     "ServiceUnavailableException",
     "InternalServerException",
     "ModelNotReadyException",
     "ModelTimeoutException",
+    "ModelErrorException",  # 424; its message says to try the request again
 }
 _TRANSIENT_HTTP = {408, 409, 429, 500, 502, 503, 504}
 
@@ -58,11 +62,12 @@ class Judge(Protocol):
 
 @cache
 def _runtime() -> BedrockRuntimeClient:
-    # Standard retry mode backs off throttling once itself before the error reaches the state machine's Retry.
     return boto3.client(
         "bedrock-runtime",
         config=Config(
-            read_timeout=JUDGE_TIMEOUT_S, retries={"mode": "standard", "total_max_attempts": JUDGE_ATTEMPTS}
+            connect_timeout=JUDGE_CONNECT_TIMEOUT_S,
+            read_timeout=JUDGE_TIMEOUT_S,
+            retries={"mode": "adaptive", "total_max_attempts": JUDGE_ATTEMPTS},
         ),
     )
 
@@ -129,7 +134,7 @@ class OpenAICompatibleJudge:
             if exc.code in _TRANSIENT_HTTP:
                 raise JudgeUnavailable(f"the judge at {self.base_url} answered HTTP {exc.code}: {detail}") from exc
             raise GraderFailed(f"the judge at {self.base_url} refused the request: HTTP {exc.code} {detail}") from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
             raise JudgeUnavailable(f"the judge at {self.base_url} did not answer: {exc}") from exc
         except ValueError as exc:
             raise JudgeUnavailable(f"the judge at {self.base_url} answered something that is not JSON") from exc
@@ -141,9 +146,9 @@ class OpenAICompatibleJudge:
         return JudgeReply(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
 
-def judge_for(model_id: str, endpoint_url: str) -> Judge:
-    """The stack's judge: the OpenAI-compatible server when JudgeEndpointUrl is set (JudgeModelId then names the
+def judge_for(model_id: str, endpoint_url: str, endpoint_model: str = "") -> Judge:
+    """The stack's judge: the OpenAI-compatible server when JudgeEndpointUrl is set (JudgeEndpointModel names the
     model it serves), else Bedrock's JudgeModelId."""
     if endpoint_url:
-        return OpenAICompatibleJudge(endpoint_url, model_id or "judge")
+        return OpenAICompatibleJudge(endpoint_url, endpoint_model or "judge")
     return BedrockJudge(model_id)

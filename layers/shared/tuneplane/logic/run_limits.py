@@ -40,9 +40,9 @@ from typing import Any
 
 from tuneplane.config import RunLimitSettings
 from tuneplane.errors import InvalidConfiguration
-from tuneplane.logic.cost import DEFAULT_MAX_NEW_TOKENS, EVALUATED_MODELS, RunCaps, RunShape
-from tuneplane.logic.grading import judge_token_bound
-from tuneplane.models.graders import Graders, required_grader
+from tuneplane.logic.cost import DEFAULT_MAX_NEW_TOKENS, RunCaps, RunShape
+from tuneplane.logic.grading import judge_tokens
+from tuneplane.models.graders import Graders
 from tuneplane.models.pipeline import EvaluationOverrides, TrainingOverrides
 from tuneplane.models.validation import Code, Severity, ValidationOptions
 
@@ -160,26 +160,63 @@ def grader_problems(evaluation: EvaluationOverrides, limits: RunLimitSettings) -
             f"evaluation.graders.custom.function: {graders.custom.function} is not one of this stack's "
             f"GraderFunctionArns ({allowed})"
         )
-    configured = {
-        "judge": graders.judge is not None,
-        "custom": graders.custom is not None,
-        "pattern": graders.pattern is not None and graders.pattern.configured(),
-        "regression": bool(limits.regression_set_s3_uri),
-    }
+    chosen = limits.allowed_grader_function(graders.custom.function) if graders.custom is not None else None
+    region = chosen.split(":")[3] if chosen and chosen.startswith("arn:") else None
+    if region and limits.aws_region and region != limits.aws_region:
+        problems.append(
+            f"evaluation.graders.custom.function: {chosen} is in {region}, this stack in {limits.aws_region}: Lambda "
+            "invokes functions of its own Region only"
+        )
     for metric in evaluation.thresholds or {}:
-        needed = required_grader(metric)
-        if needed == "regression" and not configured[needed]:
-            problems.append(f"evaluation.thresholds.{metric}: this stack has no regression set (RegressionSetS3Uri)")
-        elif needed is not None and not configured[needed]:
-            problems.append(f"evaluation.thresholds.{metric}: needs evaluation.graders.{needed}")
-        elif metric.startswith("classification_") and not (
-            graders.classification is not None and graders.classification.labels
-        ):
-            problems.append(
-                f"evaluation.thresholds.{metric}: needs evaluation.graders.classification.labels (without them the "
-                "job decides from the references whether they are labels)"
-            )
+        if (problem := metric_problem(metric, graders, limits)) is not None:
+            problems.append(f"evaluation.thresholds.{metric}: {problem}")
+    primary = evaluation.primary_metric
+    if primary is not None and (problem := metric_problem(primary, graders, limits)) is not None:
+        problems.append(f"evaluation.primary_metric: {primary} {problem}")
+    if primary is not None and primary.startswith("pattern_"):
+        problems.append(
+            f"evaluation.primary_metric: {primary} measures checks the sidecar itself defines, so it cannot carry the "
+            "stack's MinScore and MinImprovementOverBase; use it in evaluation.thresholds"
+        )
     return problems
+
+
+def metric_problem(metric: str, graders: Graders, limits: RunLimitSettings) -> str | None:
+    """Why no grader of this run would compute ``metric`` (None: one does, or the job always does): the gate would
+    otherwise fail on it only after training."""
+    pattern = graders.pattern
+    classification = graders.classification
+    needs: dict[str, tuple[bool, str]] = {
+        "judge_score": (graders.judge is not None, "needs evaluation.graders.judge"),
+        "judge_win_rate": (
+            graders.judge is not None and graders.judge.pairwise,
+            "needs evaluation.graders.judge with pairwise comparisons (pairwise: true)",
+        ),
+        "custom_score": (graders.custom is not None, "needs evaluation.graders.custom"),
+        "pattern_pass_rate": (pattern is not None and pattern.configured(), "needs evaluation.graders.pattern"),
+        "pattern_regex": (pattern is not None and pattern.regex is not None, "needs evaluation.graders.pattern.regex"),
+        "pattern_must_contain": (
+            pattern is not None and bool(pattern.must_contain),
+            "needs evaluation.graders.pattern.must_contain",
+        ),
+        "pattern_must_not_contain": (
+            pattern is not None and bool(pattern.must_not_contain),
+            "needs evaluation.graders.pattern.must_not_contain",
+        ),
+        "regression_pass_rate": (
+            bool(limits.regression_set_s3_uri),
+            "needs a regression set, and this stack has none (RegressionSetS3Uri)",
+        ),
+    }
+    labelled = classification is not None and classification.enabled and bool(classification.labels)
+    for name in ("classification_accuracy", "classification_macro_f1"):
+        needs[name] = (
+            labelled,
+            "needs evaluation.graders.classification.labels (without them the job decides from the references "
+            "whether they are labels)",
+        )
+    computed, why = needs.get(metric, (True, ""))
+    return None if computed else why
 
 
 def deploy_problems(target: str | None, limits: RunLimitSettings) -> list[str]:
@@ -305,17 +342,6 @@ def run_shape(
         judge_tokens=judge_tokens(evaluation, eval_examples),
         judge_price_per_million_tokens=limits.judge_price_per_million_tokens,
     )
-
-
-def judge_tokens(evaluation: EvaluationOverrides, eval_examples: int | None) -> int | None:
-    """The most tokens the run's judge may read and write: its examples (its max_examples, fewer when the eval split
-    is smaller) x the bound per example (every evaluated model scored, and the pairwise comparisons)."""
-    judge = evaluation.graders.judge if evaluation.graders else None
-    if judge is None:
-        return None
-    examples = min(judge.max_examples, eval_examples) if eval_examples is not None else judge.max_examples
-    max_new_tokens = evaluation.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-    return examples * judge_token_bound(judge, max_new_tokens, EVALUATED_MODELS)
 
 
 def run_caps(limits: RunLimitSettings) -> RunCaps:

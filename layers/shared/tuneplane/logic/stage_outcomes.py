@@ -187,9 +187,10 @@ def evaluation_outcome(run: RunView, settings: PipelineSettings) -> StageOutcome
     folder = job_requests.run_uri(settings, run.run_id, "evaluation", "")
     report = read_json(folder + "evaluation.json")
     graders = run.evaluation().graders
-    grading = read_json(folder + "grading.json") if graders is not None and graders.control_plane() else {}
+    graded = graders is not None and graders.control_plane()
+    grading = read_json(folder + "grading.json") if graded else {}
     primary = str(report.get("primary_metric") or "exact_match")
-    passed = bool(report.get("passed")) and bool(grading.get("passed", True))
+    passed = bool(report.get("passed")) and (not graded or grading.get("passed") is True)
     metrics: dict[str, Any] = {"primary_metric": primary, "passed": passed, "examples": report.get("examples")}
     scores: dict[str, dict[str, Any]] = {}
     for source in (report.get("metrics") or {}, grading.get("metrics") or {}):
@@ -211,6 +212,7 @@ def evaluation_outcome(run: RunView, settings: PipelineSettings) -> StageOutcome
         artifacts["chart"] = folder + "evaluation.png"
     message = "passed the gate" if passed else "did not pass the gate: " + "; ".join(reasons)
     notes = [f"worst by the judge: {line}" for line in masked_worst(grading)] if grading else []
+    notes += [f"judge: {warning}" for warning in grading.get("warnings") or []]
     return StageOutcome(
         stage=Stage.EVALUATE, metrics=metrics, artifacts=artifacts, passed=passed, message=message, notes=notes
     )

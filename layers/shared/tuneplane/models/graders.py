@@ -9,9 +9,10 @@ from the answers the job wrote. Every metric is in [0, 1], higher is better, so 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 # Computed by the Evaluate job (containers/evaluate/graders.py names the same ones).
 CONTAINER_METRICS = (
@@ -69,7 +70,23 @@ MAX_SCHEMA_CHARS = 20_000
 MAX_RUBRIC_CHARS = 4_000
 MAX_GRADED_EXAMPLES = 2_000  # per run, for the judge and a custom grader (the caps of the stack may be lower)
 
-_Phrase = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# The evaluate job compares texts as NFKC without zero-width characters (containers/evaluate/guards.py): the checks
+# here see them the same way, so what passes Validate is what the job accepts.
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+
+
+def normalized(text: str) -> str:
+    return unicodedata.normalize("NFKC", text.translate(_ZERO_WIDTH))
+
+
+def _visible(text: str) -> str:
+    if not normalized(text).strip():
+        raise ValueError("must have a visible character (spaces and zero-width characters alone are blank)")
+    return text
+
+
+_Phrase = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_visible)]
+_Label = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_visible)]
 
 
 class _Section(BaseModel):
@@ -82,16 +99,25 @@ class ClassificationGrader(_Section):
     false turns the automatic decision off."""
 
     enabled: bool = True
-    labels: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] | None = Field(
-        default=None, min_length=2, max_length=50
+    labels: list[Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_visible)]] | None = (
+        Field(default=None, min_length=2, max_length=50)
     )
 
     @field_validator("labels")
     @classmethod
     def _distinct(cls, labels: list[str] | None) -> list[str] | None:
-        if labels is not None and len({label.strip().casefold() for label in labels}) != len(labels):
-            raise ValueError("labels must be distinct (compared without case and surrounding spaces)")
+        if labels is not None and len({normalized(label).strip().casefold() for label in labels}) != len(labels):
+            raise ValueError(
+                "labels must be distinct (compared as the job compares them: without case, surrounding "
+                "spaces and zero-width characters, in Unicode NFKC)"
+            )
         return labels
+
+    @model_validator(mode="after")
+    def _labels_only_when_enabled(self) -> ClassificationGrader:
+        if not self.enabled and self.labels:
+            raise ValueError("labels are given but enabled is false: drop one of them")
+        return self
 
 
 class JsonGrader(_Section):
@@ -119,7 +145,61 @@ class JsonGrader(_Section):
         except SchemaError as exc:
             where = "/".join(str(part) for part in exc.path) or "(top level)"
             raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from exc
+        _check_schema_offline(schema)
         return schema
+
+
+def _schema_nodes(node: Any, path: str = "") -> Any:
+    """Every (path, key, value) of a JSON document, depth first."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield path, key, value
+            yield from _schema_nodes(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _schema_nodes(value, f"{path}/{index}")
+
+
+def _check_schema_offline(schema: dict[str, Any]) -> None:
+    """The evaluate job has no network: a reference must resolve inside the schema; one that leads back to itself
+    without a step (``{"$ref": "#"}``) would recurse forever; a ``pattern`` is held to the regex grader's rule."""
+    import json
+
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError as SchemaValidationError
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
+
+    for path, key, value in _schema_nodes(schema):
+        if key in ("$ref", "$dynamicRef") and not (isinstance(value, str) and value.startswith("#")):
+            raise ValueError(f"{key} at {path or '/'} is {value!r}: only references inside the schema (#...) resolve")
+        if key == "pattern" and isinstance(value, str):
+            _check_regex(value, f"the pattern at {path or '/'}")
+        if key == "patternProperties" and isinstance(value, dict):
+            for regex in value:
+                _check_regex(regex, f"the patternProperties key at {path or '/'}")
+    validator = Draft202012Validator(schema, registry=Registry())
+    probes: list[Any] = [None, {}, [], "", 0, json.loads('{"a": [1, "b", {"c": null}]}')]
+    for probe in probes:
+        try:
+            any(True for _ in validator.iter_errors(probe))
+        except Unresolvable as exc:
+            raise ValueError(f"a reference does not resolve inside the schema: {exc}") from exc
+        except RecursionError as exc:
+            raise ValueError('the schema refers to itself without end (e.g. {"$ref": "#"})') from exc
+        except SchemaValidationError:
+            pass
+
+
+def _check_regex(regex: str, what: str) -> None:
+    try:
+        re.compile(regex)
+    except re.error as exc:
+        raise ValueError(f"{what} is not a valid regular expression: {exc}") from exc
+    if _NESTED_QUANTIFIER.search(regex):
+        # A quantified group that itself ends in a quantifier ((a+)+, (\w*)*) backtracks exponentially on a long
+        # answer that almost matches; the job also stops any search that takes more than its time limit.
+        raise ValueError(f"{what}: a repeated group that itself repeats (e.g. (a+)+) can take exponential time")
 
 
 class PatternGrader(_Section):
@@ -133,16 +213,8 @@ class PatternGrader(_Section):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, regex: str | None) -> str | None:
-        if regex is None:
-            return None
-        try:
-            re.compile(regex)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        if _NESTED_QUANTIFIER.search(regex):
-            # A quantified group that itself ends in a quantifier ((a+)+, (\w*)*) backtracks exponentially on a
-            # long answer that almost matches: the job would run to its time limit.
-            raise ValueError("a repeated group that itself repeats (e.g. (a+)+) can take exponential time; simplify")
+        if regex is not None:
+            _check_regex(regex, "the regex")
         return regex
 
     def configured(self) -> bool:
