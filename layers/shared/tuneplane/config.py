@@ -79,7 +79,7 @@ class RunLimitSettings(BaseSettings):
     )
     judge_endpoint_url: str = Field(
         default="",
-        pattern=r"^$|^https://[^\s]+$|^http://(127\.0\.0\.1|localhost)(:\d+)?(/[^\s]*)?$",
+        pattern=r"^$|^https://[^\s@?#]+$|^http://(127\.0\.0\.1|localhost)(:\d+)?(/[^\s@?#]*)?$",
         description="JudgeEndpointUrl: an OpenAI-compatible base URL (https; plain http only on loopback).",
     )
     judge_price_per_million_tokens: float = Field(

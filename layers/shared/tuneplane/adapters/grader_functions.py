@@ -74,24 +74,29 @@ def score(function: str, items: list[dict[str, Any]]) -> list[float]:
 
 
 def _checked_scores(function: str, response: Any, count: int) -> list[float]:
+    # The grader's answers and errors may quote the data it was sent: its words are never repeated here (they would
+    # reach the run's failure message, events and logs), only their shape.
     raw = response["Payload"].read()
     if response.get("FunctionError"):
         try:
-            detail = json.loads(raw).get("errorMessage", "")
+            error_type = str(json.loads(raw).get("errorType") or "an error")
         except (ValueError, AttributeError):
-            detail = raw[:300].decode("utf-8", "replace")
-        raise GraderFailed(f"grader {function} raised an error: {detail}")
+            error_type = "an error"
+        raise GraderFailed(f"grader {function} raised {error_type} (its message is in the grader's own log)")
     try:
         scores = json.loads(raw)["scores"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise GraderFailed(f'grader {function} answered without a "scores" list: {raw[:200]!r}') from exc
+        raise GraderFailed(
+            f'grader {function} answered {len(raw)} bytes without a "scores" list ({type(exc).__name__})'
+        ) from exc
     if not isinstance(scores, list) or len(scores) != count:
         got = len(scores) if isinstance(scores, list) else type(scores).__name__
         raise GraderFailed(f"grader {function} answered {got} scores for {count} items")
     checked: list[float] = []
     for position, value in enumerate(scores):
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise GraderFailed(f"grader {function}: score {position} is {value!r}, not a number in [0, 1]")
+            shown = value if isinstance(value, bool | int | float) or value is None else type(value).__name__
+            raise GraderFailed(f"grader {function}: score {position} is {shown!r}, not a number in [0, 1]")
         if not 0.0 <= value <= 1.0:
             raise GraderFailed(f"grader {function}: score {position} is {value}, outside [0, 1]")
         checked.append(float(value))
