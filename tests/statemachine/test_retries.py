@@ -103,6 +103,14 @@ NOT_INJECTABLE: dict[tuple[str, str], str] = {
     "deployment lease: test_dataset_runs_pipeline.py and test_failure_paths.py hold one and see the run wait",
     ("StartValidateJob", "OrchestrationError"): "the hand-off publishes no event, so nothing there raises it; the "
     "state retries it as every Stage function state does (the function may raise it)",
+    ("GradeAnswers", "JudgeUnavailable"): "these runs have no judge (the Grade function answers done without a "
+    "call); tests/unit/test_grading.py fails a pass with it and shows the retried pass resume, and "
+    "test_evaluation_graders.py runs a judge and a Lambda grader through the state machine",
+    (
+        "GradeAnswers",
+        "StorageError",
+    ): "these runs have no control-plane grader, so the Grade function reads and writes "
+    "nothing; its S3 reads and writes are those of tests/unit/test_grading.py",
 }
 
 # The product's errors: the first call of this AWS operation (the moto backend method) made while the state's
