@@ -42,3 +42,9 @@ def stack_pool(base_model_dir: Path) -> Iterator[StackPool]:
 def shared_cloud(stack_pool: StackPool, request: pytest.FixtureRequest) -> Cloud:
     """The module's shared stack with this test's parameters, made to look fresh (harness.StackPool)."""
     return stack_pool.cloud(stack_parameters_of(request))
+
+
+@pytest.fixture
+def earlier(cloud: Cloud) -> set[str]:
+    """The ARNs of the executions there before the test began (those of the tests before it on a shared stack)."""
+    return {str(execution["executionArn"]) for execution in cloud.executions()}

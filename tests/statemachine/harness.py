@@ -16,18 +16,27 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import boto3
-from containers.evaluate import evaluate
+from containers.evaluate import evaluate, graders
 from local.cloud import JobOutcome, LocalDeployment, LocalJob, ScriptedEndpointBackend, deploy, local_cloud
 from local.cloud.bedrock import LocalModelImport, local_bedrock_imports
+from local.cloud.lambda_runtime import reset_shared_package_caches
 from local.cloud.s3_events import deliver_to_default_bus
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_callback
 
 MODEL_BUCKET = "tuneplane-test-models"
 MODEL_PREFIX = "tiny/"
 EXECUTION_TIMEOUT_S = 60.0
 S3_OBJECT_CREATED = {"source": ["aws.s3"], "detail-type": ["Object Created"]}
 TRIGGER_RULE = "StartRunFunctionDatasetUploaded"  # logical id SAM gives the StartRun function's EventBridge rule
+# moto's interpreter checks a ``.sync`` task's job (Describe*Job) every 0.5 s of real time, a constant the local
+# cloud does not compress: about a second of every scripted run was spent sleeping there. AWS sets no interval to
+# emulate (the AWS docs' "Service integration patterns" only say that with Run a Job (.sync) Step Functions waits for
+# the job to complete), so the check is made every 50 ms: a job that has ended is seen sooner; the same resolver
+# decides, the same outcomes and history result.
+SYNC_CHECK_INTERVAL_S = 0.05
 
 
 @dataclass
@@ -46,6 +55,10 @@ class ScriptedJobs:
     scores: dict[str, float] = field(default_factory=lambda: {"candidate": 0.9, "base": 0.1})
     adapter_rank: int = 8
     bedrock_importable: bool = True
+    # The evaluate job's answers.jsonl: each model's answer to every eval example ("{reference}" is replaced by the
+    # example's reference); answer_lines: what the last evaluate job wrote.
+    answers: dict[str, str] = field(default_factory=lambda: {"candidate": "{reference}", "base": "no idea"})
+    answer_lines: list[dict[str, Any]] = field(default_factory=list)
     started: list[tuple[str, str]] = field(default_factory=list)  # (job name, instance type)
 
     def reset(self) -> None:
@@ -95,7 +108,7 @@ class ScriptedJobs:
             # The product's gate: the evaluate container's own, on the thresholds the Stage function sent the job.
             config = evaluate.load_config(list(job.model.app_specification["ContainerArguments"]))
             metrics = {name: {config.primary_metric: score, "stop_rate": 1.0} for name, score in self.scores.items()}
-            passed, reasons = evaluate.gate(
+            passed, reasons = graders.gate(
                 metrics,
                 primary_metric=config.primary_metric,
                 min_score=config.min_score,
@@ -113,7 +126,23 @@ class ScriptedJobs:
             }
             s3.put_object(Bucket=bucket, Key=prefix + "evaluation.json", Body=json.dumps(report).encode())
             s3.put_object(Bucket=bucket, Key=prefix + "evaluation.png", Body=b"png")
+            self._write_answers(s3, job, bucket, prefix + "answers.jsonl")
         return JobOutcome("Completed")
+
+    def _write_answers(self, s3: Any, job: LocalJob, bucket: str, key: str) -> None:
+        """answers.jsonl as the evaluate container writes it, for the eval split the job was given."""
+        [eval_input] = [i for i in job.model.processing_inputs if i["InputName"] == "eval"]
+        eval_bucket, eval_key = _split(eval_input["S3Input"]["S3Uri"])
+        lines = s3.get_object(Bucket=eval_bucket, Key=eval_key)["Body"].read().decode().splitlines()
+        self.answer_lines = []
+        for index, line in enumerate(row for row in lines if row.strip()):
+            messages = json.loads(line)["messages"]
+            reference = str(messages[-1]["content"])
+            answers = {model: text.replace("{reference}", reference) for model, text in self.answers.items()}
+            self.answer_lines.append(
+                {"index": index, "prompt": messages[:-1], "reference": reference, "answers": answers}
+            )
+        s3.put_object(Bucket=bucket, Key=key, Body="".join(json.dumps(r) + "\n" for r in self.answer_lines).encode())
 
 
 def _stage_of(job_name: str) -> str:
@@ -172,6 +201,10 @@ class Cloud:
         """Every execution of the pipeline so far, oldest first."""
         listed = self.sfn.list_executions(stateMachineArn=self.deployment.state_machine_arn, maxResults=1000)
         return sorted(listed["executions"], key=lambda execution: execution["startDate"])
+
+    def executions_since(self, earlier: set[str]) -> list[dict[str, Any]]:
+        """The executions not in ``earlier`` (the ``earlier`` fixture: those before the test began), oldest first."""
+        return [execution for execution in self.executions() if execution["executionArn"] not in earlier]
 
     def s3_events(self) -> list[dict[str, Any]]:
         """Every S3 Object Created event that reached the default bus so far (EventBridge envelopes), in order."""
@@ -245,6 +278,7 @@ def deployed_cloud(
             time_scale=0.01, executor=jobs, endpoint_backend=endpoints, enforce_iam=enforce_iam
         ),  # resets cached settings, clients
         local_bedrock_imports(bedrock),
+        mock.patch.object(state_task_service_callback, "_DELAY_SECONDS_SYNC_CONDITION_CHECK", SYNC_CHECK_INTERVAL_S),
     ):
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=MODEL_BUCKET)
@@ -274,16 +308,20 @@ class StackPool:
     ``cloud(parameters)`` gives the stack deployed with ``parameters``, deploying it (into a fresh local cloud, the
     previous one closed) only when they differ from the current stack's: order a module's tests by stack. Before each
     test the stack is made to look fresh where the harness scripts it: SageMaker jobs, model servers and the Bedrock
-    stand-in back to their defaults, ``jobs.started`` empty, the capture queues drained, the StartRun trigger on.
-    What the test's runs leave in AWS (objects, ledger items, executions, endpoints) stays: a test must tell its own
-    from them (by run id, dataset key or what changed since it began). Changes to a function's environment
-    (``stage_function_environment``) are not undone: a test that makes one needs the ``cloud`` fixture."""
+    stand-in back to their defaults, the records ``jobs.started``, ``endpoints.servers`` and ``bedrock.calls`` empty,
+    the capture queues drained, the StartRun trigger on.
+    A function's environment changed by a test (``stage_function_environment``, ``update_function_configuration``) is
+    put back as deployed, and the shared package's cached settings and clients are dropped (as a cold start drops
+    them), so the next test's functions read the deployed environment. What the test's runs leave in AWS (objects,
+    ledger items, executions, endpoints, dead letters; imported models and model servers in the stand-ins) stays: a
+    test must tell its own from them (by run id, dataset key or what changed since it began)."""
 
     def __init__(self, base_model_dir: Path) -> None:
         self._base_model_dir = base_model_dir
         self._stack = ExitStack()
         self._parameters: dict[str, str] | None = None
         self._cloud: Cloud | None = None
+        self._environments: dict[str, dict[str, str]] = {}  # function name -> its environment as deployed
 
     def cloud(self, parameters: dict[str, str] | None = None) -> Cloud:
         wanted = dict(parameters or {})
@@ -291,24 +329,46 @@ class StackPool:
             self.close()
             self._cloud = self._stack.enter_context(deployed_cloud(self._base_model_dir, wanted))
             self._parameters = wanted
+            self._environments = _function_environments()
             return self._cloud
         cloud = self._cloud
+        lambda_client = boto3.client("lambda")
+        for name, current in _function_environments().items():
+            if name in self._environments and current != self._environments[name]:
+                lambda_client.update_function_configuration(
+                    FunctionName=name, Environment={"Variables": self._environments[name]}
+                )
+        reset_shared_package_caches()
         cloud.jobs.reset()
         endpoints, bedrock = ScriptedEndpointBackend(), LocalModelImport()
         cloud.endpoints.reply, cloud.endpoints.start_error = endpoints.reply, endpoints.start_error
         cloud.endpoints.error, cloud.endpoints.gate = endpoints.error, endpoints.gate
         cloud.bedrock.answer, cloud.bedrock.polls_to_complete = bedrock.answer, bedrock.polls_to_complete
         cloud.bedrock.cold_start_chats, cloud.bedrock.fail_with = bedrock.cold_start_chats, bedrock.fail_with
+        cloud.endpoints.servers, cloud.bedrock.calls = [], []  # records for the test (the servers keep serving)
         cloud.bus_events(), cloud.s3_events()
         boto3.client("events").enable_rule(Name=cloud.deployment.resources[TRIGGER_RULE])
         return cloud
 
     def close(self) -> None:
         self._stack.close()
-        self._stack, self._cloud, self._parameters = ExitStack(), None, None
+        self._stack, self._cloud, self._parameters, self._environments = ExitStack(), None, None, {}
 
     def __enter__(self) -> StackPool:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _function_environments() -> dict[str, dict[str, str]]:
+    """Every Lambda function's environment variables, by function name (as strings: moto keeps the template's numbers
+    as numbers, which ``UpdateFunctionConfiguration`` refuses)."""
+    client = boto3.client("lambda")
+    return {
+        function["FunctionName"]: {
+            name: str(value) for name, value in function.get("Environment", {}).get("Variables", {}).items()
+        }
+        for page in client.get_paginator("list_functions").paginate()
+        for function in page["Functions"]
+    }

@@ -2,7 +2,10 @@
 interpreter, the real Validate and Stage handlers in process, SageMaker jobs with scripted outcomes (harness.py).
 
 Each test asserts on the execution history, the run ledger and the sequence of events on the bus. The tests start
-executions themselves, with chosen run ids, so the upload trigger is off (test_start_run_flow.py covers it)."""
+executions themselves, with chosen run ids, so the upload trigger is off (test_start_run_flow.py covers it).
+
+The tests of one stack (template parameters) share it (harness.StackPool; the tests are ordered by stack): each test
+has a run id and a dataset of its own, and asserts on its run's events, jobs, ledger and registered model only."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from typing import Any
 import boto3
 import pytest
 from tests.statemachine.harness import Cloud
+
+from tuneplane.logic.job_requests import job_prefix
 
 HAPPY_STATES = [
     "Init",
@@ -31,6 +36,9 @@ HAPPY_STATES = [
     "SkipQuantize",
     "StartEvaluate",
     "Evaluate",
+    "StartGrading",
+    "GradeAnswers",
+    "GradingDone",
     "FinishEvaluate",
     "Gate",
     "StartRegister",
@@ -44,12 +52,24 @@ HAPPY_STATES = [
 ]
 
 
+@pytest.fixture
+def cloud(shared_cloud: Cloud) -> Cloud:
+    """The stack of the test's parameters, shared with the other tests of that stack (the module docstring)."""
+    return shared_cloud
+
+
 @pytest.fixture(autouse=True)
 def _manual_runs_only(cloud: Cloud) -> None:
     cloud.disable_trigger()
 
 
-def _start(cloud: Cloud, run_id: str, lines: list[str], key: str = "incoming/reverse.jsonl") -> dict[str, Any]:
+def _dataset(run_id: str) -> str:
+    """The run's own dataset key."""
+    return f"incoming/reverse-{run_id}.jsonl"
+
+
+def _start(cloud: Cloud, run_id: str, lines: list[str], key: str | None = None) -> dict[str, Any]:
+    key = key or _dataset(run_id)
     version = cloud.upload(key, lines)
     request = {
         "run_id": run_id,
@@ -61,8 +81,25 @@ def _start(cloud: Cloud, run_id: str, lines: list[str], key: str = "incoming/rev
     return cloud.run(run_id, request)
 
 
-def _events(cloud: Cloud) -> list[tuple[str, str, str]]:
-    return [(e["detail-type"], e["detail"]["stage"], e["detail"]["status"]) for e in cloud.bus_events()]
+def _bus(cloud: Cloud, run_id: str) -> list[dict[str, Any]]:
+    """The run's events on the bus, in order."""
+    return [e for e in cloud.bus_events() if e["detail"]["run_id"] == run_id]
+
+
+def _events(cloud: Cloud, run_id: str) -> list[tuple[str, str, str]]:
+    return [(e["detail-type"], e["detail"]["stage"], e["detail"]["status"]) for e in _bus(cloud, run_id)]
+
+
+def _jobs(cloud: Cloud, run_id: str) -> list[tuple[str, str]]:
+    """The run's SageMaker jobs started, in order: (job name, instance type)."""
+    return [(name, kind) for name, kind in cloud.jobs.started if name.startswith(f"{job_prefix(run_id)}-")]
+
+
+def _model_packages(cloud: Cloud) -> list[dict[str, Any]]:
+    sagemaker = boto3.client("sagemaker")
+    group = cloud.deployment.outputs["ModelPackageGroupName"]
+    pages = sagemaker.get_paginator("list_model_packages").paginate(ModelPackageGroupName=group)
+    return [dict(package) for page in pages for package in page["ModelPackageSummaryList"]]
 
 
 def _misspelled_role(lines: list[str]) -> list[str]:
@@ -78,7 +115,7 @@ def test_happy_path_runs_every_stage_and_records_it(cloud: Cloud, reversal_lines
     assert execution["status"] == "SUCCEEDED", execution.get("cause")
     assert cloud.states_entered(execution["executionArn"]) == HAPPY_STATES
     # AND every stage published Started then Succeeded (Skipped for quantize and deploy), then Run Succeeded
-    bus = cloud.bus_events()
+    bus = _bus(cloud, "run-ok")
     seen = [(e["detail-type"], e["detail"]["stage"]) for e in bus]
     assert seen == [
         ("Stage Started", "validate"),
@@ -118,7 +155,7 @@ def test_happy_path_runs_every_stage_and_records_it(cloud: Cloud, reversal_lines
     assert ledger["register"]["artifacts"]["model_package"].startswith("arn:aws:sagemaker:")
     assert float(ledger["run"]["duration_s"]) > 0
     # AND the training job was created from the validated split with the stack's tag
-    [(train_job, instance)] = [(name, kind) for name, kind in cloud.jobs.started if name.endswith("-train0")]
+    [(train_job, instance)] = [(name, kind) for name, kind in _jobs(cloud, "run-ok") if name.endswith("-train0")]
     assert instance == "ml.g5.2xlarge"
 
 
@@ -129,10 +166,10 @@ def test_invalid_data_is_rejected_before_any_job(cloud: Cloud, reversal_lines: l
     assert execution["status"] == "FAILED" and execution["error"] == "InvalidTrainingData"
     states = cloud.states_entered(execution["executionArn"])
     assert states == ["Init", "StartValidate", "Validate", "RejectValidate", "DataRejected"]
-    assert cloud.jobs.started == []
+    assert _jobs(cloud, "run-bad") == []
     assert "unrecognized_role" in json.loads(execution["cause"])["errorMessage"]
     # AND the events say rejected, naming the problem, and the ledger agrees
-    assert _events(cloud) == [
+    assert _events(cloud, "run-bad") == [
         ("Stage Started", "validate", "started"),
         ("Stage Failed", "validate", "rejected"),
         ("Run Rejected", "run", "rejected"),
@@ -156,13 +193,89 @@ def test_a_failed_training_job_fails_the_run_with_the_containers_reason(
     assert "StartMerge" not in states
     assert "CUDA out of memory at seq len 4096" in execution["cause"]
     # AND Stage Failed / Run Failed carry the one-line cause, as does the ledger
-    bus = cloud.bus_events()
+    bus = _bus(cloud, "run-oom")
     assert [(e["detail-type"], e["detail"]["stage"]) for e in bus][-2:] == [
         ("Stage Failed", "train"),
         ("Run Failed", "run"),
     ]
     assert bus[-1]["detail"]["message"].startswith("train: AlgorithmError: CUDA out of memory")
     assert cloud.ledger("run-oom")["train"]["status"] == "failed"
+
+
+def test_a_model_below_the_gate_is_rejected_and_not_registered(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN an evaluation where the candidate scores below the base (the stack's MinImprovementOverBase is 0)
+    # WHEN the pipeline runs
+    cloud.jobs.scores = {"candidate": 0.1, "base": 0.2}
+    execution = _start(cloud, "run-gate", reversal_lines)
+    # THEN it ends as GateFailed after the Gate, without registering
+    assert execution["status"] == "FAILED" and execution["error"] == "GateFailed"
+    states = cloud.states_entered(execution["executionArn"])
+    assert states[-3:] == ["Gate", "RejectEvaluate", "GateRejected"]
+    assert "StartRegister" not in states
+    assert "did not pass the gate" in execution["cause"]
+    # AND the events end with the evaluation rejected and Run Rejected
+    assert _events(cloud, "run-gate")[-2:] == [
+        ("Stage Failed", "evaluate", "rejected"),
+        ("Run Rejected", "run", "rejected"),
+    ]
+    assert cloud.ledger("run-gate")["run"]["status"] == "rejected"
+
+
+def test_a_stage_that_times_out_fails_the_run_and_its_job_is_stopped(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN training jobs that may run 2 s (and the state machine waits no longer), and a job that hangs
+    cloud.stage_function_environment(MAX_TRAINING_RUNTIME_S="2", JOB_WAIT_MARGIN_S="0", USE_SPOT="false")
+    cloud.jobs.hang.add("train")
+    # WHEN the pipeline runs
+    execution = _start(cloud, "run-timeout", reversal_lines)
+    # THEN the Train task timed out and the run failed with States.Timeout
+    assert execution["status"] == "FAILED"
+    assert "States.Timeout" in execution["cause"]
+    # AND the failure path stopped the job that was still running
+    failed = _bus(cloud, "run-timeout")[-2]["detail"]
+    assert failed["stage"] == "train" and any(note.startswith("stopped ") for note in failed["notes"])
+    job = _jobs(cloud, "run-timeout")[0][0]
+    status = boto3.client("sagemaker").describe_training_job(TrainingJobName=job)
+    assert status["TrainingJobStatus"] in ("Stopping", "Stopped")
+
+
+def test_a_key_with_characters_the_registry_refuses_is_registered(cloud: Cloud, reversal_lines: list[str]) -> None:
+    # GIVEN a dataset whose key has parentheses, which CustomerMetadataProperties values may not hold
+    key = "incoming/support (v2).jsonl"
+    registered_before = {package["ModelPackageArn"] for package in _model_packages(cloud)}
+    # WHEN it passes the pipeline
+    execution = _start(cloud, "run-parens", reversal_lines, key=key)
+    # THEN it is registered (one model package more), with the key in a form SageMaker accepts, and the description
+    # names the key as it is
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    sagemaker = boto3.client("sagemaker")
+    [package] = [p for p in _model_packages(cloud) if p["ModelPackageArn"] not in registered_before]
+    described = sagemaker.describe_model_package(ModelPackageName=package["ModelPackageArn"])
+    assert described["CustomerMetadataProperties"]["dataset"].startswith("incoming/support _v2_.jsonl@")
+    assert described["ModelPackageDescription"] == f"tuneplane run run-parens of {key}"
+
+
+@pytest.mark.parametrize(("required", "status"), [(0.01, "SUCCEEDED"), (0.1, "FAILED")])
+def test_the_gate_applies_the_runs_own_thresholds(
+    cloud: Cloud, reversal_lines: list[str], required: float, status: str
+) -> None:
+    # GIVEN a candidate 0.05 better than the base, and a dataset asking for an improvement of `required`
+    cloud.jobs.scores = {"candidate": 0.5, "base": 0.45}
+    run_id = f"run-thresholds-{status.lower()}"
+    version = cloud.upload(_dataset(run_id), reversal_lines)
+    request = {
+        "run_id": run_id,
+        "bucket": cloud.deployment.bucket_name,
+        "key": _dataset(run_id),
+        "version_id": version,
+        "evaluation": {"min_improvement_over_base": required},
+    }
+    # WHEN the pipeline runs (the evaluate job's gate is the container's, on the arguments the Stage function sent)
+    execution = cloud.run(run_id, request)
+    # THEN the run passes or is rejected by that threshold, with the container's reason
+    assert execution["status"] == status, execution.get("cause")
+    if status == "FAILED":
+        assert execution["error"] == "GateFailed"
+        assert "less than the required +0.1000" in execution["cause"]
 
 
 @pytest.mark.stack_parameters(FallbackTrainingInstanceTypes="ml.g6e.2xlarge")
@@ -173,13 +286,13 @@ def test_no_capacity_falls_back_to_the_next_instance_type(cloud: Cloud, reversal
     execution = _start(cloud, "run-fallback", reversal_lines)
     # THEN the first attempt failed for capacity, the second ran on the fallback, and the run succeeded
     assert execution["status"] == "SUCCEEDED", execution.get("cause")
-    trains = [(name, kind) for name, kind in cloud.jobs.started if "-train" in name]
+    trains = [(name, kind) for name, kind in _jobs(cloud, "run-fallback") if "-train" in name]
     assert [kind for _, kind in trains] == ["ml.g5.2xlarge", "ml.g6e.2xlarge"]
     assert trains[0][0].endswith("-train0") and trains[1][0].endswith("-train1")
     states = cloud.states_entered(execution["executionArn"])
     assert states.count("StartTrain") == 2 and "NextTrainInstance" in states
     # AND the events say so
-    starts = [e["detail"] for e in cloud.bus_events() if e["detail"]["stage"] == "train"]
+    starts = [e["detail"] for e in _bus(cloud, "run-fallback") if e["detail"]["stage"] == "train"]
     assert "CapacityError" in starts[1]["notes"][0] and "ml.g6e.2xlarge" in starts[1]["notes"][0]
     assert "after 1 capacity fallback" in starts[-1]["notes"][0]
 
@@ -192,7 +305,7 @@ def test_out_of_memory_is_not_mistaken_for_no_capacity(cloud: Cloud, reversal_li
     execution = _start(cloud, "run-oom-fallback", reversal_lines)
     # THEN the run fails at once with the container's reason: another instance type would not fix the batch size
     assert execution["status"] == "FAILED"
-    assert [kind for name, kind in cloud.jobs.started if "-train" in name] == ["ml.g5.2xlarge"]
+    assert [kind for name, kind in _jobs(cloud, "run-oom-fallback") if "-train" in name] == ["ml.g5.2xlarge"]
     assert "NextTrainInstance" not in cloud.states_entered(execution["executionArn"])
 
 
@@ -205,7 +318,7 @@ def test_capacity_errors_with_no_fallback_left_fail_the_run(cloud: Cloud, revers
     assert execution["status"] == "FAILED"
     assert "CapacityUnavailable" in execution["cause"] and "MaxCapacityWaitMinutes 0" in execution["cause"]
     assert "CapacityError" in execution["cause"]
-    assert len([name for name, _ in cloud.jobs.started if "-train" in name]) == 1
+    assert len([name for name, _ in _jobs(cloud, "run-nocap") if "-train" in name]) == 1
 
 
 @pytest.mark.stack_parameters(FallbackTrainingInstanceTypes="ml.g6e.2xlarge", MaxCapacityWaitMinutes="120")
@@ -225,7 +338,7 @@ def test_a_run_waits_for_capacity_visibly_and_trains_when_it_comes(cloud: Cloud,
     execution = _start(cloud, "run-queued", reversal_lines)
     # THEN it tried both types, waited, tried both again, waited, and trained on the first type of the third round
     assert execution["status"] == "SUCCEEDED", execution.get("cause")
-    trains = [(name.rsplit("-", 1)[-1], kind) for name, kind in cloud.jobs.started if "-train" in name]
+    trains = [(name.rsplit("-", 1)[-1], kind) for name, kind in _jobs(cloud, "run-queued") if "-train" in name]
     assert trains == [
         ("train0", "ml.g5.2xlarge"),
         ("train1", "ml.g6e.2xlarge"),
@@ -235,7 +348,7 @@ def test_a_run_waits_for_capacity_visibly_and_trains_when_it_comes(cloud: Cloud,
     ]
     assert cloud.states_entered(execution["executionArn"]).count("WaitForCapacity") == 2
     # AND each wait was said: two Stage Waiting events naming the error and the time left, then one Run Succeeded
-    events = [(e["detail-type"], e["detail"]) for e in cloud.bus_events()]
+    events = [(e["detail-type"], e["detail"]) for e in _bus(cloud, "run-queued")]
     waiting = [detail for kind, detail in events if kind == "Stage Waiting"]
     assert [detail["stage"] for detail in waiting] == ["train", "train"]
     assert "CapacityError" in waiting[0]["message"] and "wait 1;" in waiting[0]["message"]
@@ -256,41 +369,8 @@ def test_the_wait_for_capacity_is_bounded(cloud: Cloud, reversal_lines: list[str
     assert "CapacityUnavailable" in execution["cause"] and "MaxCapacityWaitMinutes 3" in execution["cause"]
     waits = cloud.states_entered(execution["executionArn"]).count("WaitForCapacity")
     assert 1 <= waits <= 3
-    outcomes = [e["detail-type"] for e in cloud.bus_events() if e["detail"]["stage"] == "run"]
+    outcomes = [e["detail-type"] for e in _bus(cloud, "run-never") if e["detail"]["stage"] == "run"]
     assert outcomes == ["Run Failed"]
-
-
-def test_a_model_below_the_gate_is_rejected_and_not_registered(cloud: Cloud, reversal_lines: list[str]) -> None:
-    # GIVEN an evaluation where the candidate scores below the base (the stack's MinImprovementOverBase is 0)
-    # WHEN the pipeline runs
-    cloud.jobs.scores = {"candidate": 0.1, "base": 0.2}
-    execution = _start(cloud, "run-gate", reversal_lines)
-    # THEN it ends as GateFailed after the Gate, without registering
-    assert execution["status"] == "FAILED" and execution["error"] == "GateFailed"
-    states = cloud.states_entered(execution["executionArn"])
-    assert states[-3:] == ["Gate", "RejectEvaluate", "GateRejected"]
-    assert "StartRegister" not in states
-    assert "did not pass the gate" in execution["cause"]
-    # AND the events end with the evaluation rejected and Run Rejected
-    assert _events(cloud)[-2:] == [("Stage Failed", "evaluate", "rejected"), ("Run Rejected", "run", "rejected")]
-    assert cloud.ledger("run-gate")["run"]["status"] == "rejected"
-
-
-def test_a_stage_that_times_out_fails_the_run_and_its_job_is_stopped(cloud: Cloud, reversal_lines: list[str]) -> None:
-    # GIVEN training jobs that may run 2 s (and the state machine waits no longer), and a job that hangs
-    cloud.stage_function_environment(MAX_TRAINING_RUNTIME_S="2", JOB_WAIT_MARGIN_S="0", USE_SPOT="false")
-    cloud.jobs.hang.add("train")
-    # WHEN the pipeline runs
-    execution = _start(cloud, "run-timeout", reversal_lines)
-    # THEN the Train task timed out and the run failed with States.Timeout
-    assert execution["status"] == "FAILED"
-    assert "States.Timeout" in execution["cause"]
-    # AND the failure path stopped the job that was still running
-    failed = cloud.bus_events()[-2]["detail"]
-    assert failed["stage"] == "train" and any(note.startswith("stopped ") for note in failed["notes"])
-    job = cloud.jobs.started[0][0]
-    status = boto3.client("sagemaker").describe_training_job(TrainingJobName=job)
-    assert status["TrainingJobStatus"] in ("Stopping", "Stopped")
 
 
 @pytest.mark.stack_parameters(QuantizeEnabled="true")
@@ -306,45 +386,6 @@ def test_quantization_runs_when_the_stack_asks_for_it(cloud: Cloud, reversal_lin
         "Quantize",
         "FinishQuantize",
     ]
-    assert [name for name, _ in cloud.jobs.started if name.endswith("-quantize")]
+    assert [name for name, _ in _jobs(cloud, "run-awq") if name.endswith("-quantize")]
     bucket = cloud.deployment.bucket_name
     assert cloud.ledger("run-awq")["quantize"]["artifacts"]["quantized"] == f"s3://{bucket}/runs/run-awq/quantized/"
-
-
-def test_a_key_with_characters_the_registry_refuses_is_registered(cloud: Cloud, reversal_lines: list[str]) -> None:
-    # GIVEN a dataset whose key has parentheses, which CustomerMetadataProperties values may not hold
-    key = "incoming/support (v2).jsonl"
-    # WHEN it passes the pipeline
-    execution = _start(cloud, "run-parens", reversal_lines, key=key)
-    # THEN it is registered, with the key in a form SageMaker accepts, and the description names the key as it is
-    assert execution["status"] == "SUCCEEDED", execution.get("cause")
-    sagemaker = boto3.client("sagemaker")
-    [package] = sagemaker.list_model_packages(ModelPackageGroupName=cloud.deployment.outputs["ModelPackageGroupName"])[
-        "ModelPackageSummaryList"
-    ]
-    described = sagemaker.describe_model_package(ModelPackageName=package["ModelPackageArn"])
-    assert described["CustomerMetadataProperties"]["dataset"].startswith("incoming/support _v2_.jsonl@")
-    assert described["ModelPackageDescription"] == f"tuneplane run run-parens of {key}"
-
-
-@pytest.mark.parametrize(("required", "status"), [(0.01, "SUCCEEDED"), (0.1, "FAILED")])
-def test_the_gate_applies_the_runs_own_thresholds(
-    cloud: Cloud, reversal_lines: list[str], required: float, status: str
-) -> None:
-    # GIVEN a candidate 0.05 better than the base, and a dataset asking for an improvement of `required`
-    cloud.jobs.scores = {"candidate": 0.5, "base": 0.45}
-    version = cloud.upload("incoming/reverse.jsonl", reversal_lines)
-    request = {
-        "run_id": "run-thresholds",
-        "bucket": cloud.deployment.bucket_name,
-        "key": "incoming/reverse.jsonl",
-        "version_id": version,
-        "evaluation": {"min_improvement_over_base": required},
-    }
-    # WHEN the pipeline runs (the evaluate job's gate is the container's, on the arguments the Stage function sent)
-    execution = cloud.run("run-thresholds", request)
-    # THEN the run passes or is rejected by that threshold, with the container's reason
-    assert execution["status"] == status, execution.get("cause")
-    if status == "FAILED":
-        assert execution["error"] == "GateFailed"
-        assert "less than the required +0.1000" in execution["cause"]

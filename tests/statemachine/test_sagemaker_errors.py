@@ -3,7 +3,10 @@ Retry and capacity-fallback rule of the ASL that names them fires.
 
 The optimized integration names every error the service returns ``SageMaker.AmazonSageMakerException`` (throttling,
 validation, a name already in use), except a quota: ``SageMaker.ResourceLimitExceededException``. A Retry on
-``SageMaker.ThrottlingException`` would never fire on AWS."""
+``SageMaker.ThrottlingException`` would never fire on AWS.
+
+The tests of one stack (template parameters) share it (harness.StackPool; the tests are ordered by stack): each test
+has a run id of its own and asserts on its run's history, jobs and events only."""
 
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import pytest
 from moto.core.exceptions import JsonRESTError
 from moto.sagemaker.models import SageMakerModelBackend
 from tests.statemachine.harness import Cloud
+
+from tuneplane.logic.job_requests import job_prefix
 
 KEY = "incoming/reverse.jsonl"
 CREATE = {"train": "create_training_job", "merge": "create_processing_job", "evaluate": "create_processing_job"}
@@ -52,6 +57,12 @@ def _failing_creates(method: str, fails: Callable[[dict[str, Any]], Exception | 
 
     with mock.patch.object(SageMakerModelBackend, method, create):
         yield asked
+
+
+@pytest.fixture
+def cloud(shared_cloud: Cloud) -> Cloud:
+    """The stack of the test's parameters, shared with the other tests of that stack (the module docstring)."""
+    return shared_cloud
 
 
 def _start(cloud: Cloud, run_id: str, lines: list[str]) -> dict[str, Any]:
@@ -103,9 +114,13 @@ def test_a_validation_error_is_not_blamed_on_the_data_and_fails_after_the_retrie
         execution = _start(cloud, "run-refused", reversal_lines)
     # THEN the request was tried 1 + 3 times (the ASL's MaxAttempts), and the run failed with SageMaker's own words
     assert execution["status"] == "FAILED"
-    assert len(asked) == 4
+    assert len([name for name in asked if name.startswith(f"{job_prefix('run-refused')}-")]) == len(asked) == 4
     assert set(_task_failures(cloud, execution["executionArn"])) >= {"SageMaker.AmazonSageMakerException"}
-    [failed] = [e["detail"] for e in cloud.bus_events() if e["detail-type"] == "Run Failed"]
+    [failed] = [
+        e["detail"]
+        for e in cloud.bus_events()
+        if e["detail-type"] == "Run Failed" and e["detail"]["run_id"] == "run-refused"
+    ]
     assert "ValidationException" in failed["message"] and "1 validation error detected" in failed["message"]
 
 
@@ -124,6 +139,13 @@ def test_a_quota_of_zero_at_create_falls_back_to_the_next_instance_type(
     # THEN the refusal is the integration's quota error, not retried, and the next instance type trained the model
     assert execution["status"] == "SUCCEEDED", execution.get("cause")
     assert _task_failures(cloud, execution["executionArn"]) == ["SageMaker.ResourceLimitExceededException"]
-    assert [kind for name, kind in cloud.jobs.started if "-train" in name] == ["ml.g6e.2xlarge"]
-    starts = [e["detail"] for e in cloud.bus_events() if e["detail"]["stage"] == "train"]
+    own = f"{job_prefix('run-quota')}-"
+    assert [kind for name, kind in cloud.jobs.started if name.startswith(own) and "-train" in name] == [
+        "ml.g6e.2xlarge"
+    ]
+    starts = [
+        e["detail"]
+        for e in cloud.bus_events()
+        if e["detail"]["stage"] == "train" and e["detail"]["run_id"] == "run-quota"
+    ]
     assert any("ml.g6e.2xlarge" in note for detail in starts for note in detail.get("notes") or []), json.dumps(starts)
