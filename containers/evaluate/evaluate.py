@@ -1,9 +1,11 @@
 """Evaluate a fine-tuned model against its base (and production) under the SageMaker Processing contract.
 
 SageMaker Processing mounts the inputs under
-/opt/ml/processing/input/{candidate,base,production,eval,graders,regression} (the merged candidate model, the base
-model it was trained from, optionally the model now in production, the eval split as chat JSONL, optionally
-graders/graders.json, optionally the stack's regression set as *.jsonl files) and uploads
+/opt/ml/processing/input/{candidate,base,production,unquantized,eval,graders,regression} (the candidate model in the
+form the endpoint serves it: merged, or AWQ-quantized when the run quantizes, the base model it was trained from,
+optionally the model now in production, optionally the merged model a quantized candidate was made from (its scores
+say what quantization cost, in each grader's terms: `quantization` in evaluation.json), the eval split as chat JSONL,
+optionally graders/graders.json, optionally the stack's regression set as *.jsonl files) and uploads
 /opt/ml/processing/output/evaluation; a one-line cause of any failure goes to the failure file (/opt/ml/output/message
 by default: SageMaker Processing reports it as the job's ExitMessage; the job exits non-zero). No production input
 (the directory is absent or `--production_dir ""`) means there is no model in production yet: that threshold is
@@ -93,6 +95,7 @@ SM_DEFAULTS = {
     "candidate_dir": "/opt/ml/processing/input/candidate",
     "base_dir": "/opt/ml/processing/input/base",
     "production_dir": "/opt/ml/processing/input/production",
+    "unquantized_dir": "/opt/ml/processing/input/unquantized",
     "eval_dir": "/opt/ml/processing/input/eval",
     "graders_file": "/opt/ml/processing/input/graders/graders.json",
     "graders_dir": "/opt/ml/processing/input/graders",
@@ -101,10 +104,15 @@ SM_DEFAULTS = {
     "failure_file": jobkit.PROCESSING_FAILURE_FILE,
 }
 PATH_FIELDS = tuple(SM_DEFAULTS)
-MODELS = ("candidate", "base", "production")
+MODELS = ("candidate", "base", "production", "unquantized")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-# Chart colours (RGB): candidate, base, production.
-CHART_COLORS = {"candidate": (31, 119, 180), "base": (160, 160, 160), "production": (255, 127, 14)}
+# Chart colours (RGB): candidate, base, production, and the candidate before quantization.
+CHART_COLORS = {
+    "candidate": (31, 119, 180),
+    "base": (160, 160, 160),
+    "production": (255, 127, 14),
+    "unquantized": (148, 103, 189),
+}
 
 
 def _path_default(name: str) -> Any:
@@ -118,6 +126,12 @@ class EvaluateConfig:
     production_dir: str = jobkit.path_field(
         SM_DEFAULTS["production_dir"],
         f"(default: {SM_DEFAULTS['production_dir']}; absent or empty: no production model)",
+    )
+    unquantized_dir: str = jobkit.path_field(
+        SM_DEFAULTS["unquantized_dir"],
+        f"(default: {SM_DEFAULTS['unquantized_dir']}; absent or empty: the candidate is not a quantized model) the "
+        "merged model the quantized candidate was made from: its scores say what quantization cost, in the graders' "
+        "own terms",
     )
     eval_dir: str = _path_default("eval_dir")
     graders_file: str = jobkit.path_field(
@@ -261,6 +275,21 @@ def write_png(path: Path, width: int, height: int, pixels: list[bytearray]) -> N
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
     )
+
+
+def quantization_cost(metrics: dict[str, dict[str, float]], names: list[str]) -> dict[str, Any] | None:
+    """What serving the quantized candidate costs against the merged model it was made from, per score metric, and
+    the losses said in words ("quantization lost 0.0300 of classification_accuracy (0.9100 -> 0.8800)")."""
+    if "unquantized" not in metrics:
+        return None
+    before, after = metrics["unquantized"], metrics["candidate"]
+    lost = {name: before[name] - after[name] for name in names if name in before and name in after}
+    said = [
+        f"quantization lost {loss:.4f} of {name} ({before[name]:.4f} -> {after[name]:.4f})"
+        for name, loss in lost.items()
+        if loss > 0
+    ]
+    return {"lost": lost, "said": said}
 
 
 def bar_chart(path: Path, metrics: dict[str, dict[str, float]], names: list[str]) -> dict[str, Any]:
@@ -468,6 +497,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     }
     if cfg.production_dir and Path(cfg.production_dir).exists():
         dirs["production"] = check_model_dir("production", cfg.production_dir)
+    if cfg.unquantized_dir and Path(cfg.unquantized_dir).exists():
+        dirs["unquantized"] = check_model_dir("unquantized", cfg.unquantized_dir)
     prompts, references = read_eval(cfg.eval_dir, cfg.max_examples)
     regression_set = regression.read_regression(cfg.regression_dir)
     config = graders.read_graders(graders_path(cfg))
@@ -520,6 +551,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         for name, m in metrics.items()
         if m["stop_rate"] < 0.5
     ]
+    quantization = quantization_cost(metrics, metric_names)
+    warnings += quantization["said"] if quantization else []
     report = {
         "passed": passed,
         "reasons": reasons,
@@ -537,6 +570,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         "delta_vs_production": graders.deltas(metrics["candidate"], metrics["production"])
         if "production" in metrics
         else None,
+        "quantization": quantization,
         "examples": len(references),
         "json_references": all(graders.is_json_reference(r) for r in references),
         "graders": grading.report({name: r["answers"] for name, r in results.items()}, references),

@@ -423,3 +423,21 @@ def test_regression_pass_rate_is_a_known_metric_computed_only_with_a_regression_
         False,
         ["candidate regression_pass_rate 0.8500 is below its threshold 0.9000 (short by 0.0500)"],
     )
+
+
+def test_quantization_cost_is_said_in_each_graders_terms() -> None:
+    from containers.evaluate.evaluate import quantization_cost
+
+    # GIVEN the quantized candidate's and the merged model's scores
+    metrics = {
+        "candidate": {"classification_accuracy": 0.88, "token_f1": 0.70},
+        "base": {"classification_accuracy": 0.5, "token_f1": 0.4},
+        "unquantized": {"classification_accuracy": 0.91, "token_f1": 0.69},
+    }
+    cost = quantization_cost(metrics, ["classification_accuracy", "token_f1"])
+    # THEN each metric's loss is kept, and only the losses are said
+    assert cost is not None
+    assert cost["lost"] == pytest.approx({"classification_accuracy": 0.03, "token_f1": -0.01})
+    assert cost["said"] == ["quantization lost 0.0300 of classification_accuracy (0.9100 -> 0.8800)"]
+    # AND without the merged model there is nothing to say
+    assert quantization_cost({k: v for k, v in metrics.items() if k != "unquantized"}, ["token_f1"]) is None

@@ -26,11 +26,13 @@ def _evaluate(
     tokens: float | None = 200,
     parameters: int | None = 7_000_000_000,
     max_processing_runtime_s: int = 5 * 24 * 3600,
+    quantize: bool = False,
 ) -> tuple[StageCost, list[str]]:
     settings = ValidateSettings(
         data_bucket="bucket",
         base_model_s3_uri="s3://bucket/m/",
         max_processing_runtime_s=max_processing_runtime_s,
+        quantize=quantize,
     )
     shape = run_limits.run_shape(
         TrainingOverrides(),
@@ -141,3 +143,14 @@ def test_a_pricing_table_may_set_its_own_generation_throughput() -> None:
     # WHEN estimated THEN generation takes 200 x 3 x (244 + 256) / 100 s
     (stage,) = [s for s in estimate_run(shape, GENEROUS, table).stages if s.stage == "evaluate"]
     assert stage.hours == pytest.approx(table.stage_hours.evaluate + 200 * 3 * 500 / 100 / 3600, abs=1e-3)
+
+
+def test_a_quantized_candidate_is_priced_with_the_merged_model_it_is_compared_to() -> None:
+    # GIVEN a stack that quantizes for its vLLM target: the evaluate job also answers with the merged model
+    quantized, _ = _evaluate(eval_examples=200, quantize=True)
+    plain, _ = _evaluate(eval_examples=200)
+    # THEN its generation is priced for one model more
+    generation = _generation_hours(200, 200, 256)
+    assert quantized.hours == pytest.approx(TABLE.stage_hours.evaluate + generation * 4 / 3, abs=1e-3)
+    assert plain.hours == pytest.approx(TABLE.stage_hours.evaluate + generation, abs=1e-3)
+    assert "x 4 models" in quantized.basis

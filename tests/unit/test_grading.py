@@ -579,3 +579,24 @@ def test_a_worst_example_reason_is_masked_before_it_is_cut() -> None:
     [line] = grading.masked_worst({"worst_examples": [{"index": 1, "judge_score": 0.0, "judge_reason": reason}]})
     # THEN no part of the address survives
     assert "jane" not in line and "example.com" not in line and "@" not in line
+
+
+def test_the_unquantized_model_is_the_jobs_comparison_and_is_not_judged(bucket: Any) -> None:
+    # GIVEN answers of a quantized candidate, the base and the merged model it was made from
+    lines = [
+        json.dumps(
+            {
+                "index": i,
+                "prompt": [{"role": "user", "content": f"q{i}"}],
+                "reference": "r",
+                "answers": {"candidate": "good", "base": "meh", "unquantized": "good"},
+            }
+        )
+        for i in range(4)
+    ]
+    bucket.put_object(Bucket=BUCKET, Key="runs/r1/evaluation/answers.jsonl", Body="\n".join(lines).encode())
+    scripted = ScriptedJudge()
+    grading.grade_pass(_graders(), {}, _settings(), FOLDER, 0, lambda: 10**7, scripted)
+    # THEN only candidate and base were scored (2 per example) and compared (2 per example)
+    assert len(scripted.prompts) == 4 * 4
+    assert set(_grading(bucket)["metrics"]) == {"candidate", "base"}

@@ -854,3 +854,19 @@ def test_when_two_paths_end_a_run_at_once_only_the_first_outcome_is_recorded_and
     # THEN no second outcome is published and the first stands
     assert [detail_type for detail_type, _ in _published(aws) if detail_type.startswith("Run ")] == []
     assert _item(aws, Stage.RUN)["status"] == "failed"
+
+
+def test_a_quantized_run_is_evaluated_as_the_endpoint_serves_it(aws: SimpleNamespace) -> None:
+    # GIVEN a run whose quantize stage made the AWQ model the vLLM endpoint will serve
+    quantized = f"s3://{BUCKET}/runs/{RUN_ID}/quantized/"
+    state = _state(recorded={"quantize": {"outcome": {"stage": "quantize", "artifacts": {"quantized": quantized}}}})
+    # WHEN Evaluate starts
+    spec = _call(aws, "start", Stage.EVALUATE, state)
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in spec["request"]["ProcessingInputs"]}
+    # THEN the candidate is the quantized model, and the merged model it came from is measured beside it
+    assert inputs["candidate"] == quantized
+    assert inputs["unquantized"] == f"s3://{BUCKET}/runs/{RUN_ID}/merged/"
+    # AND a run that did not quantize evaluates the merged model alone
+    plain = _call(aws, "start", Stage.EVALUATE, _state())
+    names = {i["InputName"]: i["S3Input"]["S3Uri"] for i in plain["request"]["ProcessingInputs"]}
+    assert names["candidate"] == f"s3://{BUCKET}/runs/{RUN_ID}/merged/" and "unquantized" not in names

@@ -231,10 +231,12 @@ def evaluate_generation(shape: RunShape, pricing: PricingTable) -> tuple[float, 
     if shape.eval_examples is None:
         return None
     prompt = shape.eval_tokens_per_example if shape.eval_tokens_per_example is not None else shape.seq_len
-    tokens = shape.eval_examples * EVALUATED_MODELS * (prompt + shape.max_new_tokens)
+    # A quantized candidate is judged against the merged model it was made from too: one more model.
+    models = EVALUATED_MODELS + (1 if shape.quantize and shape.deploy_target != "bedrock" else 0)
+    tokens = shape.eval_examples * models * (prompt + shape.max_new_tokens)
     throughput = pricing.generate_tokens_per_second_7b / _scale(shape, pricing)
     basis = (
-        f"{shape.eval_examples:,} eval examples x {EVALUATED_MODELS} models x ({prompt:,.0f} prompt + "
+        f"{shape.eval_examples:,} eval examples x {models} models x ({prompt:,.0f} prompt + "
         f"{shape.max_new_tokens:,} new tokens) at {throughput:,.1f} tokens/s"
     )
     return tokens / throughput / 3600, basis

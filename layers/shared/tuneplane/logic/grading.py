@@ -216,7 +216,8 @@ def grading_plan(graders: Graders, settings: RunLimitSettings, answers: list[Exa
         if custom_function is None:  # Validate refuses it first; never call a function the stack does not list
             raise InvalidConfiguration(f"grader function {graders.custom.function} is not in GraderFunctionArns")
     limits = [g.max_examples for g in (graders.judge, graders.custom) if g is not None]
-    models = list(answers[0].answers) if answers else []
+    # The merged model a quantized candidate was made from is the job's comparison, not the gate's: not judged.
+    models = [model for model in answers[0].answers if model != "unquantized"] if answers else []
     opponent = "production" if "production" in models else "base" if "base" in models else None
     return GradingPlan(
         judge=graders.judge,
@@ -238,8 +239,8 @@ def judge_calls(plan: GradingPlan, examples: list[Example]) -> list[tuple[int, s
     for e in examples:
         if not plan.judged(e.index):
             continue
-        for model, answer in e.answers.items():
-            calls.append((e.index, f"score:{model}", absolute_prompt(rubric, e.prompt, e.reference, answer)))
+        for model in plan.models:
+            calls.append((e.index, f"score:{model}", absolute_prompt(rubric, e.prompt, e.reference, e.answers[model])))
         if plan.judge.pairwise and plan.opponent is not None:
             mine, theirs = e.answers["candidate"], e.answers[plan.opponent]
             calls.append((e.index, "first", pairwise_prompt(rubric, e.prompt, e.reference, mine, theirs)))
@@ -267,6 +268,7 @@ def _custom_scores(plan: GradingPlan, examples: list[Example], results: dict[int
         for e in examples
         if plan.custom_graded(e.index)
         for model, answer in e.answers.items()
+        if model in plan.models
     ]
     for batch in grader_functions.batches(items, CUSTOM_BATCH):
         for item, value in zip(batch, grader_functions.score(plan.custom_function, batch), strict=True):

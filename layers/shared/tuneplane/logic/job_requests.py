@@ -236,7 +236,10 @@ def evaluate_job(
     candidate_uri: str,
     eval_uri: str,
     overrides: EvaluationOverrides,
+    unquantized_uri: str | None = None,
 ) -> JobSpec:
+    """The evaluate job: ``candidate_uri`` is the model as the endpoint will serve it; ``unquantized_uri``, when the
+    candidate is the quantized model, the merged model it was made from (what quantization cost is measured)."""
     problems = run_limits.evaluation_problems(overrides, settings)
     if problems:  # the Validate stage rejects these first; a request is never built with a looser gate
         raise InvalidConfiguration(f"evaluation request looser than the stack's gate: {'; '.join(problems)}")
@@ -246,6 +249,8 @@ def evaluate_job(
         "eval": eval_uri,
         "graders": graders_input_uri(settings, run_id),
     }
+    if unquantized_uri:
+        inputs["unquantized"] = unquantized_uri
     if settings.regression_set_s3_uri:
         inputs["regression"] = settings.regression_set_s3_uri
     outputs = {"evaluation": run_uri(settings, run_id, "evaluation", "")}

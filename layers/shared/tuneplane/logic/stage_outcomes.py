@@ -43,6 +43,12 @@ class RunView:
         value = self.state.get(name)
         return value if isinstance(value, dict) else {}
 
+    def outcome(self, stage: str) -> dict[str, Any]:
+        """What the Stage function recorded for a finished stage (``recorded.<stage>.outcome``), or {}."""
+        recorded = (self.result("recorded").get(stage) or {}) if isinstance(self.result("recorded"), dict) else {}
+        value = recorded.get("outcome") if isinstance(recorded, dict) else None
+        return value if isinstance(value, dict) else {}
+
     @property
     def data(self) -> dict[str, str | None]:
         summary = self.result("validation").get("summary") or {}

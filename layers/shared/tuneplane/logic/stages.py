@@ -327,7 +327,17 @@ def job_spec(stage: Stage, run: RunView, settings: PipelineSettings) -> JobSpec:
         return job_requests.quantize_job(settings, run.run_id, merged, data)
     if not data["eval_uri"]:
         raise InvalidConfiguration("evaluate: the validation result has no eval split")
-    return job_requests.evaluate_job(settings, run.run_id, merged, str(data["eval_uri"]), run.evaluation())
+    # The candidate in the form the endpoint will serve (deploy/serving.py): the quantized model when the run made
+    # one, judged against the merged model it came from too.
+    quantized = (run.outcome("quantize").get("artifacts") or {}).get("quantized")
+    return job_requests.evaluate_job(
+        settings,
+        run.run_id,
+        str(quantized or merged),
+        str(data["eval_uri"]),
+        run.evaluation(),
+        unquantized_uri=merged if quantized else None,
+    )
 
 
 def _end_badly(stage: Stage, run: RunView, settings: PipelineSettings, status: Status) -> dict[str, Any]:
