@@ -377,8 +377,9 @@ def check_model_dir(name: str, location: str) -> Path:
     return path
 
 
-def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
-    """The tokenizer's eos, generation_config.json's eos ids, and known end-of-turn markers the template emits."""
+def served_stop_ids(tokenizer: Any, model_dir: Path) -> list[int]:
+    """The ids a served model stops on: the tokenizer's eos and generation_config.json's eos ids (the endpoint runs
+    vLLM with SM_VLLM_GENERATION_CONFIG=auto, so those are its stop ids; tuneplane/logic/deploy/serving.py)."""
     ids: list[int] = []
 
     def add(value: Any) -> None:
@@ -390,14 +391,30 @@ def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
     generation_path = model_dir / "generation_config.json"
     if generation_path.is_file():
         add(json.loads(generation_path.read_text()).get("eos_token_id"))
+    return ids
+
+
+def template_end_of_turn(tokenizer: Any) -> dict[str, int]:
+    """The known end-of-turn markers the chat template emits (and the vocabulary has), with their ids."""
     vocab = tokenizer.get_vocab()
     template = tokenizer.chat_template or ""
-    for token in END_OF_TURN_TOKENS:
-        if token in template and token in vocab:
-            add(vocab[token])
+    return {token: vocab[token] for token in END_OF_TURN_TOKENS if token in template and token in vocab}
+
+
+def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
+    """The tokenizer's eos, generation_config.json's eos ids, and known end-of-turn markers the template emits."""
+    ids = served_stop_ids(tokenizer, model_dir)
+    ids += [token_id for token_id in template_end_of_turn(tokenizer).values() if token_id not in ids]
     if not ids:
         raise ValueError(f"no end-of-turn token for {model_dir}: no eos in the tokenizer or generation_config.json")
     return ids
+
+
+def unserved_end_of_turn(tokenizer: Any, model_dir: Path) -> list[str]:
+    """End-of-turn markers of the chat template that a served model would not stop on: answers scored here end
+    there, but the endpoint would run on past them (a training/serving mismatch found before production)."""
+    served = served_stop_ids(tokenizer, model_dir)
+    return [token for token, token_id in template_end_of_turn(tokenizer).items() if token_id not in served]
 
 
 def generate(
@@ -411,6 +428,7 @@ def generate(
     if not tokenizer.chat_template:
         raise ValueError(f"the tokenizer in {model_dir} has no chat template")
     stops = stop_token_ids(tokenizer, model_dir)
+    unserved = unserved_end_of_turn(tokenizer, model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     model: Any = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=dtype, device_map=device, use_safetensors=True, trust_remote_code=False, local_files_only=True
@@ -463,6 +481,7 @@ def generate(
         "lengths": lengths,
         "stopped": stopped,
         "stop_token_ids": stops,
+        "unserved_end_of_turn": unserved,
         "generation_seconds": round(seconds, 3),
         "examples_per_second": round(len(encoded) / seconds, 3) if seconds > 0 else None,
         "generated_tokens_per_second": round(sum(lengths) / seconds, 3) if seconds > 0 else None,
@@ -543,6 +562,14 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         max_regression_drop=cfg.max_regression_drop,
         regression_lost=regression.lost_ids(regression_set, regression_failed) if regression_set is not None else (),
     )
+    unserved = results["candidate"]["unserved_end_of_turn"]
+    if unserved:
+        passed = False
+        reasons.append(
+            f"the endpoint would not stop at {', '.join(unserved)}: the candidate's chat template ends a turn with "
+            "it, but neither the tokenizer's eos nor generation_config.json's eos_token_id has it (the server stops "
+            "only on those); its answers end there here, but would run on when served"
+        )
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     chart = bar_chart(out / "evaluation.png", metrics, metric_names)
@@ -579,6 +606,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             name: {
                 "path": str(dirs[name]),
                 "stop_token_ids": r["stop_token_ids"],
+                "unserved_end_of_turn": r["unserved_end_of_turn"],
                 "generation_seconds": r["generation_seconds"],
                 "examples_per_second": r["examples_per_second"],
                 "generated_tokens_per_second": r["generated_tokens_per_second"],

@@ -380,3 +380,26 @@ def test_a_bad_regression_line_fails_before_any_model_loads(task: dict[str, Path
     args = _args(task, tmp_path, candidate_dir=str(fake), regression_dir=str(tmp_path / "regression"))
     assert evaluate.run(args) == 2
     assert "general.jsonl:2: the last message must be the user's" in (tmp_path / "failure").read_text()
+
+
+@pytest.mark.slow
+def test_a_candidate_the_endpoint_would_not_stop_fails_the_gate(task: dict[str, Path], tmp_path: Path) -> None:
+    # GIVEN a candidate whose chat template ends turns with <|im_end|>, but whose tokenizer eos and
+    # generation_config.json name another token (the server, which stops on those only, would run on)
+    import shutil
+
+    candidate = tmp_path / "candidate"
+    shutil.copytree(task["base"], candidate)
+    tokenizer_config = json.loads((candidate / "tokenizer_config.json").read_text())
+    tokenizer_config["eos_token"] = "<|endoftext|>"
+    (candidate / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    vocab = json.loads((candidate / "tokenizer.json").read_text())["model"]["vocab"]
+    (candidate / "generation_config.json").write_text(json.dumps({"eos_token_id": [vocab["<|endoftext|>"]]}))
+    # WHEN evaluated
+    assert evaluate.run(_args(task, tmp_path, candidate_dir=str(candidate), max_examples="2")) == 0
+    report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    # THEN the gate fails on the mismatch, naming the marker, and the base (served the same way) has none
+    assert report["passed"] is False
+    assert any(r.startswith("the endpoint would not stop at <|im_end|>") for r in report["reasons"])
+    assert report["models"]["candidate"]["unserved_end_of_turn"] == ["<|im_end|>"]
+    assert report["models"]["base"]["unserved_end_of_turn"] == []
