@@ -217,7 +217,9 @@ def evaluation_outcome(run: RunView, settings: PipelineSettings) -> StageOutcome
     if report.get("chart"):
         artifacts["chart"] = folder + "evaluation.png"
     message = "passed the gate" if passed else "did not pass the gate: " + "; ".join(reasons)
-    notes = [f"worst by the judge: {line}" for line in masked_worst(grading)] if grading else []
+    # The job's own warnings: what quantization cost in each grader's terms, a model that does not stop.
+    notes = [str(warning) for warning in report.get("warnings") or []]
+    notes += [f"worst by the judge: {line}" for line in masked_worst(grading)] if grading else []
     notes += [f"judge: {warning}" for warning in grading.get("warnings") or []]
     return StageOutcome(
         stage=Stage.EVALUATE, metrics=metrics, artifacts=artifacts, passed=passed, message=message, notes=notes
