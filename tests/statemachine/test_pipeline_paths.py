@@ -389,3 +389,9 @@ def test_quantization_runs_when_the_stack_asks_for_it(cloud: Cloud, reversal_lin
     assert [name for name, _ in _jobs(cloud, "run-awq") if name.endswith("-quantize")]
     bucket = cloud.deployment.bucket_name
     assert cloud.ledger("run-awq")["quantize"]["artifacts"]["quantized"] == f"s3://{bucket}/runs/run-awq/quantized/"
+    # AND the evaluate job judged the quantized model (what the endpoint serves) beside the merged one it came from
+    [evaluate_job] = [name for name, _ in _jobs(cloud, "run-awq") if name.endswith("-evaluate")]
+    inputs = boto3.client("sagemaker").describe_processing_job(ProcessingJobName=evaluate_job)["ProcessingInputs"]
+    uris = {i["InputName"]: i["S3Input"]["S3Uri"] for i in inputs}
+    assert uris["candidate"] == f"s3://{bucket}/runs/run-awq/quantized/"
+    assert uris["unquantized"] == f"s3://{bucket}/runs/run-awq/merged/"
