@@ -44,10 +44,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from containers.merge import merge, streaming  # noqa: E402
+from containers.merge import merge, streaming
 
-from random_model import write_random_model  # noqa: E402  (bench/ is the script's own directory)
-from shapes import SHAPES as TRAIN_SHAPES  # noqa: E402
+from random_model import write_random_model  # bench/ is the script's own directory
+from shapes import SHAPES as TRAIN_SHAPES
 
 ENTRYPOINT = Path(merge.__file__)
 SHAPES: dict[str, dict[str, Any]] = {
@@ -175,7 +175,7 @@ def compare_outputs(a: Path, b: Path) -> dict[str, Any]:
         names: dict[str, Path] = {}
         for path in sorted(directory.glob("*.safetensors")):
             with safe_open(str(path), framework="pt") as handle:
-                names.update({key: path for key in handle.keys()})  # noqa: SIM118
+                names.update({key: path for key in handle.keys()})
         return names
 
     left, right = files(a), files(b)

@@ -24,10 +24,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from containers.quantize import quantize  # noqa: E402
+from containers.quantize import quantize
 
-from random_model import write_random_model  # noqa: E402  (bench/ is the script's own directory)
-from shapes import SHAPES as TRAIN_SHAPES  # noqa: E402
+from random_model import write_random_model  # bench/ is the script's own directory
+from shapes import SHAPES as TRAIN_SHAPES
 
 SHAPES: dict[str, dict[str, Any]] = {
     "7b": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **TRAIN_SHAPES["7b"]},

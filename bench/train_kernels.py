@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from containers.train import varlen_attention  # noqa: E402
+from containers.train import varlen_attention
 
-from shapes import H100_BF16_FLOPS, SHAPES  # noqa: E402
+from shapes import H100_BF16_FLOPS, SHAPES
 
 
 def example_lengths(count: int, seq_len: int, seed: int) -> list[int]:

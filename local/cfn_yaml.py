@@ -31,4 +31,4 @@ CfnLoader.add_multi_constructor("!", _construct_intrinsic)
 
 
 def load_cfn_yaml(path: Path) -> Any:
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=CfnLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=CfnLoader)  # a SafeLoader subclass

@@ -101,7 +101,7 @@ def render_text(message: Mapping[str, Any]) -> str:
 
 def _handler(slack: LocalSlack, path: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: Any) -> None:  # the base class's name
             """Silent: the default prints the request line, webhook path included, to stderr."""
 
         def _answer(self, status: int, body: str, headers: Mapping[str, str] | None = None) -> None:
@@ -114,7 +114,7 @@ def _handler(slack: LocalSlack, path: str) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:  # http.server's naming
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             with slack._lock:
                 failing = len(slack.requests) < slack.fail_first

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for local.cfn_yaml
-from local.cfn_yaml import load_cfn_yaml  # noqa: E402
+from local.cfn_yaml import load_cfn_yaml
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"

@@ -26,7 +26,7 @@ os.environ.update(
     }
 )
 
-from local.tiny_model import CHATML_TEMPLATE, write_base_model  # noqa: E402
+from local.tiny_model import CHATML_TEMPLATE, write_base_model
 
 TOKENIZER_TEXTS = [
     "reverse the word",

@@ -148,7 +148,7 @@ def run_job(
         cfg = load_config(argv)
         main(cfg)
         return 0
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the failure file
+    except BaseException as exc:  # every failure must reach the failure file
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
         traceback.print_exc()

@@ -86,10 +86,10 @@ from typing import Any
 if not __package__:  # run as a script: the directory holding containers/ (the repository, /opt/program in the image)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from containers.common import jobkit  # noqa: E402
-from containers.common.jobkit import END_OF_TURN_TOKENS, ConfigError  # noqa: E402
-from containers.evaluate import batching, graders, regression  # noqa: E402
-from containers.evaluate.graders import SCORE_METRICS, Graders  # noqa: E402
+from containers.common import jobkit
+from containers.common.jobkit import END_OF_TURN_TOKENS, ConfigError
+from containers.evaluate import batching, graders, regression
+from containers.evaluate.graders import SCORE_METRICS, Graders
 
 SM_DEFAULTS = {
     "candidate_dir": "/opt/ml/processing/input/candidate",

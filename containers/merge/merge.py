@@ -73,10 +73,10 @@ from typing import Any
 if not __package__:  # run as a script: the directory holding containers/ (the repository, /opt/program in the image)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from containers.common import jobkit  # noqa: E402
-from containers.common.jobkit import END_OF_TURN_TOKENS, ConfigError, read_chat_jsonl  # noqa: E402
-from containers.merge import streaming  # noqa: E402
-from containers.merge.streaming import AdapterMismatchError, StreamingUnsupported  # noqa: E402
+from containers.common import jobkit
+from containers.common.jobkit import END_OF_TURN_TOKENS, ConfigError, read_chat_jsonl
+from containers.merge import streaming
+from containers.merge.streaming import AdapterMismatchError, StreamingUnsupported
 
 SM_DEFAULTS = {
     "model_dir": "/opt/ml/processing/input/model",
@@ -267,7 +267,7 @@ def _adapter_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
 
     tensors: dict[str, tuple[int, ...]] = {}
     with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as handle:
-        for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+        for key in handle.keys():  # safe_open has no __iter__
             tensor = handle.get_tensor(key)
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise AdapterMismatchError(f"adapter tensor {key} holds NaN or infinite values (corrupted adapter)")

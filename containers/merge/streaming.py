@@ -138,7 +138,7 @@ def _file_header(path: Path) -> tuple[dict[str, tuple[str, list[int]]], dict[str
 
     with safe_open(str(path), framework="pt") as handle:
         entries = {}
-        for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+        for key in handle.keys():  # safe_open has no __iter__
             tensor_slice = handle.get_slice(key)
             entries[key] = (str(tensor_slice.get_dtype()), list(tensor_slice.get_shape()))
         return entries, dict(handle.metadata() or {})

@@ -48,8 +48,8 @@ from typing import Any
 if not __package__:  # run as a script: the directory holding containers/ (the repository, /opt/program in the image)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from containers.common import jobkit  # noqa: E402
-from containers.common.jobkit import ConfigError, read_chat_jsonl  # noqa: E402
+from containers.common import jobkit
+from containers.common.jobkit import ConfigError, read_chat_jsonl
 
 SM_DEFAULTS = {
     "model_dir": "/opt/ml/processing/input/model",

@@ -53,9 +53,9 @@ from typing import Any
 if not __package__:  # run as a script: the directory holding containers/ (the repository, /opt/program in the image)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from containers.common import jobkit  # noqa: E402
-from containers.common.jobkit import ConfigError  # noqa: E402
-from containers.train import batch_plan, varlen_attention  # noqa: E402
+from containers.common import jobkit
+from containers.common.jobkit import ConfigError
+from containers.train import batch_plan, varlen_attention
 
 # SageMaker MetricDefinitions (Name/Regex) for the lines `MetricsCallback` prints: the template uses these verbatim.
 _NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
@@ -981,7 +981,7 @@ def run_rank(argv: list[str]) -> int:
     try:
         cfg = load_config(argv)
         main(cfg)
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the failure file
+    except BaseException as exc:  # every failure must reach the failure file
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
         traceback.print_exc()

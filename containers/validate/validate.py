@@ -43,8 +43,8 @@ if not __package__:  # run as a script: the directory holding containers/ (the r
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "layers" / "shared"))
 
-from containers.common import jobkit  # noqa: E402
-from containers.common.jobkit import ConfigError  # noqa: E402
+from containers.common import jobkit
+from containers.common.jobkit import ConfigError
 
 SM_DEFAULTS = {
     "job_dir": "/opt/ml/processing/input/job",

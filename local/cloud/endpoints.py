@@ -276,7 +276,7 @@ class ScriptedServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            def log_message(self, format: str, *args: Any) -> None:  # the base class's name
                 pass
 
             def _answer(self, status: int, body: Any) -> None:
@@ -287,7 +287,7 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:  # http.server's naming
                 if self.path == "/health":
                     ready = server.gate is None or server.gate.is_set()
                     self._answer(200 if ready else 503, {"status": "ok" if ready else "loading"})
@@ -296,7 +296,7 @@ class ScriptedServer:
                 else:
                     self._answer(404, {"detail": "Not Found"})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
                     request = json.loads(self.rfile.read(length) or b"null")
@@ -426,7 +426,7 @@ def fetch_model_data(container: Mapping[str, Any], destination: Path) -> None:
             raise StartFailure("ClientError: the model's container has no ModelDataSource or ModelDataUrl")
     except StartFailure:
         raise
-    except Exception as exc:  # noqa: BLE001 - any S3 or archive error is a failed model download
+    except Exception as exc:  # any S3 or archive error is a failed model download
         raise StartFailure(f"ClientError: Failed to download model data from {uri}: {exc}") from exc
     if count == 0:
         raise StartFailure(f"ClientError: Failed to download model data: no objects under {uri}")
@@ -591,7 +591,7 @@ class EndpointRegistry:
     def _create(self, endpoint: LocalEndpoint, backend: SageMakerModelBackend, config_name: str) -> None:
         try:
             server, variant = self._launch(endpoint, backend, config_name)
-        except Exception as exc:  # noqa: BLE001 - any failure to start is the endpoint's FailureReason
+        except Exception as exc:  # any failure to start is the endpoint's FailureReason
             failure = _reason(exc)
             with self.lock:
                 if not endpoint.deleted.is_set():
@@ -616,7 +616,7 @@ class EndpointRegistry:
         record = endpoint.record
         try:
             green, variant = self._launch(endpoint, backend, config_name)
-        except Exception as exc:  # noqa: BLE001 - as above
+        except Exception as exc:  # as above
             self._roll_back(endpoint, config_name, _reason(exc), None)
             return
         with self.lock:
@@ -710,7 +710,7 @@ class EndpointRegistry:
         variant = config.production_variants[0]
         try:
             model = backend.describe_model(variant["ModelName"])
-        except Exception as exc:  # noqa: BLE001 - moto's ValidationError: the model was deleted meanwhile
+        except Exception as exc:  # moto's ValidationError: the model was deleted meanwhile
             raise StartFailure(f"ClientError: {exc}") from exc
         container = model.primary_container or (model.containers[0] if model.containers else {})
         environment = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
@@ -727,7 +727,7 @@ class EndpointRegistry:
             raise StartFailure("the endpoint was deleted")
         try:
             server = self.backend.start(folder / "model", environment)
-        except Exception as exc:  # noqa: BLE001 - a server that cannot even be started
+        except Exception as exc:  # a server that cannot even be started
             raise StartFailure(f"ClientError: the model server could not be started: {exc}") from exc
         with self.lock:
             self.servers.append(server)

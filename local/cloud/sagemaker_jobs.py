@@ -331,7 +331,7 @@ class JobRunner:
         try:
             with acting_as(job.model.role_arn, "SageMaker"):  # its S3 transfers are the job role's (local.cloud.iam)
                 outcome = self.executor(job)
-        except Exception as exc:  # noqa: BLE001 - a broken executor is a failed job, as an infrastructure error is
+        except Exception as exc:  # a broken executor is a failed job, as an infrastructure error is
             outcome = JobOutcome("Failed", f"InternalServerError: {type(exc).__name__}: {exc}"[:REASON_LIMIT])
         if job.stop.is_set() and outcome.status != "Failed":
             outcome = JobOutcome("Stopped", outcome.failure_reason, outcome.exit_message, outcome.metrics)

@@ -150,7 +150,7 @@ def test_create_serves_the_model_and_invoke_answers_through_it(endpoints: Endpoi
     direct = urllib.request.Request(
         url + "/chat/completions", json.dumps(CHAT).encode(), {"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(direct, timeout=5) as response:  # noqa: S310 - a local http URL
+    with urllib.request.urlopen(direct, timeout=5) as response:  # a local http URL
         assert _content(json.loads(response.read())) == "forty-two"
     assert active_endpoints().served_model("chat") == str(model_dir)
 
@@ -403,10 +403,10 @@ def test_transformers_serve_answers_a_chat(base_model_dir: Path, tmp_path: Path)
         direct = urllib.request.Request(
             endpoint_url("tiny") + "/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(direct, timeout=60) as response:  # noqa: S310 - a local http URL
+        with urllib.request.urlopen(direct, timeout=60) as response:  # a local http URL
             assert json.loads(response.read())["choices"][0]["message"]["role"] == "assistant"
         # AND /v1/models works (it needs $HF_HOME/hub)
-        with urllib.request.urlopen(endpoint_url("tiny") + "/models", timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(endpoint_url("tiny") + "/models", timeout=10) as response:
             assert json.loads(response.read())["object"] == "list"
         server = active_endpoints().endpoint("tiny").server
         assert isinstance(server, TransformersServeProcess)

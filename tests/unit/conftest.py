@@ -10,8 +10,8 @@ from pytest_socket import disable_socket, enable_socket, socket_allow_hosts
 
 # The X-Ray SDK behind Powertools' Tracer creates (and never uses, with tracing disabled) a UDP socket when
 # it is first imported; import it here, before sockets are switched off for the tests.
-import tuneplane.observability  # noqa: E402,F401
-from tuneplane.adapters import slack  # noqa: E402
+import tuneplane.observability  # noqa: F401
+from tuneplane.adapters import slack
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import pytest
 from tuneplane.cli import EXIT_INVALID, EXIT_USAGE, EXIT_VALID, main
 
 
-def test_valid_file_exits_0_with_a_summary(write_jsonl, reversal_lines, base_model_dir, capsys, tmp_path) -> None:  # noqa: ANN001
+def test_valid_file_exits_0_with_a_summary(write_jsonl, reversal_lines, base_model_dir, capsys, tmp_path) -> None:
     # GIVEN a valid dataset and the tiny base model
     path = write_jsonl(reversal_lines)
     # WHEN validated with the tokenizer and an output directory
@@ -24,7 +24,7 @@ def test_valid_file_exits_0_with_a_summary(write_jsonl, reversal_lines, base_mod
     assert len(written) == 20
 
 
-def test_invalid_file_exits_1_and_groups_errors_by_code(write_jsonl, reversal_lines, capsys) -> None:  # noqa: ANN001
+def test_invalid_file_exits_1_and_groups_errors_by_code(write_jsonl, reversal_lines, capsys) -> None:
     # GIVEN three lines with the same misspelled role and one broken JSON line
     lines = list(reversal_lines)
     for index in (2, 9, 14):
@@ -42,7 +42,7 @@ def test_invalid_file_exits_1_and_groups_errors_by_code(write_jsonl, reversal_li
     assert "line 3: messages[1].role: unrecognized_role 'assitant'" in out
 
 
-def test_json_output_is_the_full_report(write_jsonl, reversal_lines, capsys) -> None:  # noqa: ANN001
+def test_json_output_is_the_full_report(write_jsonl, reversal_lines, capsys) -> None:
     path = write_jsonl(reversal_lines)
     assert main(["validate", str(path), "--json", "--min-examples", "30"]) == EXIT_INVALID
     report = json.loads(capsys.readouterr().out)
@@ -51,7 +51,7 @@ def test_json_output_is_the_full_report(write_jsonl, reversal_lines, capsys) -> 
     assert report["options"]["min_examples"] == 30
 
 
-def test_pii_flag_turns_pii_into_an_error(write_jsonl, reversal_lines, capsys) -> None:  # noqa: ANN001
+def test_pii_flag_turns_pii_into_an_error(write_jsonl, reversal_lines, capsys) -> None:
     lines = list(reversal_lines)
     lines[5] = lines[5].replace("reverse", "mail ada@example.org and reverse")
     path = write_jsonl(lines)
@@ -61,7 +61,7 @@ def test_pii_flag_turns_pii_into_an_error(write_jsonl, reversal_lines, capsys) -
     assert "a***@e***.org" in out and "ada@example.org" not in out
 
 
-def test_config_sidecar_options_are_used(write_jsonl, reversal_lines, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_config_sidecar_options_are_used(write_jsonl, reversal_lines, tmp_path: Path, capsys) -> None:
     path = write_jsonl(reversal_lines)
     sidecar = tmp_path / "data.tuneplane.json"
     sidecar.write_text(json.dumps({"validation": {"min_examples": 25}}))
@@ -77,20 +77,20 @@ def test_config_sidecar_options_are_used(write_jsonl, reversal_lines, tmp_path: 
         (["validate", "{data}", "--max-seq-length", "3"], "max_seq_length"),
     ],
 )
-def test_usage_errors_exit_2(argv, message, write_jsonl, reversal_lines, capsys) -> None:  # noqa: ANN001
+def test_usage_errors_exit_2(argv, message, write_jsonl, reversal_lines, capsys) -> None:
     path = write_jsonl(reversal_lines)
     code = main([arg.replace("{data}", str(path)) for arg in argv])
     assert code == EXIT_USAGE
     assert message in capsys.readouterr().err
 
 
-def test_bad_arguments_exit_2(capsys) -> None:  # noqa: ANN001
+def test_bad_arguments_exit_2(capsys) -> None:
     with pytest.raises(SystemExit) as raised:
         main(["validate"])
     assert raised.value.code == EXIT_USAGE
 
 
-def test_out_dir_never_overwrites_the_input(tmp_path: Path, reversal_lines, capsys) -> None:  # noqa: ANN001
+def test_out_dir_never_overwrites_the_input(tmp_path: Path, reversal_lines, capsys) -> None:
     # GIVEN a dataset named train.jsonl
     source = tmp_path / "train.jsonl"
     source.write_text("\n".join(reversal_lines) + "\n")
@@ -103,7 +103,7 @@ def test_out_dir_never_overwrites_the_input(tmp_path: Path, reversal_lines, caps
     assert source.read_bytes() == before
 
 
-def test_the_minimum_counts_examples_before_the_held_out_split(write_jsonl, reversal_lines, capsys) -> None:  # noqa: ANN001
+def test_the_minimum_counts_examples_before_the_held_out_split(write_jsonl, reversal_lines, capsys) -> None:
     # GIVEN exactly the default minimum of 10 examples, and then 9
     # WHEN validated (one of the ten is held out for evaluation)
     # THEN ten pass and nine are too few
@@ -112,7 +112,7 @@ def test_the_minimum_counts_examples_before_the_held_out_split(write_jsonl, reve
     assert "9 usable training examples; at least 10 needed" in capsys.readouterr().out
 
 
-def test_config_sidecar_follows_the_pipelines_rules(write_jsonl, reversal_lines, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_config_sidecar_follows_the_pipelines_rules(write_jsonl, reversal_lines, tmp_path: Path, capsys) -> None:
     # GIVEN a sidecar with a misspelled top-level key, as StartRun would reject it
     path = write_jsonl(reversal_lines)
     sidecar = tmp_path / "data.tuneplane.json"

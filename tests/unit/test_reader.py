@@ -70,7 +70,7 @@ def test_unsupported_compression_is_named(body: bytes, name: str, kind: str) -> 
     assert raised.value.kind == kind
 
 
-def test_a_utf16_file_gets_one_file_level_error(tmp_path) -> None:  # noqa: ANN001
+def test_a_utf16_file_gets_one_file_level_error(tmp_path) -> None:
     from pathlib import Path
 
     from tuneplane.logic.validation.validator import DatasetSource, validate_dataset

@@ -14,14 +14,14 @@ from tuneplane.logic.validation.validator import DatasetSource, validate_dataset
 from tuneplane.models.validation import Code, Severity, ValidationOptions
 
 
-def _validate(path: Path, model_dir: Path, **options: object):  # noqa: ANN202
+def _validate(path: Path, model_dir: Path, **options: object):
     model = load_model_context(str(model_dir))
     return validate_dataset(
         DatasetSource.local(path), ValidationOptions.model_validate(options), model=model, out_dir=path.parent / "out"
     )
 
 
-def test_token_stats_and_cost_on_a_valid_file(write_jsonl, reversal_lines, base_model_dir: Path) -> None:  # noqa: ANN001
+def test_token_stats_and_cost_on_a_valid_file(write_jsonl, reversal_lines, base_model_dir: Path) -> None:
     # GIVEN twenty valid reversal examples and the tiny base model
     path = write_jsonl(reversal_lines)
     # WHEN validated with the tokenizer
@@ -38,7 +38,7 @@ def test_token_stats_and_cost_on_a_valid_file(write_jsonl, reversal_lines, base_
     assert report.cost.cost_usd >= 0 and report.cost.instance_type == "ml.g5.2xlarge"
 
 
-def test_example_over_max_seq_length_is_reported_with_the_excess(write_jsonl, reversal_lines, base_model_dir) -> None:  # noqa: ANN001
+def test_example_over_max_seq_length_is_reported_with_the_excess(write_jsonl, reversal_lines, base_model_dir) -> None:
     # GIVEN one example far longer than the others, at line 7
     lines = list(reversal_lines)
     lines[6] = json.dumps(
@@ -62,7 +62,7 @@ def test_example_over_max_seq_length_is_reported_with_the_excess(write_jsonl, re
     assert not report.passed
 
 
-def test_too_long_as_warning_keeps_the_example(write_jsonl, reversal_lines, base_model_dir) -> None:  # noqa: ANN001
+def test_too_long_as_warning_keeps_the_example(write_jsonl, reversal_lines, base_model_dir) -> None:
     # GIVEN the same long example, and a dataset that accepts truncation
     lines = list(reversal_lines)
     lines[2] = json.dumps(
@@ -82,7 +82,7 @@ def test_too_long_as_warning_keeps_the_example(write_jsonl, reversal_lines, base
 def test_end_of_turn_outside_trained_span_rejects_the_file(
     write_jsonl,
     reversal_lines,
-    base_model_factory: Callable[..., Path],  # noqa: ANN001
+    base_model_factory: Callable[..., Path],
 ) -> None:
     # GIVEN a template that renders <|im_end|> after the {% generation %} block (never trained)
     path = write_jsonl(reversal_lines)
@@ -96,7 +96,7 @@ def test_end_of_turn_outside_trained_span_rejects_the_file(
     assert report.template is not None and not report.template.end_of_turn_trained
 
 
-def test_template_error_is_reported_per_line(tmp_path: Path, write_jsonl, reversal_lines, base_model_dir) -> None:  # noqa: ANN001
+def test_template_error_is_reported_per_line(tmp_path: Path, write_jsonl, reversal_lines, base_model_dir) -> None:
     # GIVEN a template that refuses system prompts and one example with a system prompt at line 4
     model = tmp_path / "model"
     model.mkdir()
@@ -129,7 +129,7 @@ def test_results_do_not_depend_on_batching(
     monkeypatch: pytest.MonkeyPatch,
     write_jsonl,
     base_model_dir: Path,
-    batch: int,  # noqa: ANN001
+    batch: int,
 ) -> None:
     # GIVEN 25 examples of different lengths, one too long (line 13)
     from tuneplane.logic.validation import tokens as token_stage

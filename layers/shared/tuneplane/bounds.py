@@ -76,7 +76,7 @@ def bounded_exception(exc: BaseException) -> BaseException:
         try:
             exc.args = (short,)
             rewritten = str(exc) == short
-        except Exception:  # noqa: BLE001 - a class whose args cannot be set: replaced below
+        except Exception:  # a class whose args cannot be set: replaced below
             rewritten = False
         if not rewritten:
             same_name = type(type(exc).__name__, (Exception,), {"__module__": type(exc).__module__})
@@ -127,7 +127,7 @@ def _log_whole(exc: BaseException) -> None:
             error_text=bound_text(str(exc), 4_000),
             error_trace=frames,
         )
-    except Exception:  # noqa: BLE001 - logging must not replace the error being reported
+    except Exception:  # logging must not replace the error being reported
         pass
 
 

@@ -127,7 +127,7 @@ class OpenAICompatibleJudge:
             method="POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 (https or loopback)
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # https or loopback
                 answer = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode("utf-8", "replace")

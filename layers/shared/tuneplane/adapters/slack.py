@@ -127,7 +127,7 @@ def retry_after_s(value: str | None, now: datetime | None = None) -> float | Non
 def _answer(response: Any) -> str:
     try:
         text = bytes(response.data or b"").decode("utf-8", "replace")
-    except Exception:  # noqa: BLE001 - the body only decorates the error message
+    except Exception:  # the body only decorates the error message
         return ""
     return " ".join(text.split())[:_BODY_SHOWN]
 

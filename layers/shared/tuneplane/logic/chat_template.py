@@ -201,7 +201,7 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
             self.budget.tick()
         return super().getitem(obj, argument)
 
-    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - jinja's
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # jinja's
         budget = __self._budget()
         budget.tick()
         budget.numbers([*args, *kwargs.values()])
@@ -391,7 +391,7 @@ class ChatTokenizer:
                 raise
             except jinja2.TemplateError as exc:
                 raise ChatTemplateError(f"template failed: {exc}") from exc
-            except Exception as exc:  # noqa: BLE001 - the template's own TypeError, ZeroDivisionError, OverflowError ...
+            except Exception as exc:  # the template's own TypeError, ZeroDivisionError, OverflowError ...
                 raise ChatTemplateError(f"template failed: {type(exc).__name__}: {exc}") from exc
             finally:
                 self._env.budget = None

@@ -207,7 +207,7 @@ class _RawAdapter(io.RawIOBase):
             if close is not None:
                 try:
                     close()
-                except Exception:  # noqa: BLE001  # a broken connection may fail to close too; it is dropped anyway
+                except Exception:  # a broken connection may fail to close too; it is dropped anyway
                     pass
 
     def close(self) -> None:
