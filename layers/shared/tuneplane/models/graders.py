@@ -10,29 +10,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 # Computed by the Evaluate job (containers/evaluate/graders.py names the same ones).
-CONTAINER_METRICS = (
-    "exact_match",
-    "token_f1",
-    "rouge_l",
-    "json_valid",
-    "json_schema_match",
-    "stop_rate",
-    "classification_accuracy",
-    "classification_macro_f1",
-    "pattern_pass_rate",
-    "pattern_regex",
-    "pattern_must_contain",
-    "pattern_must_not_contain",
-    "regression_pass_rate",
-)
-# Computed by the Grade function (tuneplane/logic/grading.py).
-CONTROL_PLANE_METRICS = ("judge_score", "judge_win_rate", "custom_score")
-GRADER_METRICS = CONTAINER_METRICS + CONTROL_PLANE_METRICS
 ContainerMetric = Literal[
     "exact_match",
     "token_f1",
@@ -48,24 +30,12 @@ ContainerMetric = Literal[
     "pattern_must_not_contain",
     "regression_pass_rate",
 ]
-GraderMetric = Literal[
-    "exact_match",
-    "token_f1",
-    "rouge_l",
-    "json_valid",
-    "json_schema_match",
-    "stop_rate",
-    "classification_accuracy",
-    "classification_macro_f1",
-    "pattern_pass_rate",
-    "pattern_regex",
-    "pattern_must_contain",
-    "pattern_must_not_contain",
-    "regression_pass_rate",
-    "judge_score",
-    "judge_win_rate",
-    "custom_score",
-]
+# Computed by the Grade function (tuneplane/logic/grading.py).
+ControlPlaneMetric = Literal["judge_score", "judge_win_rate", "custom_score"]
+GraderMetric = Literal[ContainerMetric, ControlPlaneMetric]  # nested Literals are flattened (PEP 586)
+CONTAINER_METRICS: tuple[str, ...] = get_args(ContainerMetric)
+CONTROL_PLANE_METRICS: tuple[str, ...] = get_args(ControlPlaneMetric)
+GRADER_METRICS: tuple[str, ...] = get_args(GraderMetric)
 MAX_SCHEMA_CHARS = 20_000
 MAX_RUBRIC_CHARS = 4_000
 MAX_GRADED_EXAMPLES = 2_000  # per run, for the judge and a custom grader (the caps of the stack may be lower)
