@@ -3,14 +3,17 @@ fixed batch of 16 it used before, in the same run.
 
     python bench/evaluate.py --model-size 7b --examples 512 --out bench/results/evaluate_auto_7b_<gpu>_<date>.json
     python bench/evaluate.py --model-size tiny --examples 8 --batch-size 4 --baseline-batch-size 1   # CPU smoke run
+    python bench/evaluate.py --model-size 7b --examples 512 --adapter-rank 16   # ServeMode=lora: base + adapter
 
 Builds a random model of the given shape (Mistral-7B dimensions; the vocabulary of the tiny tokenizer of
 local/tiny_model.py, so every generated id decodes), writes synthetic chat conversations, and runs
-containers/evaluate/evaluate.py as a subprocess twice on the same data: `--batch_size 16` (the baseline) and the
-given batch size (0: sized to the free memory). A random model never emits its end-of-turn token, so every answer
-runs to `--max-new-tokens`: the figure is the worst case. Prints the job's own generated tokens/s (the candidate's
-generation, timed inside the job) of each run and the ratio.
-Needs torch, transformers and safetensors only.
+containers/evaluate/evaluate.py as a subprocess twice on the same data: `--batch_size 16` (the baseline) and the given
+batch size (0: sized to the free memory). With `--adapter-rank`, both runs evaluate the candidate as a ServeMode=lora
+endpoint serves it: the base with a random LoRA adapter of that rank on every linear layer, unmerged (PEFT's layers:
+more work per token than the merged model). A random model never emits its end-of-turn token, so every answer runs to
+`--max-new-tokens`: the figure is the worst case. Prints the job's own generated tokens/s (the candidate's generation,
+timed inside the job) of each run and the ratio.
+Needs torch, transformers and safetensors (and peft with --adapter-rank).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from random_model import write_random_model  # noqa: E402  (bench/ is the script's own directory)
+from random_model import write_random_adapter, write_random_model  # noqa: E402  (bench/ is the script's own directory)
 from shapes import SHAPES  # noqa: E402
 
 ENTRYPOINT = ROOT / "containers" / "evaluate" / "evaluate.py"
@@ -46,7 +49,7 @@ def conversations(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def build(root: Path, size: str, examples: int) -> tuple[Path, Path]:
+def build(root: Path, size: str, examples: int, adapter_rank: int) -> tuple[Path, Path, Path | None]:
     model_dir, eval_file = root / "model", root / "eval.jsonl"
     rows = conversations(examples)
     shape = {key: value for key, value in SHAPES[size].items() if key != "vocab_size"}
@@ -54,12 +57,15 @@ def build(root: Path, size: str, examples: int) -> tuple[Path, Path]:
     model = write_random_model(
         model_dir, texts, {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **shape}
     )
+    adapter = write_random_adapter(model, root / "adapter", adapter_rank) if adapter_rank else None
     del model
     eval_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return model_dir, eval_file
+    return model_dir, eval_file, adapter
 
 
-def evaluate(root: Path, model_dir: Path, eval_file: Path, batch: int, max_new_tokens: int) -> dict[str, Any]:
+def evaluate(
+    root: Path, model_dir: Path, eval_file: Path, batch: int, max_new_tokens: int, adapter: Path | None
+) -> dict[str, Any]:
     out = root / f"out-b{batch}"
     command = [
         sys.executable,
@@ -74,6 +80,7 @@ def evaluate(root: Path, model_dir: Path, eval_file: Path, batch: int, max_new_t
         "--batch_size", str(batch),
         "--min_stop_rate", "0",
         "--worst_examples", "0",
+        "--adapter_dir", str(adapter or ""),
     ]  # fmt: skip
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -86,6 +93,9 @@ def evaluate(root: Path, model_dir: Path, eval_file: Path, batch: int, max_new_t
     candidate = report["models"]["candidate"]
     return {
         "batch_size": batch,
+        "engine": candidate.get("engine"),
+        "adapter": candidate.get("adapter") is not None,
+        "split_batches": candidate.get("split_batches"),
         "job_wall_s": round(wall, 2),
         "device": report.get("device"),
         "generation_seconds": candidate["generation_seconds"],
@@ -105,16 +115,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="the run measured (0: sized to the GPU's memory)")
     parser.add_argument("--baseline-batch-size", type=int, default=16, help="the baseline (the job's old default)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--adapter-rank", type=int, default=0, help="evaluate base + a random LoRA adapter of this rank (0: none)"
+    )
     parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tuneplane-bench-eval-") as scratch:
         root = Path(scratch)
         started = time.monotonic()
-        model_dir, eval_file = build(root, args.model_size, args.examples)
+        model_dir, eval_file, adapter = build(root, args.model_size, args.examples, args.adapter_rank)
         print(f"built a random {args.model_size} model in {time.monotonic() - started:.1f}s", flush=True)
-        baseline = evaluate(root, model_dir, eval_file, args.baseline_batch_size, args.max_new_tokens)
+        baseline = evaluate(root, model_dir, eval_file, args.baseline_batch_size, args.max_new_tokens, adapter)
         print(f"baseline: {json.dumps(baseline)}", flush=True)
-        measured = evaluate(root, model_dir, eval_file, args.batch_size, args.max_new_tokens)
+        measured = evaluate(root, model_dir, eval_file, args.batch_size, args.max_new_tokens, adapter)
     ratio = (
         measured["generated_tokens_per_second"] / baseline["generated_tokens_per_second"]
         if measured["generated_tokens_per_second"] and baseline["generated_tokens_per_second"]
@@ -126,6 +139,7 @@ def main() -> None:
         "model_size": args.model_size,
         "examples": args.examples,
         "max_new_tokens": args.max_new_tokens,
+        "adapter_rank": args.adapter_rank,
         "baseline": baseline,
         "measured": measured,
         "generated_tokens_per_second_ratio": ratio,

@@ -31,3 +31,21 @@ def write_random_model(
     else:
         model.save_pretrained(directory)
     return model
+
+
+def write_random_adapter(model: Any, directory: Path, rank: int) -> Path:
+    """A LoRA adapter of ``rank`` on every linear layer of ``model`` (PEFT's own layout), lora_B random so that it
+    changes the answers: what a ServeMode=lora run hands the Evaluate job. Leaves ``model`` without the adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(
+        model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=1e-3)
+    peft_model.save_pretrained(str(directory))
+    peft_model.unload()
+    return directory

@@ -1,13 +1,13 @@
 """How many prompts the Evaluate job generates for at once: as many as the GPU's free memory holds.
 
 Greedy generation of a 7B model is bound by reading the weights once per step whatever the batch, so more rows per
-step is nearly free throughput until memory runs out (issue figures on one H200, 64 new tokens: batch 16 gave 275
-generated tokens/s, batch 256 gave 2,160). A fixed batch of 16 leaves most of an 80-141 GB GPU idle; a fixed large
-batch runs out of memory on long prompts. So each batch is cut from the prompts (sorted by length, so similar
-lengths share one) to fit a memory budget: per row, the KV cache of its prompt and answer
-(2 x layers x kv heads x head dim x bytes per value, per token) plus the prefill's widest activations (the MLP's
-intermediate projections, gate/up/act, for each prompt token), both at the width of the batch's longest prompt
-(left padding). Pure Python: the GPU's free bytes and the model's config come from the caller.
+step is nearly free throughput until memory runs out (bench/evaluate.py on one H200, 64 new tokens, 1,024 prompts:
+batch 16 gave 761 generated tokens/s, batches sized here 5,306). A fixed batch of 16 leaves most of an 80-141 GB GPU
+idle; a fixed large batch runs out of memory on long prompts. So each batch is cut from the prompts (sorted by length,
+so similar lengths share one) to fit a memory budget: per row, the KV cache of its prompt and answer (2 x layers x kv
+heads x head dim x bytes per value, per token) plus the prefill's widest activations (the MLP's intermediate
+projections, gate/up/act, for each prompt token), both at the width of the batch's longest prompt (left padding). Pure
+Python: the GPU's free bytes and the model's config come from the caller.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-MAX_ROWS = 1024  # beyond this the per-step work is compute-bound on the largest GPUs; more rows gain nothing
+# More rows gain nothing past this: on one H200 (random Mistral-7B shape, 64 new tokens) one batch of 4,096 ran at
+# 0.91x the generated tokens/s of four batches of 1,024
+# (bench/results/evaluate_rows4096_vs_1024_7b_h200_2026-12-05.json).
+MAX_ROWS = 1024
 CPU_ROWS = 16  # on the CPU memory is not the limit, time is: the batch the job always used
 MEMORY_SHARE = 0.7  # of the free memory after loading the model: the rest for the allocator's fragmentation
 PREFILL_COPIES = 3  # the MLP's gate, up and activation outputs alive at once during a prompt's forward pass

@@ -283,21 +283,6 @@ def _section(raw: Mapping[str, Any], name: str, keys: Sequence[str]) -> dict[str
     return {k: v for k, v in value.items() if v is not None}
 
 
-def _strings(value: Any, where: str, *, minimum: int = 0) -> tuple[str, ...]:
-    """A list of strings each with a visible character: a blank one (" ", a non-breaking or zero-width space) would
-    be in every answer (must_not_contain always failing) or match nothing a model writes (a label)."""
-    shape = f"a list of at least {minimum} non-empty strings" if minimum else "a list of non-empty strings"
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) < minimum:
-        raise ConfigError(f"graders.json {where} must be {shape}")
-    for index, item in enumerate(value):
-        if guards.is_blank(item):
-            raise ConfigError(
-                f"graders.json {where} must be {shape}: item {index} ({item!r}) is blank (only whitespace or "
-                "invisible characters)"
-            )
-    return tuple(value)
-
-
 def parse_graders(raw: Any) -> GradersConfig:
     """graders.json's content, checked: unknown keys, wrong types, a bad regex or schema are ConfigErrors."""
     if not isinstance(raw, dict):
@@ -312,7 +297,10 @@ def parse_graders(raw: Any) -> GradersConfig:
     else:
         section = _section(raw, "classification", ("labels",))
         if "labels" in section:
-            classification = tuple(s.strip() for s in _strings(section["labels"], "classification.labels", minimum=2))
+            classification = tuple(
+                s.strip()
+                for s in guards.visible_strings(section["labels"], "graders.json classification.labels", minimum=2)
+            )
             if len({label_key(label) for label in classification}) != len(classification):
                 raise ConfigError("graders.json classification.labels must be distinct (compared casefolded)")
 
@@ -329,8 +317,12 @@ def parse_graders(raw: Any) -> GradersConfig:
         raise ConfigError(f"graders.json pattern.regex {regex!r} is not a valid regular expression: {exc}") from exc
     pattern = PatternGrader(
         regex=compiled,
-        must_contain=_strings(pattern_section.get("must_contain", []), "pattern.must_contain"),
-        must_not_contain=_strings(pattern_section.get("must_not_contain", []), "pattern.must_not_contain"),
+        must_contain=guards.visible_strings(
+            pattern_section.get("must_contain", []), "graders.json pattern.must_contain"
+        ),
+        must_not_contain=guards.visible_strings(
+            pattern_section.get("must_not_contain", []), "graders.json pattern.must_not_contain"
+        ),
     )
 
     thresholds_raw = raw.get("thresholds") or {}

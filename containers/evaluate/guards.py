@@ -15,7 +15,8 @@ Evaluate job scores in its main thread; only a caller that uses threads loses th
 `normalize_text` is the form in which graders.py and regression.py compare texts (classification labels, must_contain,
 must_not_contain) and run regexes: NFKC (a non-breaking space is a space, an NFD "café" is the NFC one, full-width
 letters are ASCII) after removing zero-width characters, so an answer cannot slip past must_not_contain with an
-invisible character, and a label matches however its accents were encoded.
+invisible character, and a label matches however its accents were encoded. `visible_strings` checks that the
+uploader's phrases and labels compared in that form (graders.json's, a regression set's `expect`) are not blank in it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 from containers.common.jobkit import ConfigError
 
@@ -48,6 +50,31 @@ def normalize_text(text: str) -> str:
 def is_blank(text: str) -> bool:
     """True when nothing visible is left once normalised and stripped (" ", a non-breaking space, U+200B)."""
     return not normalize_text(text).strip()
+
+
+def visible_strings(value: Any, where: str, *, minimum: int = 0) -> tuple[str, ...]:
+    """`value` as a tuple, checked to be a list of at least `minimum` strings that are each not blank (`is_blank`);
+    else a ConfigError starting with `where` (e.g. "graders.json pattern.must_contain").
+
+    Why: these strings (must_contain / must_not_contain phrases, classification labels) are compared to answers in
+    their normalized form, in which a blank one (" ", a non-breaking or zero-width space) is "" or whitespace: a
+    blank must_not_contain phrase is in every answer (failing all of them), a blank must_contain phrase checks
+    nearly nothing, and a blank label matches nothing a model writes. Refused here, the uploader's slip is a
+    ConfigError naming the item instead of scores silently skewed."""
+    if minimum == 1:
+        shape = "a non-empty list of non-empty strings"
+    elif minimum:
+        shape = f"a list of at least {minimum} non-empty strings"
+    else:
+        shape = "a list of non-empty strings"
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) < minimum:
+        raise ConfigError(f"{where} must be {shape}")
+    for index, item in enumerate(value):
+        if is_blank(item):
+            raise ConfigError(
+                f"{where} must be {shape}: item {index} ({item!r}) is blank (only whitespace or invisible characters)"
+            )
+    return tuple(value)
 
 
 class _TimedOut(BaseException):

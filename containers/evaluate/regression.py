@@ -103,20 +103,6 @@ class RegressionSet:
 # Reading
 
 
-def _strings(value: Any, where: str) -> tuple[str, ...]:
-    """A non-empty list of strings each with a visible character (a blank must_not_contain phrase would fail every
-    answer)."""
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} must be a non-empty list of non-empty strings")
-    for index, item in enumerate(value):
-        if guards.is_blank(item):
-            raise ConfigError(
-                f"{where} must be a non-empty list of non-empty strings: item {index} ({item!r}) is blank (only "
-                "whitespace or invisible characters)"
-            )
-    return tuple(value)
-
-
 def parse_expect(raw: Any, where: str) -> Expectation:
     """`expect`, checked; `where` ("file:line") starts every error."""
     if not isinstance(raw, dict):
@@ -143,7 +129,7 @@ def parse_expect(raw: Any, where: str) -> Expectation:
     if max_words is not None and (isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 1):
         raise ConfigError(f"{where}: expect.max_words must be an integer >= 1, not {max_words!r}")
     phrases = {
-        key: _strings(given[key], f"{where}: expect.{key}") if key in given else ()
+        key: guards.visible_strings(given[key], f"{where}: expect.{key}", minimum=1) if key in given else ()
         for key in ("must_contain", "must_not_contain")
     }
     return Expectation(

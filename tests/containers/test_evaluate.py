@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from containers.evaluate import evaluate
+from containers.evaluate import evaluate, generation
 from containers.evaluate.evaluate import ConfigError, EvaluateConfig
+from tests.containers.tiny_adapters import make_adapter
 
 ENTRYPOINT = Path(evaluate.__file__)
 EVAL = [
@@ -75,6 +76,7 @@ def _args(task: dict[str, Path], tmp_path: Path, **overrides: str) -> list[str]:
         "graders_file": "",  # not SageMaker's default paths: no graders.json unless a test writes one
         "graders_dir": "",
         "regression_dir": "",  # no regression set unless a test writes one
+        "adapter_dir": "",  # the candidate is candidate_dir unless a test gives an adapter (ServeMode=lora)
         "output_dir": str(tmp_path / "evaluation"),
         "failure_file": str(tmp_path / "failure"),
         "max_new_tokens": "8",
@@ -85,6 +87,13 @@ def _args(task: dict[str, Path], tmp_path: Path, **overrides: str) -> list[str]:
         **overrides,
     }
     return [part for name, value in values.items() for part in (f"--{name}", value)]
+
+
+def _answers(model_dir: Path, prompts: list[Any], max_new_tokens: int = 8, batch_size: int = 2) -> dict[str, Any]:
+    """What the job's generate call gives for ``prompts`` on the CPU in fp32."""
+    return generation.generate(
+        model_dir, prompts, EvaluateConfig(max_new_tokens=max_new_tokens, batch_size=batch_size), "cpu", "float32"
+    )
 
 
 @pytest.mark.slow
@@ -225,13 +234,119 @@ def test_batching_with_left_padding_gives_the_same_answers(task: dict[str, Path]
     # GIVEN prompts of different lengths (one without the system message); WHEN generated one by one and batched
     prompts, _ = evaluate.read_eval(str(task["eval"]), 0)
     prompts[0] = prompts[0][1:]
-    one = evaluate.generate(task["base"], prompts, EvaluateConfig(max_new_tokens=6, batch_size=1), "cpu", "float32")
-    batched = evaluate.generate(
+    one = generation.generate(task["base"], prompts, EvaluateConfig(max_new_tokens=6, batch_size=1), "cpu", "float32")
+    batched = generation.generate(
         task["base"], prompts, EvaluateConfig(max_new_tokens=6, batch_size=len(prompts)), "cpu", "float32"
     )
     # THEN the answers, lengths and stop flags are the same
     assert batched["answers"] == one["answers"]
     assert batched["lengths"] == one["lengths"] and batched["stopped"] == one["stopped"]
+
+
+@pytest.mark.slow
+def test_a_batch_that_runs_out_of_memory_is_split_and_answers_the_same(
+    task: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a model whose generate runs out of CUDA memory on more than two rows (the memory estimate was short)
+    import torch
+    from transformers import GenerationMixin
+
+    real_generate = GenerationMixin.generate
+    widths: list[int] = []
+
+    def short_of_memory(self: Any, *args: Any, **kwargs: Any) -> Any:
+        widths.append(len(kwargs["input_ids"]))
+        if len(kwargs["input_ids"]) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_generate(self, *args, **kwargs)
+
+    prompts, _ = evaluate.read_eval(str(task["eval"]), 0)
+    two_at_a_time = generation.generate(
+        task["base"], prompts, EvaluateConfig(max_new_tokens=6, batch_size=2), "cpu", "float32"
+    )
+    monkeypatch.setattr(GenerationMixin, "generate", short_of_memory)
+    # WHEN the job plans all five prompts as one batch
+    result = generation.generate(
+        task["base"], prompts, EvaluateConfig(max_new_tokens=6, batch_size=5), "cpu", "float32"
+    )
+    # THEN the batch was halved until it fit (5 -> 2 + 3 -> 2 + 1 + 2) and every prompt got the answer it gets anyway
+    assert widths == [5, 2, 3, 1, 2]
+    assert result["split_batches"] == 2 and result["batches"] == 1 and result["largest_batch"] == 5
+    assert result["answers"] == two_at_a_time["answers"] and result["stopped"] == two_at_a_time["stopped"]
+
+
+@pytest.mark.slow
+def test_out_of_memory_on_one_prompt_still_fails_the_job(
+    task: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a model that runs out of memory even on a single prompt
+    import torch
+    from transformers import GenerationMixin
+
+    def never_fits(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(GenerationMixin, "generate", never_fits)
+    prompts, _ = evaluate.read_eval(str(task["eval"]), 0)
+    # WHEN generated; THEN the out-of-memory error is raised (the job's failure says what to do), not swallowed
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        generation.generate(
+            task["base"], prompts[:2], EvaluateConfig(max_new_tokens=4, batch_size=2), "cpu", "float32"
+        )
+
+
+@pytest.fixture(scope="module")
+def lora(task: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A LoRA adapter on the tiny base, uploaded as the training job leaves it (model.tar.gz), and the model PEFT's
+    merge_and_unload makes of the two (what ServeMode=merged would serve)."""
+    import tarfile
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("lora")
+    adapter = make_adapter(task["base"], root / "adapter", std=0.5)
+    (root / "upload").mkdir()
+    with tarfile.open(root / "upload" / "model.tar.gz", "w:gz") as tar:
+        for file in adapter.iterdir():
+            tar.add(file, arcname=file.name)
+    merged = root / "merged"
+    shutil.copytree(task["base"], merged, ignore=shutil.ignore_patterns("*.safetensors"))
+    base = AutoModelForCausalLM.from_pretrained(task["base"])
+    PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(merged)
+    return {"adapter": adapter, "upload": root / "upload", "merged": merged}
+
+
+@pytest.mark.slow
+def test_serve_mode_lora_evaluates_the_base_with_the_adapter_unmerged(
+    task: dict[str, Path], lora: dict[str, Path], tmp_path: Path
+) -> None:
+    # GIVEN the run's adapter as the training job uploaded it, and no candidate model input (ServeMode=lora)
+    args = _args(task, tmp_path, candidate_dir=str(tmp_path / "no-candidate"), adapter_dir=str(lora["upload"]))
+    # WHEN evaluated
+    assert evaluate.run(args) == 0, (tmp_path / "failure").read_text()
+    report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    answers = [json.loads(line) for line in (tmp_path / "evaluation" / "answers.jsonl").read_text().splitlines()]
+    # THEN the candidate is the base with the adapter applied (PEFT's layers, not a merged copy), through transformers
+    candidate = report["models"]["candidate"]
+    assert candidate["path"] == str(task["base"]) and candidate["adapter"] and candidate["engine"] == "transformers"
+    assert report["models"]["base"]["adapter"] is None
+    # and it answers as the merged model does (fp32: merging changes no greedy token here), unlike the bare base
+    merged = _answers(lora["merged"], evaluate.read_eval(str(task["eval"]), 0)[0])
+    candidate_answers = [row["answers"]["candidate"] for row in answers]
+    assert candidate_answers == merged["answers"]
+    assert candidate_answers != [row["answers"]["base"] for row in answers]
+
+
+@pytest.mark.slow
+def test_an_adapter_input_without_an_adapter_is_a_clear_failure(task: dict[str, Path], tmp_path: Path) -> None:
+    # GIVEN an adapter input holding something else than a LoRA adapter
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "notes.txt").write_text("not an adapter")
+    # WHEN evaluated; THEN the job fails, naming the input and the missing file
+    assert evaluate.run(_args(task, tmp_path, adapter_dir=str(tmp_path / "adapter"))) == 1
+    reason = (tmp_path / "failure").read_text()
+    assert "no LoRA adapter in" in reason and "adapter_config.json missing" in reason
 
 
 @pytest.mark.slow
@@ -269,6 +384,51 @@ def other_model(task: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
     return write_tiny_weights(directory, seed=1)
 
 
+@pytest.mark.slow
+def test_a_quantized_candidate_that_loses_too_much_fails_the_gate_in_the_graders_terms(
+    task: dict[str, Path], other_model: Path, tmp_path: Path
+) -> None:
+    # GIVEN an eval split whose references are what the unquantized model answers (it scores exact match 1.0), and a
+    # "quantized" candidate that answers otherwise (the tiny model with other weights)
+    prompts, _ = evaluate.read_eval(str(task["eval"]), 0)
+    references = _answers(task["base"], prompts)["answers"]
+    (tmp_path / "eval").mkdir()
+    rows = [
+        {"messages": [*prompt, {"role": "assistant", "content": ref}]}
+        for prompt, ref in zip(prompts, references, strict=True)
+    ]
+    (tmp_path / "eval" / "eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = _args(
+        task,
+        tmp_path,
+        candidate_dir=str(other_model),
+        unquantized_dir=str(task["base"]),
+        eval_dir=str(tmp_path / "eval"),
+        max_new_tokens="8",
+    )
+    # WHEN evaluated with the stack's MaxQuantizationDrop
+    assert evaluate.run([*args, "--min_improvement_over_base=-inf", "--max_quantization_drop", "0.05"]) == 0, (
+        tmp_path / "failure"
+    ).read_text()
+    report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    # THEN the gate fails, saying what quantization cost on the primary metric, and what to do
+    metrics = report["metrics"]
+    assert metrics["unquantized"]["exact_match"] == 1.0 and metrics["candidate"]["exact_match"] < 0.95
+    lost = 1.0 - metrics["candidate"]["exact_match"]
+    assert report["passed"] is False and report["thresholds"]["max_quantization_drop"] == 0.05
+    quantized = metrics["candidate"]["exact_match"]
+    assert (
+        f"quantization lost {lost:.4f} of exact_match (1.0000 unquantized -> {quantized:.4f} "
+        "quantized), more than max_quantization_drop 0.05: serve the merged model (QuantizeEnabled=false) or raise "
+        "MaxQuantizationDrop"
+    ) in report["reasons"]
+    # AND with the rule off (inf) that reason is gone while the cost is still said
+    assert evaluate.run([*args, "--min_improvement_over_base=-inf", "--max_quantization_drop", "inf"]) == 0
+    report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert not any(reason.startswith("quantization lost") for reason in report["reasons"])
+    assert report["quantization"]["lost"]["exact_match"] == pytest.approx(lost)
+
+
 REGRESSION_PROMPTS = {
     "free": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say red twice"}],
     "a_general:2": [{"role": "user", "content": "name a colour"}],
@@ -283,12 +443,11 @@ def test_regression_set_scores_every_model_and_gates_what_the_candidate_lost(
     task: dict[str, Path], other_model: Path, tmp_path: Path
 ) -> None:
     # GIVEN what base and candidate answer (the eval split plus the regression prompts, generated as the job does)
-    cfg = EvaluateConfig(max_new_tokens=8, batch_size=2)
     eval_prompts, _ = evaluate.read_eval(str(task["eval"]), 0)
     all_prompts = eval_prompts + list(REGRESSION_PROMPTS.values())
     seen = {
-        "base": evaluate.generate(task["base"], all_prompts, cfg, "cpu", "float32"),
-        "candidate": evaluate.generate(other_model, all_prompts, cfg, "cpu", "float32"),
+        "base": _answers(task["base"], all_prompts),
+        "candidate": _answers(other_model, all_prompts),
     }
     kept = {name: seen["base"]["answers"][len(eval_prompts) + i].strip() for i, name in ((2, "kept-1"), (3, "kept-2"))}
     candidate_kept = [seen["candidate"]["answers"][len(eval_prompts) + i].strip() for i in (2, 3)]
@@ -382,19 +541,23 @@ def test_a_bad_regression_line_fails_before_any_model_loads(task: dict[str, Path
     assert "general.jsonl:2: the last message must be the user's" in (tmp_path / "failure").read_text()
 
 
+def _ending_turns_on_an_unserved_token(model_dir: Path, copy: Path) -> Path:
+    """A copy of the tiny model whose chat template ends turns with <|im_end|> (as the original's does), but whose
+    tokenizer eos and generation_config.json name <|endoftext|>: a server, which stops on those only, runs on."""
+    shutil.copytree(model_dir, copy)
+    tokenizer_config = json.loads((copy / "tokenizer_config.json").read_text())
+    tokenizer_config["eos_token"] = "<|endoftext|>"
+    (copy / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    vocab = json.loads((copy / "tokenizer.json").read_text())["model"]["vocab"]
+    (copy / "generation_config.json").write_text(json.dumps({"eos_token_id": [vocab["<|endoftext|>"]]}))
+    return copy
+
+
 @pytest.mark.slow
 def test_a_candidate_the_endpoint_would_not_stop_fails_the_gate(task: dict[str, Path], tmp_path: Path) -> None:
     # GIVEN a candidate whose chat template ends turns with <|im_end|>, but whose tokenizer eos and
     # generation_config.json name another token (the server, which stops on those only, would run on)
-    import shutil
-
-    candidate = tmp_path / "candidate"
-    shutil.copytree(task["base"], candidate)
-    tokenizer_config = json.loads((candidate / "tokenizer_config.json").read_text())
-    tokenizer_config["eos_token"] = "<|endoftext|>"
-    (candidate / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-    vocab = json.loads((candidate / "tokenizer.json").read_text())["model"]["vocab"]
-    (candidate / "generation_config.json").write_text(json.dumps({"eos_token_id": [vocab["<|endoftext|>"]]}))
+    candidate = _ending_turns_on_an_unserved_token(task["base"], tmp_path / "candidate")
     # WHEN evaluated
     assert evaluate.run(_args(task, tmp_path, candidate_dir=str(candidate), max_examples="2")) == 0
     report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
@@ -403,3 +566,37 @@ def test_a_candidate_the_endpoint_would_not_stop_fails_the_gate(task: dict[str, 
     assert any(r.startswith("the endpoint would not stop at <|im_end|>") for r in report["reasons"])
     assert report["models"]["candidate"]["unserved_end_of_turn"] == ["<|im_end|>"]
     assert report["models"]["base"]["unserved_end_of_turn"] == []
+
+
+def test_the_served_stop_ids_are_whole_numbers_from_generation_config_or_else_config(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    tokenizer = SimpleNamespace(eos_token_id=2)
+    # GIVEN a generation_config.json whose eos_token_id mixes ids with values no server can stop on
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, "5", 1.5, True, None, [9], 7]}))
+    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 11}))
+    # WHEN read; THEN the tokenizer's eos and the whole numbers, once each (config.json is not read beside it)
+    assert generation.served_stop_ids(tokenizer, tmp_path) == [2, 7]
+    # AND without a generation_config.json, config.json's eos_token_id counts (vLLM derives the config from it)
+    (tmp_path / "generation_config.json").unlink()
+    assert generation.served_stop_ids(tokenizer, tmp_path) == [2, 11]
+    # AND with neither file only the tokenizer's eos
+    (tmp_path / "config.json").unlink()
+    assert generation.served_stop_ids(tokenizer, tmp_path) == [2]
+
+
+@pytest.mark.slow
+def test_a_lora_endpoint_that_would_not_stop_fails_the_gate_saying_how_to_fix_it(
+    task: dict[str, Path], tmp_path: Path
+) -> None:
+    # GIVEN a base model whose chat template ends turns with <|im_end|> but whose eos ids name another token, and an
+    # adapter for it (ServeMode=lora serves that base's own files)
+    base = _ending_turns_on_an_unserved_token(task["base"], tmp_path / "base")
+    adapter = make_adapter(base, tmp_path / "adapter")
+    # WHEN the base + adapter candidate is evaluated
+    args = _args(task, tmp_path, base_dir=str(base), adapter_dir=str(adapter), max_examples="2")
+    assert evaluate.run(args) == 0, (tmp_path / "failure").read_text()
+    report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    # THEN the gate fails on the base's files, saying what to change
+    [reason] = [r for r in report["reasons"] if r.startswith("the endpoint would not stop at <|im_end|>")]
+    assert "ServeMode=lora serves the base model's own files" in reason and "ServeMode=merged" in reason

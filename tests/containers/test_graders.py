@@ -439,5 +439,13 @@ def test_quantization_cost_is_said_in_each_graders_terms() -> None:
     assert cost is not None
     assert cost["lost"] == pytest.approx({"classification_accuracy": 0.03, "token_f1": -0.01})
     assert cost["said"] == ["quantization lost 0.0300 of classification_accuracy (0.9100 -> 0.8800)"]
+    # AND only losses of a point or more are said, largest first, three at most (the rest stay in `lost`)
+    many = {
+        "candidate": {"a": 0.50, "b": 0.80, "c": 0.60, "d": 0.70, "e": 0.995},
+        "unquantized": {"a": 0.52, "b": 0.90, "c": 0.65, "d": 0.74, "e": 1.0},
+    }
+    said = quantization_cost(many, list("abcde"))
+    assert said is not None and len(said["lost"]) == 5
+    assert [line.split(" of ")[1].split(" ")[0] for line in said["said"]] == ["b", "c", "d"]
     # AND without the merged model there is nothing to say
     assert quantization_cost({k: v for k, v in metrics.items() if k != "unquantized"}, ["token_f1"]) is None

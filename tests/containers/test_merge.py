@@ -18,6 +18,7 @@ import pytest
 from containers.merge import merge, streaming
 from containers.merge.merge import MergeConfig
 from local.tiny_model import write_base_model, write_tiny_weights
+from tests.containers.tiny_adapters import make_adapter
 
 pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
@@ -33,28 +34,6 @@ EVAL = [
     for word in ("red", "green", "blue", "yellow", "black")
 ]
 TEXTS = [m["content"] for row in EVAL for m in row["messages"]]
-
-
-def make_adapter(base_dir: Path, adapter_dir: Path, *, seed: int = 0, r: int = 4, **lora: Any) -> Path:
-    """A LoRA adapter (default: on every linear layer of the base), lora_B random (non-zero delta) and modules_to_save
-    perturbed, saved with the tokenizer (if the base has one)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    options = {"r": r, "lora_alpha": 2 * r, "target_modules": "all-linear", "task_type": "CAUSAL_LM", **lora}
-    peft_model = get_peft_model(model, LoraConfig(**options))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name or "lora_embedding_B" in name:
-                param.normal_(std=0.05)
-            elif "modules_to_save" in name:
-                param.add_(torch.randn_like(param) * 0.05)
-    peft_model.save_pretrained(adapter_dir)
-    if (base_dir / "tokenizer.json").is_file():
-        AutoTokenizer.from_pretrained(base_dir).save_pretrained(adapter_dir)
-    return adapter_dir
 
 
 def reshard(base_dir: Path, out: Path, max_shard_size: str) -> Path:

@@ -188,6 +188,17 @@ class Cloud:
         )["executionArn"]
         return self.wait(arn)
 
+    def run_dataset(self, run_id: str, lines: list[str], *, key: str | None = None, **request: Any) -> dict[str, Any]:
+        """Upload ``lines`` (to ``key``, by default the run's own ``incoming/<run_id>.jsonl``) and ``run`` the pipeline
+        on that version as ``run_id``. With ``rerun``, so that a key and content trained before on a shared stack
+        (every test uploads reversal_lines) is trained again instead of ending *unchanged* (dataset_runs.py);
+        ``request`` adds to the input (an ``evaluation``)."""
+        key = key or f"incoming/{run_id}.jsonl"
+        version = self.upload(key, lines)
+        bucket = self.deployment.bucket_name
+        execution_input = {"run_id": run_id, "bucket": bucket, "key": key, "version_id": version, "rerun": True}
+        return self.run(run_id, execution_input | request)
+
     def wait(self, execution_arn: str) -> dict[str, Any]:
         """The execution once it is no longer RUNNING (bounded wait)."""
         deadline = time.monotonic() + EXECUTION_TIMEOUT_S

@@ -94,20 +94,6 @@ def _grader_function() -> None:
     )
 
 
-def _run(cloud: Cloud, run_id: str, lines: list[str], evaluation: dict[str, Any]) -> dict[str, Any]:
-    key = f"incoming/graded-{run_id}.jsonl"
-    version = cloud.upload(key, lines)
-    request = {
-        "run_id": run_id,
-        "bucket": cloud.deployment.bucket_name,
-        "key": key,
-        "version_id": version,
-        "rerun": True,
-        "evaluation": evaluation,
-    }
-    return cloud.run(run_id, request)
-
-
 def _grading(cloud: Cloud, run_id: str) -> dict[str, Any]:
     body = cloud.s3.get_object(Bucket=cloud.deployment.bucket_name, Key=f"runs/{run_id}/evaluation/grading.json")
     return dict(json.loads(body["Body"].read()))
@@ -129,7 +115,7 @@ def test_a_judge_score_below_its_threshold_rejects_the_run_at_the_gate(
     evaluation = {"graders": {"judge": {"rubric": rubric}}, "thresholds": {"judge_score": 0.6}}
     requests_before = len(judge.requests)
     # WHEN the run goes through Evaluate
-    execution = _run(cloud, "judged-low", reversal_lines, evaluation)
+    execution = cloud.run_dataset("judged-low", reversal_lines, evaluation=evaluation)
     # THEN the Grade function asked the judge (each answer scored, each comparison twice) and the gate rejected the run
     assert execution["status"] == "FAILED", execution
     entered = cloud.states_entered(execution["executionArn"])
@@ -166,7 +152,7 @@ def test_a_custom_lambda_grader_and_the_judge_pass_a_run_through_the_gate(
         "thresholds": {"judge_score": 0.6, "custom_score": 0.9},
     }
     # WHEN the run goes through Evaluate
-    execution = _run(cloud, "graded-high", reversal_lines, evaluation)
+    execution = cloud.run_dataset("graded-high", reversal_lines, evaluation=evaluation)
     # THEN the gate passed and the run was registered
     assert execution["status"] == "SUCCEEDED", execution
     assert "StartRegister" in cloud.states_entered(execution["executionArn"])

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
-from tests.statemachine.harness import Cloud
+from tests.statemachine.harness import Cloud, _stage_of
 
 ASL = Path(__file__).resolve().parents[2] / "statemachines" / "pipeline.asl.json"
 KEY = "incoming/reverse.jsonl"
@@ -113,3 +114,37 @@ def test_every_pass_state_that_rebuilds_the_settings_keeps_every_field() -> None
     assert rebuilders, "no Pass state rebuilds $.pipeline: this test guards nothing, remove it"
     for name, state in rebuilders.items():
         assert {key.removesuffix(".$") for key in state["Parameters"]} == fields, name
+
+
+@pytest.mark.stack_parameters(
+    DeployTarget="vllm",
+    QuantizeEnabled="true",
+    ServeMode="lora",
+    ModelApprovalStatus="PendingManualApproval",
+    FallbackTrainingInstanceTypes="ml.g6e.2xlarge",
+)
+def test_a_stack_serving_adapters_quantizes_nothing_and_evaluates_the_adapter(
+    cloud: Cloud, reversal_lines: list[str]
+) -> None:
+    # GIVEN a vLLM stack with quantization on that serves each run's adapter on the base (ServeMode=lora), and no
+    # capacity for the first training type (the settings go through NextTrainInstance's rebuild)
+    cloud.disable_trigger()
+    cloud.jobs.no_capacity.add("ml.g5.2xlarge")
+    # WHEN a passing run goes through the pipeline
+    execution = cloud.run_dataset("run-lora", reversal_lines)
+    # THEN no AWQ model is made (the endpoint would never serve it), saying why
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    entered = cloud.states_entered(execution["executionArn"])
+    assert _in_order(["NextTrainInstance", "QuantizeWanted", "SkipQuantizeForLora", "StartEvaluate"], entered)
+    assert "StartQuantize" not in entered
+    reason = json.loads(ASL.read_text())["States"]["SkipQuantizeForLora"]["Parameters"]["Payload"]["reason"]
+    skipped = [e["detail"] for e in cloud.bus_events() if e["detail-type"] == "Stage Skipped"]
+    assert {"stage": "quantize", "message": reason}.items() <= next(
+        d for d in skipped if d["stage"] == "quantize"
+    ).items()
+    # AND the evaluate job gets the run's adapter to apply to the base, not a merged or quantized candidate
+    [evaluate_job] = [name for name, _ in cloud.jobs.started if _stage_of(name) == "evaluate"]
+    described = boto3.client("sagemaker").describe_processing_job(ProcessingJobName=evaluate_job)
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in described["ProcessingInputs"]}
+    assert "candidate" not in inputs and "unquantized" not in inputs
+    assert inputs["adapter"].endswith("/model.tar.gz")

@@ -68,19 +68,6 @@ def _dataset(run_id: str) -> str:
     return f"incoming/reverse-{run_id}.jsonl"
 
 
-def _start(cloud: Cloud, run_id: str, lines: list[str], key: str | None = None) -> dict[str, Any]:
-    key = key or _dataset(run_id)
-    version = cloud.upload(key, lines)
-    request = {
-        "run_id": run_id,
-        "bucket": cloud.deployment.bucket_name,
-        "key": key,
-        "version_id": version,
-        "rerun": True,
-    }
-    return cloud.run(run_id, request)
-
-
 def _bus(cloud: Cloud, run_id: str) -> list[dict[str, Any]]:
     """The run's events on the bus, in order."""
     return [e for e in cloud.bus_events() if e["detail"]["run_id"] == run_id]
@@ -110,7 +97,7 @@ def _misspelled_role(lines: list[str]) -> list[str]:
 
 def test_happy_path_runs_every_stage_and_records_it(cloud: Cloud, reversal_lines: list[str]) -> None:
     # GIVEN a valid dataset and jobs that succeed WHEN the pipeline runs
-    execution = _start(cloud, "run-ok", reversal_lines)
+    execution = cloud.run_dataset("run-ok", reversal_lines)
     # THEN it went through every stage in order and succeeded
     assert execution["status"] == "SUCCEEDED", execution.get("cause")
     assert cloud.states_entered(execution["executionArn"]) == HAPPY_STATES
@@ -161,7 +148,7 @@ def test_happy_path_runs_every_stage_and_records_it(cloud: Cloud, reversal_lines
 
 def test_invalid_data_is_rejected_before_any_job(cloud: Cloud, reversal_lines: list[str]) -> None:
     # GIVEN a dataset whose 5th line has a misspelled role WHEN the pipeline runs
-    execution = _start(cloud, "run-bad", _misspelled_role(reversal_lines))
+    execution = cloud.run_dataset("run-bad", _misspelled_role(reversal_lines))
     # THEN it ends as InvalidTrainingData through the rejection path, and no job was created
     assert execution["status"] == "FAILED" and execution["error"] == "InvalidTrainingData"
     states = cloud.states_entered(execution["executionArn"])
@@ -185,7 +172,7 @@ def test_a_failed_training_job_fails_the_run_with_the_containers_reason(
     # GIVEN a training job that fails with the container's own reason
     cloud.jobs.fail["train"] = "CUDA out of memory at seq len 4096, batch 8: lower per_device_batch_size"
     # WHEN the pipeline runs
-    execution = _start(cloud, "run-oom", reversal_lines)
+    execution = cloud.run_dataset("run-oom", reversal_lines)
     # THEN the run failed at train through RecordFailure, and merge never started
     assert execution["status"] == "FAILED" and execution["error"] == "RunFailed"
     states = cloud.states_entered(execution["executionArn"])
@@ -206,7 +193,7 @@ def test_a_model_below_the_gate_is_rejected_and_not_registered(cloud: Cloud, rev
     # GIVEN an evaluation where the candidate scores below the base (the stack's MinImprovementOverBase is 0)
     # WHEN the pipeline runs
     cloud.jobs.scores = {"candidate": 0.1, "base": 0.2}
-    execution = _start(cloud, "run-gate", reversal_lines)
+    execution = cloud.run_dataset("run-gate", reversal_lines)
     # THEN it ends as GateFailed after the Gate, without registering
     assert execution["status"] == "FAILED" and execution["error"] == "GateFailed"
     states = cloud.states_entered(execution["executionArn"])
@@ -226,7 +213,7 @@ def test_a_stage_that_times_out_fails_the_run_and_its_job_is_stopped(cloud: Clou
     cloud.stage_function_environment(MAX_TRAINING_RUNTIME_S="2", JOB_WAIT_MARGIN_S="0", USE_SPOT="false")
     cloud.jobs.hang.add("train")
     # WHEN the pipeline runs
-    execution = _start(cloud, "run-timeout", reversal_lines)
+    execution = cloud.run_dataset("run-timeout", reversal_lines)
     # THEN the Train task timed out and the run failed with States.Timeout
     assert execution["status"] == "FAILED"
     assert "States.Timeout" in execution["cause"]
@@ -243,7 +230,7 @@ def test_a_key_with_characters_the_registry_refuses_is_registered(cloud: Cloud, 
     key = "incoming/support (v2).jsonl"
     registered_before = {package["ModelPackageArn"] for package in _model_packages(cloud)}
     # WHEN it passes the pipeline
-    execution = _start(cloud, "run-parens", reversal_lines, key=key)
+    execution = cloud.run_dataset("run-parens", reversal_lines, key=key)
     # THEN it is registered (one model package more), with the key in a form SageMaker accepts, and the description
     # names the key as it is
     assert execution["status"] == "SUCCEEDED", execution.get("cause")
@@ -252,6 +239,10 @@ def test_a_key_with_characters_the_registry_refuses_is_registered(cloud: Cloud, 
     described = sagemaker.describe_model_package(ModelPackageName=package["ModelPackageArn"])
     assert described["CustomerMetadataProperties"]["dataset"].startswith("incoming/support _v2_.jsonl@")
     assert described["ModelPackageDescription"] == f"tuneplane run run-parens of {key}"
+    # AND without quantization the package holds the merged model
+    [container] = described["InferenceSpecification"]["Containers"]
+    bucket = cloud.deployment.bucket_name
+    assert container["ModelDataSource"]["S3DataSource"]["S3Uri"] == f"s3://{bucket}/runs/run-parens/merged/"
 
 
 @pytest.mark.parametrize(("required", "status"), [(0.01, "SUCCEEDED"), (0.1, "FAILED")])
@@ -283,7 +274,7 @@ def test_no_capacity_falls_back_to_the_next_instance_type(cloud: Cloud, reversal
     # GIVEN a stack with a fallback instance type, and no capacity for the first one
     cloud.jobs.no_capacity.add("ml.g5.2xlarge")
     # WHEN the pipeline runs
-    execution = _start(cloud, "run-fallback", reversal_lines)
+    execution = cloud.run_dataset("run-fallback", reversal_lines)
     # THEN the first attempt failed for capacity, the second ran on the fallback, and the run succeeded
     assert execution["status"] == "SUCCEEDED", execution.get("cause")
     trains = [(name, kind) for name, kind in _jobs(cloud, "run-fallback") if "-train" in name]
@@ -302,7 +293,7 @@ def test_out_of_memory_is_not_mistaken_for_no_capacity(cloud: Cloud, reversal_li
     # GIVEN a fallback instance type, and a training job that runs out of GPU memory (CUDA says "total capacity")
     cloud.jobs.fail["train"] = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 22.20 GiB total capacity)"
     # WHEN the pipeline runs
-    execution = _start(cloud, "run-oom-fallback", reversal_lines)
+    execution = cloud.run_dataset("run-oom-fallback", reversal_lines)
     # THEN the run fails at once with the container's reason: another instance type would not fix the batch size
     assert execution["status"] == "FAILED"
     assert [kind for name, kind in _jobs(cloud, "run-oom-fallback") if "-train" in name] == ["ml.g5.2xlarge"]
@@ -313,7 +304,7 @@ def test_out_of_memory_is_not_mistaken_for_no_capacity(cloud: Cloud, reversal_li
 def test_capacity_errors_with_no_fallback_left_fail_the_run(cloud: Cloud, reversal_lines: list[str]) -> None:
     # GIVEN a stack that does not wait for capacity, and no capacity for the only instance type WHEN the pipeline runs
     cloud.jobs.no_capacity.add("ml.g5.2xlarge")
-    execution = _start(cloud, "run-nocap", reversal_lines)
+    execution = cloud.run_dataset("run-nocap", reversal_lines)
     # THEN one attempt, then the failure path: no capacity, naming the stack's setting and the last error
     assert execution["status"] == "FAILED"
     assert "CapacityUnavailable" in execution["cause"] and "MaxCapacityWaitMinutes 0" in execution["cause"]
@@ -335,7 +326,7 @@ def test_a_run_waits_for_capacity_visibly_and_trains_when_it_comes(cloud: Cloud,
 
     threading.Thread(target=capacity_comes_back, daemon=True).start()
     # WHEN the pipeline runs
-    execution = _start(cloud, "run-queued", reversal_lines)
+    execution = cloud.run_dataset("run-queued", reversal_lines)
     # THEN it tried both types, waited, tried both again, waited, and trained on the first type of the third round
     assert execution["status"] == "SUCCEEDED", execution.get("cause")
     trains = [(name.rsplit("-", 1)[-1], kind) for name, kind in _jobs(cloud, "run-queued") if "-train" in name]
@@ -363,7 +354,7 @@ def test_the_wait_for_capacity_is_bounded(cloud: Cloud, reversal_lines: list[str
     cloud.stage_function_environment(CAPACITY_RETRY_INTERVAL_S="60")
     cloud.jobs.no_capacity.add("ml.g5.2xlarge")
     # WHEN the pipeline runs
-    execution = _start(cloud, "run-never", reversal_lines)
+    execution = cloud.run_dataset("run-never", reversal_lines)
     # THEN it waited within the bound, then failed saying so (for the platform team: quota or instance types)
     assert execution["status"] == "FAILED"
     assert "CapacityUnavailable" in execution["cause"] and "MaxCapacityWaitMinutes 3" in execution["cause"]
@@ -376,7 +367,7 @@ def test_the_wait_for_capacity_is_bounded(cloud: Cloud, reversal_lines: list[str
 @pytest.mark.stack_parameters(QuantizeEnabled="true")
 def test_quantization_runs_when_the_stack_asks_for_it(cloud: Cloud, reversal_lines: list[str]) -> None:
     # GIVEN a stack that quantizes (AWQ for a vLLM target) WHEN a run passes
-    execution = _start(cloud, "run-awq", reversal_lines)
+    execution = cloud.run_dataset("run-awq", reversal_lines)
     # THEN a quantize job ran on the merged model between merge and evaluate, and the ledger has its output
     assert execution["status"] == "SUCCEEDED", execution.get("cause")
     states = cloud.states_entered(execution["executionArn"])
@@ -395,3 +386,8 @@ def test_quantization_runs_when_the_stack_asks_for_it(cloud: Cloud, reversal_lin
     uris = {i["InputName"]: i["S3Input"]["S3Uri"] for i in inputs}
     assert uris["candidate"] == f"s3://{bucket}/runs/run-awq/quantized/"
     assert uris["unquantized"] == f"s3://{bucket}/runs/run-awq/merged/"
+    # AND the registry's package holds the quantized weights its quality metrics were measured on
+    package = cloud.ledger("run-awq")["register"]["artifacts"]["model_package"]
+    described = boto3.client("sagemaker").describe_model_package(ModelPackageName=package)
+    [container] = described["InferenceSpecification"]["Containers"]
+    assert container["ModelDataSource"]["S3DataSource"]["S3Uri"] == f"s3://{bucket}/runs/run-awq/quantized/"

@@ -154,3 +154,29 @@ def test_a_quantized_candidate_is_priced_with_the_merged_model_it_is_compared_to
     assert quantized.hours == pytest.approx(TABLE.stage_hours.evaluate + generation * 4 / 3, abs=1e-3)
     assert plain.hours == pytest.approx(TABLE.stage_hours.evaluate + generation, abs=1e-3)
     assert "x 4 models" in quantized.basis
+
+
+@pytest.mark.parametrize(("target", "priced"), [("vllm", False), ("none", True), ("bedrock", False)])
+def test_a_stack_serving_adapters_on_vllm_prices_no_quantization(target: str, priced: bool) -> None:
+    # GIVEN a stack with QuantizeEnabled whose vLLM endpoints serve each run's adapter on the base (ServeMode=lora)
+    settings = ValidateSettings(
+        data_bucket="bucket", base_model_s3_uri="s3://bucket/m/", quantize=True, serve_mode="lora"
+    )
+    # WHEN a run going to this target is estimated
+    shape = run_limits.run_shape(
+        TrainingOverrides(),
+        settings,
+        tokens_per_epoch=1_000_000,
+        parameters=7_000_000_000,
+        deploy_target=target,
+        endpoint_instance_type="ml.g5.2xlarge",
+        endpoint_instances=1,
+        bake_time_s=0,
+        eval_examples=200,
+        eval_tokens_per_example=200,
+    )
+    stages = {stage.stage: stage for stage in estimate_run(shape, GENEROUS, TABLE).stages}
+    # THEN the Quantize stage (and the merged model beside a quantized candidate) is priced only where it runs: not
+    # for vLLM, whose endpoint serves the adapter (QuantizeWanted skips it), nor Bedrock, which imports bf16
+    assert ("quantize" in stages) is priced
+    assert ("x 4 models" in stages["evaluate"].basis) is priced

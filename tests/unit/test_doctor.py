@@ -158,7 +158,7 @@ def test_a_healthy_stack_reports_every_check_ok(aws: None, quotas: dict[str, flo
 
     # THEN every check ran and found nothing to fix
     assert _levels(report) == {
-        check: {Level.OK} for check in ("stack", "quota", "image", "bedrock", "slack", "base-model")
+        check: {Level.OK} for check in ("stack", "quota", "image", "bedrock", "slack", "judge", "base-model")
     }, doctor.render_text(report)
     assert report.exit_code == 0
     # the spot quota is the one looked at (UseSpotTraining defaults to true), plus processing; no endpoint quota
@@ -481,6 +481,47 @@ def test_a_check_that_is_denied_is_a_warning_and_the_others_still_run(
     assert finding.level is Level.WARN
     assert "secretsmanager:DescribeSecret" in finding.fix
     assert _only(report, "base-model").level is Level.ERROR
+
+
+# --- the judge endpoint's key ------------------------------------------------------------------------------------
+
+JUDGE_URL = "https://judge.example.com/v1"
+
+
+def _judge_secret(region: str = REGION, *, deleted: bool = False) -> str:
+    client = boto3.client("secretsmanager", region_name=region)
+    arn = str(client.create_secret(Name="tuneplane/judge-key", SecretString="sk-doctor-judge-key")["ARN"])
+    if deleted:
+        client.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
+    return arn
+
+
+@pytest.mark.parametrize(
+    ("secret", "url", "level", "expected"),
+    [
+        (lambda: _judge_secret(), JUDGE_URL, Level.OK, "exists and has a current value (not read)"),
+        (lambda: _judge_secret("eu-west-1"), JUDGE_URL, Level.ERROR, "in eu-west-1, not in the stack's region"),
+        (lambda: _judge_secret(deleted=True), JUDGE_URL, Level.ERROR, "the Grade function cannot call the judge"),
+        (lambda: _judge_secret(), "", Level.WARN, "JudgeEndpointUrl is empty: the key is never read nor sent"),
+    ],
+    ids=["in-region", "other-region", "deleted", "without-url"],
+)
+def test_the_judge_endpoint_key_is_described_in_the_stacks_region(
+    aws: None, quotas: dict[str, float], model_dir: Path, secret: Any, url: str, level: Level, expected: str
+) -> None:
+    # GIVEN a stack whose JudgeEndpointSecretArn is a secret in its region, in another, gone, or without a URL
+    arn = secret()
+    _deployed(model_dir, JudgeEndpointUrl=url, JudgeEndpointSecretArn=arn)
+
+    # WHEN doctor runs
+    report = _run()
+
+    # THEN the judge check says so, and what to do when it is not OK; the key itself is never printed
+    finding = _only(report, "judge")
+    assert (finding.level, finding.subject) == (level, arn), doctor.render_text(report)
+    assert expected in finding.message
+    assert bool(finding.fix) == (level is not Level.OK)
+    assert "sk-doctor-judge-key" not in doctor.render_text(report)
 
 
 # --- Bedrock -----------------------------------------------------------------------------------------------------

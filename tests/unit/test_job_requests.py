@@ -417,6 +417,7 @@ def test_evaluate_passes_the_gate_thresholds_with_sidecar_overrides_last() -> No
         "--min_score=0.6",
         "--min_improvement_over_base=0.05",
         "--max_regression_drop=0.1",
+        "--max_quantization_drop=0.05",
         "--max_new_tokens=64",
     ]
 

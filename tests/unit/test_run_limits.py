@@ -63,6 +63,8 @@ def stacks(draw: st.DrawFn) -> dict[str, Any]:
         "max_seq_length": draw(st.sampled_from([512, 2048, 8192])),
         "min_score": draw(st.floats(0, 1)),
         "min_improvement_over_base": draw(st.floats(-0.5, 0.5)),
+        "max_regression_drop": draw(st.floats(0, 1)),
+        "max_quantization_drop": draw(st.floats(0, 1)),
         "deploy_target": draw(st.sampled_from(TARGETS)),
         "allowed_deploy_targets": ",".join(listed),
     }
@@ -81,6 +83,8 @@ evaluations = st.builds(
     min_improvement_over_base=st.none() | st.floats(-1, 1),
     max_regression_vs_production=st.none() | st.floats(0, 1),
     min_stop_rate=st.none() | st.floats(0, 1),
+    max_regression_drop=st.none() | st.floats(0, 1),
+    max_quantization_drop=st.none() | st.floats(0, 1),
 )
 
 
@@ -131,6 +135,8 @@ def test_the_promotion_gate_is_never_looser_than_the_stacks(
     assert float(given_["min_improvement_over_base"]) >= limits.min_improvement_over_base
     assert float(given_.get("min_stop_rate", limits.min_stop_rate)) >= limits.min_stop_rate
     assert float(given_.get("max_regression_vs_production", 0.0)) <= limits.max_regression_vs_production
+    assert float(given_["max_regression_drop"]) <= limits.max_regression_drop
+    assert float(given_["max_quantization_drop"]) <= limits.max_quantization_drop
 
 
 @settings(max_examples=100, deadline=None)

@@ -141,6 +141,14 @@ def _state(**results: Any) -> dict[str, Any]:
     return state | results
 
 
+def _restack(aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, **environment: str) -> None:
+    """The Stage function's settings with these environment variables changed (as a stack parameter would)."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    pipeline_settings.cache_clear()
+    aws.settings = pipeline_settings()
+
+
 def _call(aws: SimpleNamespace, action: str, stage: Stage, state: dict[str, Any], **extra: Any) -> dict[str, Any]:
     request = StageRequest.model_validate(
         {"action": action, "stage": stage, "execution_arn": EXECUTION_ARN, "state": state, **extra}
@@ -381,9 +389,7 @@ def test_starting_evaluate_writes_the_jobs_graders_and_keeps_the_judges_threshol
     aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a stack with a judge, and a sidecar with classification labels, a pattern and thresholds on both kinds
-    monkeypatch.setenv("JUDGE_MODEL_ID", "anthropic.judge-v1:0")
-    pipeline_settings.cache_clear()
-    aws.settings = pipeline_settings()
+    _restack(aws, monkeypatch, JUDGE_MODEL_ID="anthropic.judge-v1:0")
     evaluation = {
         "graders": {
             "classification": {"labels": ["yes", "no"]},
@@ -870,3 +876,41 @@ def test_a_quantized_run_is_evaluated_as_the_endpoint_serves_it(aws: SimpleNames
     plain = _call(aws, "start", Stage.EVALUATE, _state())
     names = {i["InputName"]: i["S3Input"]["S3Uri"] for i in plain["request"]["ProcessingInputs"]}
     assert names["candidate"] == f"s3://{BUCKET}/runs/{RUN_ID}/merged/" and "unquantized" not in names
+
+
+@pytest.mark.parametrize("target", ["vllm", "bedrock", "none"])
+def test_a_lora_served_run_is_evaluated_as_the_base_with_its_adapter(
+    aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    # GIVEN a stack that serves adapters on the base (ServeMode=lora), and a run that trained one (and quantized)
+    _restack(aws, monkeypatch, SERVE_MODE="lora")
+    adapter = f"s3://{BUCKET}/runs/{RUN_ID}/train/output/model.tar.gz"
+    quantized = f"s3://{BUCKET}/runs/{RUN_ID}/quantized/"
+    state = _state(
+        pipeline={"quantize": "true", "deploy_target": target, "train_attempt": 0},
+        train={"model_artifacts": adapter},
+        recorded={"quantize": {"outcome": {"stage": "quantize", "artifacts": {"quantized": quantized}}}},
+    )
+    # WHEN Evaluate starts
+    spec = _call(aws, "start", Stage.EVALUATE, state)
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in spec["request"]["ProcessingInputs"]}
+    arguments = spec["request"]["AppSpecification"]["ContainerArguments"]
+    if target == "vllm":
+        # THEN on a vLLM endpoint the candidate is the base with the adapter (no merged or quantized model is served)
+        assert inputs["adapter"] == adapter and inputs["base"] == aws.settings.base_model_s3_uri
+        assert "candidate" not in inputs and "unquantized" not in inputs
+        assert "--adapter_dir=/opt/ml/processing/input/adapter" in arguments
+    else:
+        # THEN elsewhere (Bedrock imports the merged model; none serves nothing) ServeMode does not apply
+        assert "adapter" not in inputs and inputs["candidate"] in (quantized, f"s3://{BUCKET}/runs/{RUN_ID}/merged/")
+
+
+def test_a_lora_served_run_without_an_adapter_cannot_be_evaluated(
+    aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN ServeMode=lora and a run whose training result names no model artifacts
+    _restack(aws, monkeypatch, SERVE_MODE="lora")
+    state = _state(pipeline={"quantize": "false", "deploy_target": "vllm", "train_attempt": 0}, train={})
+    # WHEN Evaluate starts; THEN it refuses, saying what is missing
+    with pytest.raises(InvalidConfiguration, match="ServeMode=lora, but the training result has no model artifacts"):
+        _call(aws, "start", Stage.EVALUATE, state)

@@ -86,6 +86,7 @@ def test_validate_and_stage_functions_enforce_the_same_run_limits() -> None:
         "allowed_deploy_targets",
         "regression_set_s3_uri",
         "max_regression_drop",
+        "max_quantization_drop",
         "judge_model_id",
         "judge_endpoint_url",
         "grader_function_arns",

@@ -17,6 +17,8 @@ _Settings = TypeVar("_Settings", bound=BaseSettings)
 _INSTANCE_TYPE = r"ml\.[a-z0-9-]+\.[a-z0-9]+"
 _INSTANCE_TYPES = rf"^{_INSTANCE_TYPE}(,{_INSTANCE_TYPE})*$"
 _DEPLOY_TARGET = r"(none|vllm|bedrock)"
+# A secret's full ARN, random suffix included: a role may read only that ARN (template.yaml's AllowedPattern).
+_SECRET_ARN = r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$"
 
 
 class RunLimitSettings(BaseSettings):
@@ -70,6 +72,8 @@ class RunLimitSettings(BaseSettings):
     # The evaluate job's regression set (RegressionSetS3Uri) and how far below the base a candidate may fall on it.
     regression_set_s3_uri: str = Field(default="", pattern=r"^$|^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/([^/]+/)+$")
     max_regression_drop: float = Field(default=0.1, ge=0, le=1, description="MaxRegressionDrop.")
+    # How much of the primary metric a quantized candidate may lose against the merged model it came from.
+    max_quantization_drop: float = Field(default=0.05, ge=0, le=1, description="MaxQuantizationDrop.")
     # The evaluation's control-plane graders (tuneplane/logic/grading.py): a judge on Bedrock (JudgeModelId) or
     # behind an OpenAI-compatible URL (JudgeEndpointUrl), and the Lambda graders a sidecar may name.
     judge_model_id: str = Field(
@@ -286,9 +290,7 @@ class NotifySettings(BaseSettings):
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
-    slack_webhook_secret_arn: str = Field(
-        pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$"
-    )
+    slack_webhook_secret_arn: str = Field(pattern=_SECRET_ARN)
     secret_max_age_s: int = Field(default=300, ge=0, description="How long the webhook URL is cached (Powertools).")
     console_region: str | None = Field(
         default=None,
@@ -336,6 +338,11 @@ class GradeSettings(RunLimitSettings):
         default="",
         max_length=256,
         description="JudgeEndpointModel: the model name the JudgeEndpointUrl server serves.",
+    )
+    judge_endpoint_secret_arn: str = Field(
+        default="",
+        pattern=rf"^$|{_SECRET_ARN}",
+        description="JudgeEndpointSecretArn: the secret holding the API key sent to JudgeEndpointUrl; empty: none.",
     )
 
 

@@ -2,9 +2,12 @@
 
 Two kinds, chosen by the stack: Bedrock's Converse API (``JudgeModelId``: a model or inference profile id; the
 Grade function's role may call ``bedrock:InvokeModel`` on it) or any OpenAI-compatible chat-completions server
-(``JudgeEndpointUrl``: a self-hosted vLLM, a gateway; in the local cloud, a local endpoint). Throttling, server
-errors and timeouts are ``JudgeUnavailable`` (the state machine retries the pass); a refusal that a retry cannot
-change (access denied, an unknown model, a malformed request) is ``GraderFailed``.
+(``JudgeEndpointUrl``: a self-hosted vLLM, a gateway, a hosted API; in the local cloud, a local endpoint), sent
+``Authorization: Bearer <key>`` when ``JudgeEndpointSecretArn`` names the secret holding its API key. Throttling,
+server errors and timeouts are ``JudgeUnavailable`` (the state machine retries the pass); a refusal that a retry
+cannot change (access denied, an unknown model, a malformed request) is ``GraderFailed``, and an endpoint refusing
+the key (or asking for one) is ``InvalidConfiguration``: the stack's setting, not the run, is wrong. The key appears
+in no message.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import http.client
 import json
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +24,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tuneplane.errors import GraderFailed, JudgeUnavailable
+from tuneplane.adapters.secrets import judge_api_key
+from tuneplane.errors import GraderFailed, InvalidConfiguration, JudgeUnavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_bedrock_runtime import BedrockRuntimeClient
@@ -44,6 +48,7 @@ _TRANSIENT = {
     "ModelErrorException",  # 424; its message says to try the request again
 }
 _TRANSIENT_HTTP = {408, 409, 429, 500, 502, 503, 504}
+_REFUSED_KEY_HTTP = {401, 403}
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,7 @@ class OpenAICompatibleJudge:
     base_url: str
     model: str = "judge"
     timeout_s: float = JUDGE_TIMEOUT_S
+    api_key: str = field(default="", repr=False)  # sent as a Bearer token; empty: no Authorization header
 
     @property
     def name(self) -> str:
@@ -120,17 +126,24 @@ class OpenAICompatibleJudge:
             "temperature": 0,
             "stream": False,
         }
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(
             self.base_url.rstrip("/") + "/chat/completions",
             data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=headers,
             method="POST",
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # https or loopback
                 answer = json.loads(response.read())
         except urllib.error.HTTPError as exc:
+            if exc.code in _REFUSED_KEY_HTTP:  # its body may quote the key: not shown
+                raise self._refused_key(exc.code) from None
             detail = exc.read()[:300].decode("utf-8", "replace")
+            if self.api_key:
+                detail = detail.replace(self.api_key, "<key>")
             if exc.code in _TRANSIENT_HTTP:
                 raise JudgeUnavailable(f"the judge at {self.base_url} answered HTTP {exc.code}: {detail}") from exc
             raise GraderFailed(f"the judge at {self.base_url} refused the request: HTTP {exc.code} {detail}") from exc
@@ -145,10 +158,23 @@ class OpenAICompatibleJudge:
         usage = answer.get("usage") or {}
         return JudgeReply(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
+    def _refused_key(self, status: int) -> InvalidConfiguration:
+        """A wrong or missing key does not heal: the run ends with what to change instead of being retried."""
+        if self.api_key:
+            return InvalidConfiguration(
+                f"the judge endpoint {self.base_url} refused the key in JudgeEndpointSecretArn (HTTP {status}): "
+                "store the endpoint's valid API key as the secret's value"
+            )
+        return InvalidConfiguration(
+            f"the judge endpoint {self.base_url} refused a request without a key (HTTP {status}): store its API key "
+            "in a Secrets Manager secret and deploy the stack with JudgeEndpointSecretArn=<the secret's ARN>"
+        )
 
-def judge_for(model_id: str, endpoint_url: str, endpoint_model: str = "") -> Judge:
+
+def judge_for(model_id: str, endpoint_url: str, endpoint_model: str = "", endpoint_secret_arn: str = "") -> Judge:
     """The stack's judge: the OpenAI-compatible server when JudgeEndpointUrl is set (JudgeEndpointModel names the
-    model it serves), else Bedrock's JudgeModelId."""
+    model it serves; JudgeEndpointSecretArn the secret holding its API key), else Bedrock's JudgeModelId."""
     if endpoint_url:
-        return OpenAICompatibleJudge(endpoint_url, endpoint_model or "judge")
+        api_key = judge_api_key(endpoint_secret_arn) if endpoint_secret_arn else ""
+        return OpenAICompatibleJudge(endpoint_url, endpoint_model or "judge", api_key=api_key)
     return BedrockJudge(model_id)

@@ -1,13 +1,16 @@
-"""Secrets Manager access: the Slack webhook URL, cached for ``max_age_s`` by Powertools' parameters utility.
+"""Secrets Manager access: the Slack webhook URL and the judge endpoint's API key, each cached for ``max_age_s`` by
+Powertools' parameters utility.
 
-The secret holds either the URL itself or a JSON object ``{"webhook_url": "https://hooks.slack.com/..."}``. Error
-messages name the secret's ARN, never its value. Powertools creates its Secrets Manager client on first use; tests
-start moto first and call ``aws_lambda_powertools.utilities.parameters.clear_caches()`` between tests.
+The Slack secret holds either the URL itself or a JSON object ``{"webhook_url": "https://hooks.slack.com/..."}``; the
+judge's (``JudgeEndpointSecretArn``) holds the bare key. Error messages name the secret's ARN, never its value.
+Powertools creates its Secrets Manager client on first use; tests start moto first and call
+``aws_lambda_powertools.utilities.parameters.clear_caches()`` between tests.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from aws_lambda_powertools.utilities import parameters
 from urllib3.exceptions import LocationValueError
@@ -17,6 +20,8 @@ from tuneplane.errors import InvalidConfiguration
 
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})  # the local demo's receiver speaks plain http
 _JSON_KEY = "webhook_url"
+# A key goes into an HTTP header: printable ASCII without spaces, so that a stray newline cannot add a header.
+_API_KEY = re.compile(r"[\x21-\x7e]+")
 
 
 def _url_from(value: str | bytes) -> str | None:
@@ -41,16 +46,32 @@ def _is_webhook_url(url: str) -> bool:
     return parsed.scheme == "https" or (parsed.scheme == "http" and parsed.host in _LOCAL_HOSTS)
 
 
+def _read(secret_arn: str, what: str, max_age_s: int) -> str | bytes:
+    try:
+        return parameters.get_secret(secret_arn, max_age=max_age_s)
+    except parameters.GetParameterError as exc:  # its message is botocore's: the error code, never the value
+        raise InvalidConfiguration(f"cannot read the {what} secret {secret_arn}: {exc}") from exc
+
+
 def slack_webhook_url(secret_arn: str, max_age_s: int = 300) -> str:
     """The webhook URL stored in the secret; ``InvalidConfiguration`` when it cannot be read or is not one."""
-    try:
-        value = parameters.get_secret(secret_arn, max_age=max_age_s)
-    except parameters.GetParameterError as exc:  # its message is botocore's: the error code, never the value
-        raise InvalidConfiguration(f"cannot read the Slack webhook secret {secret_arn}: {exc}") from exc
-    url = _url_from(value)
+    url = _url_from(_read(secret_arn, "Slack webhook", max_age_s))
     if url is None or not _is_webhook_url(url):
         raise InvalidConfiguration(
             f"the Slack webhook secret {secret_arn} holds no webhook URL: expected https://hooks.slack.com/... "
             f'or JSON {{"{_JSON_KEY}": "https://..."}}'
         )
     return url
+
+
+def judge_api_key(secret_arn: str, max_age_s: int = 300) -> str:
+    """The judge endpoint's API key stored in the secret (the bare key, surrounding whitespace ignored);
+    ``InvalidConfiguration`` when it cannot be read or cannot be sent as a header."""
+    value = _read(secret_arn, "JudgeEndpointSecretArn", max_age_s)
+    key = (value.decode("utf-8", "replace") if isinstance(value, bytes) else value).strip()
+    if not _API_KEY.fullmatch(key) or key.startswith("{"):
+        raise InvalidConfiguration(
+            f"the JudgeEndpointSecretArn secret {secret_arn} holds no API key: expected the bare key as its secret "
+            "string (printable ASCII, no spaces; not JSON, not 'Bearer ...')"
+        )
+    return key

@@ -511,8 +511,13 @@ def grade_pass(
     answers, answers_etag = read_answers(evaluation_uri + "answers.jsonl", wanted)
     plan = grading_plan(graders, settings, answers)
     if graders.judge is not None and judge is None:
-        endpoint_model = settings.judge_endpoint_model if isinstance(settings, GradeSettings) else ""
-        judge = judge_for(settings.judge_model_id, settings.judge_endpoint_url, endpoint_model)
+        grade = settings if isinstance(settings, GradeSettings) else None
+        judge = judge_for(
+            settings.judge_model_id,
+            settings.judge_endpoint_url,
+            grade.judge_endpoint_model if grade else "",
+            grade.judge_endpoint_secret_arn if grade else "",
+        )
     if start % CHUNK or start < 0:
         raise OrchestrationError(f"grading resumes at {start}, not at a chunk boundary")
     began = time.monotonic()

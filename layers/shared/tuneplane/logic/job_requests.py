@@ -233,22 +233,29 @@ def graders_input_uri(settings: PipelineSettings, run_id: str) -> str:
 def evaluate_job(
     settings: PipelineSettings,
     run_id: str,
-    candidate_uri: str,
+    candidate_uri: str | None,
     eval_uri: str,
     overrides: EvaluationOverrides,
     unquantized_uri: str | None = None,
+    adapter_uri: str | None = None,
 ) -> JobSpec:
-    """The evaluate job: ``candidate_uri`` is the model as the endpoint will serve it; ``unquantized_uri``, when the
-    candidate is the quantized model, the merged model it was made from (what quantization cost is measured)."""
+    """The evaluate job: ``candidate_uri`` is the model as the endpoint will serve it, or, with ServeMode=lora, None
+    and ``adapter_uri`` the run's adapter (the training job's model.tar.gz), which the job applies to the base as the
+    endpoint does; ``unquantized_uri``, when the candidate is the quantized model, the merged model it was made from
+    (what quantization cost is measured)."""
+    if (candidate_uri is None) == (adapter_uri is None):
+        raise ValueError("evaluate_job: give the candidate model or the adapter, one of the two")
     problems = run_limits.evaluation_problems(overrides, settings)
     if problems:  # the Validate stage rejects these first; a request is never built with a looser gate
         raise InvalidConfiguration(f"evaluation request looser than the stack's gate: {'; '.join(problems)}")
     inputs = {
-        "candidate": candidate_uri,
+        "candidate": candidate_uri or "",
+        "adapter": adapter_uri or "",
         "base": settings.base_model_s3_uri,
         "eval": eval_uri,
         "graders": graders_input_uri(settings, run_id),
     }
+    inputs = {name: uri for name, uri in inputs.items() if uri}
     if unquantized_uri:
         inputs["unquantized"] = unquantized_uri
     if settings.regression_set_s3_uri:
@@ -259,6 +266,7 @@ def evaluate_job(
         "min_score": str(settings.min_score),
         "min_improvement_over_base": str(settings.min_improvement_over_base),
         "max_regression_drop": str(settings.max_regression_drop),
+        "max_quantization_drop": str(settings.max_quantization_drop),
         **overrides.arguments(),
     }
     return _processing_job(settings, run_id, Stage.EVALUATE, settings.evaluate_image_uri, inputs, outputs, arguments)

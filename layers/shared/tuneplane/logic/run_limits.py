@@ -115,36 +115,48 @@ def lora_rank_problems(
 
 def evaluation_problems(evaluation: EvaluationOverrides, limits: RunLimitSettings) -> list[str]:
     """Every threshold of ``evaluation`` that would loosen the stack's promotion gate."""
-    problems: list[str] = []
-    floors = (
-        ("min_score", evaluation.min_score, limits.min_score, "MinScore"),
+    # (setting, the sidecar's value, the stack's, the stack's name for it, whether the stack's is a floor or a ceiling)
+    bounds = (
+        ("min_score", evaluation.min_score, limits.min_score, "MinScore", "floor"),
         (
             "min_improvement_over_base",
             evaluation.min_improvement_over_base,
             limits.min_improvement_over_base,
             "MinImprovementOverBase",
+            "floor",
         ),
-        ("min_stop_rate", evaluation.min_stop_rate, limits.min_stop_rate, "min_stop_rate"),
+        ("min_stop_rate", evaluation.min_stop_rate, limits.min_stop_rate, "min_stop_rate", "floor"),
+        (
+            "max_regression_drop",
+            evaluation.max_regression_drop,
+            limits.max_regression_drop,
+            "MaxRegressionDrop",
+            "ceiling",
+        ),
+        (
+            "max_quantization_drop",
+            evaluation.max_quantization_drop,
+            limits.max_quantization_drop,
+            "MaxQuantizationDrop",
+            "ceiling",
+        ),
+        (
+            "max_regression_vs_production",
+            evaluation.max_regression_vs_production,
+            limits.max_regression_vs_production,
+            "max_regression_vs_production",
+            "ceiling",
+        ),
     )
-    for name, value, floor, stack_name in floors:
-        if value is not None and value < floor:
-            problems.append(
-                f"evaluation.{name}: {_number(value)} would loosen the stack's {stack_name} {_number(floor)} "
-                "(a sidecar may only raise it)"
-            )
-    problems += grader_problems(evaluation, limits)
-    if evaluation.max_regression_drop is not None and evaluation.max_regression_drop > limits.max_regression_drop:
+    problems: list[str] = []
+    for name, value, stack_value, stack_name, kind in bounds:
+        if value is None or (value >= stack_value if kind == "floor" else value <= stack_value):
+            continue
         problems.append(
-            f"evaluation.max_regression_drop: {_number(evaluation.max_regression_drop)} would loosen the stack's "
-            f"MaxRegressionDrop {_number(limits.max_regression_drop)} (a sidecar may only lower it)"
+            f"evaluation.{name}: {_number(value)} would loosen the stack's {stack_name} {_number(stack_value)} "
+            f"(a sidecar may only {'raise' if kind == 'floor' else 'lower'} it)"
         )
-    ceiling = limits.max_regression_vs_production
-    if evaluation.max_regression_vs_production is not None and evaluation.max_regression_vs_production > ceiling:
-        problems.append(
-            f"evaluation.max_regression_vs_production: {_number(evaluation.max_regression_vs_production)} would "
-            f"loosen the stack's {_number(ceiling)} (a sidecar may only lower it)"
-        )
-    return problems
+    return problems + grader_problems(evaluation, limits)
 
 
 def grader_problems(evaluation: EvaluationOverrides, limits: RunLimitSettings) -> list[str]:
@@ -330,7 +342,8 @@ def run_shape(
         rows_per_device_step=rows_per_device_step(training),
         seq_len=effective_seq_len(training, limits),
         processing_instance_type=limits.processing_instance_type,
-        quantize=limits.quantize,
+        # The Quantize stage runs only where its AWQ model would be served (pipeline.asl.json's QuantizeWanted).
+        quantize=limits.quantize and not (deploy_target == "vllm" and limits.serve_mode == "lora"),
         deploy_target=deploy_target,
         endpoint_instance_type=endpoint_instance_type,
         endpoint_instances=endpoint_instances,

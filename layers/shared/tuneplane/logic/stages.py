@@ -266,7 +266,11 @@ def _start(stage: Stage, run: RunView, settings: PipelineSettings) -> dict[str, 
     event = _event(run, stage, Status.STARTED, started_at=now, metrics=metrics, notes=notes)
     _publish_once(settings, run, event, item, occurrence=spec.attempt if spec else None)
     if stage is Stage.REGISTER:
-        return registration(run.run_id, run.key)
+        # The package holds the weights its quality metrics were measured on, as the endpoint serves them: the AWQ
+        # model when the run made one, else the merged model.
+        quantized = (run.outcome("quantize").get("artifacts") or {}).get("quantized")
+        merged = (run.outcome("merge").get("artifacts") or {}).get("merged")
+        return registration(run.run_id, run.key) | {"model_data": quantized or merged}
     return spec.model_dump(mode="json") if spec else {}
 
 
@@ -327,8 +331,16 @@ def job_spec(stage: Stage, run: RunView, settings: PipelineSettings) -> JobSpec:
         return job_requests.quantize_job(settings, run.run_id, merged, data)
     if not data["eval_uri"]:
         raise InvalidConfiguration("evaluate: the validation result has no eval split")
-    # The candidate in the form the endpoint will serve (deploy/serving.py): the quantized model when the run made
-    # one, judged against the merged model it came from too.
+    # The candidate in the form the endpoint will serve (deploy/serving.py): with ServeMode=lora on a vLLM endpoint,
+    # the base model with the run's adapter applied at request time; else the quantized model when the run made one,
+    # judged against the merged model it came from too; else the merged model.
+    if settings.serve_mode == "lora" and run.result("pipeline").get("deploy_target") == "vllm":
+        adapter = run.result("train").get("model_artifacts")
+        if not adapter:
+            raise InvalidConfiguration("evaluate: ServeMode=lora, but the training result has no model artifacts")
+        return job_requests.evaluate_job(
+            settings, run.run_id, None, str(data["eval_uri"]), run.evaluation(), adapter_uri=str(adapter)
+        )
     quantized = (run.outcome("quantize").get("artifacts") or {}).get("quantized")
     return job_requests.evaluate_job(
         settings,

@@ -60,6 +60,7 @@ class EvaluationOverrides(BaseModel):
     max_examples: int | None = Field(default=None, ge=0)
     max_new_tokens: int | None = Field(default=None, ge=1, le=8192)
     max_regression_drop: float | None = Field(default=None, ge=0, le=1)
+    max_quantization_drop: float | None = Field(default=None, ge=0, le=1)
     graders: Graders | None = None
     thresholds: dict[GraderMetric, Annotated[float, Field(ge=0, le=1)]] | None = Field(
         default=None, max_length=20, description="A minimum for the candidate on each metric named."

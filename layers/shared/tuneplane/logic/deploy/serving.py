@@ -14,7 +14,8 @@ from tuneplane.models.deploy import ServingPlan
 
 MODEL_DIR = "/opt/ml/model"
 ADAPTER_DIR = "/opt/ml/additional-model-data-sources/adapter"
-# vLLM's LoRA kernels take these max_lora_rank values only (vllm/config/lora.py: possible_max_ranks).
+# vLLM's LoRA kernels take these max_lora_rank values only (vllm/config/lora.py: MaxLoRARanks in 0.33,
+# possible_max_ranks before).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _EIGHT_GPU_FAMILIES = {"p4d", "p4de", "p5", "p5e", "p5en", "p6"}
 _MULTI_GPU_SIZES = {"12xlarge": 4, "24xlarge": 4, "48xlarge": 8}

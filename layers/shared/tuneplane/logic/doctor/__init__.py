@@ -11,6 +11,8 @@ The checks, in order (each runs even when an earlier one failed), one module per
 - **bedrock** (``services.py``): Custom Model Import answers in the region, with ``DeployTarget=bedrock``;
 - **slack** (``services.py``): the ``SlackWebhookSecretArn`` secret exists, is not being deleted and has a value
   (DescribeSecret: the value itself is never read);
+- **judge** (``services.py``): the same of the ``JudgeEndpointSecretArn`` secret (the judge endpoint's API key), in
+  the stack's region, and with a ``JudgeEndpointUrl`` to send it to;
 - **base-model** (``base_model.py``): ``BaseModelS3Uri`` holds the manifest ``tuneplane stage-model`` writes last
   (``tuneplane-model.json``) and every file it lists, with the listed size, in a bucket of the stack's region.
 

@@ -25,6 +25,8 @@ PARAMETERS = (
     "ImageTag",
     "ServeImageUri",
     "SlackWebhookSecretArn",
+    "JudgeEndpointUrl",
+    "JudgeEndpointSecretArn",
 )
 _INSTANCE_TYPE = re.compile(r"ml\.[a-z0-9-]+\.[a-z0-9]+")
 
@@ -72,6 +74,8 @@ class StackSettings:
     image_tag: str
     serve_image_uri: str
     slack_secret_arn: str
+    judge_endpoint_url: str
+    judge_secret_arn: str
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str]) -> StackSettings:
@@ -96,6 +100,8 @@ class StackSettings:
             image_tag=get("ImageTag"),
             serve_image_uri=get("ServeImageUri"),
             slack_secret_arn=get("SlackWebhookSecretArn"),
+            judge_endpoint_url=get("JudgeEndpointUrl"),
+            judge_secret_arn=get("JudgeEndpointSecretArn"),
         )
 
 

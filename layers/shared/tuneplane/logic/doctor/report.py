@@ -19,7 +19,7 @@ class Level(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Finding:
     level: Level
-    check: str  # stack | quota | image | bedrock | slack | base-model
+    check: str  # stack | quota | image | bedrock | slack | judge | base-model
     subject: str  # what was looked at: a quota name, an image, a secret, an S3 URI
     message: str  # what was found
     fix: str = ""  # what to do ("" when nothing)

@@ -13,7 +13,7 @@ from tuneplane.logic.doctor.context import PARAMETERS, AccountReader, CheckConte
 from tuneplane.logic.doctor.images import check_images
 from tuneplane.logic.doctor.quotas import check_quotas
 from tuneplane.logic.doctor.report import DoctorReport, Finding, Level
-from tuneplane.logic.doctor.services import check_bedrock, check_slack_secret
+from tuneplane.logic.doctor.services import check_bedrock, check_judge_secret, check_slack_secret
 
 _USABLE = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE"}
 _STILL_USABLE = {"UPDATE_ROLLBACK_COMPLETE"}  # the last update failed; the stack runs on its previous settings
@@ -49,6 +49,7 @@ def diagnose(account: AccountReader, stack_name: str) -> DoctorReport:
         ("image", "container images", check_images),
         ("bedrock", "Bedrock Custom Model Import", check_bedrock),
         ("slack", stack.parameters.get("SlackWebhookSecretArn") or "Slack webhook secret", check_slack_secret),
+        ("judge", stack.parameters.get("JudgeEndpointSecretArn") or "judge endpoint key", check_judge_secret),
         ("base-model", stack.parameters.get("BaseModelS3Uri") or "base model", check_base_model),
     )
     for check, subject, run in checks:
