@@ -4,6 +4,7 @@ fixed batch of 16 it used before, in the same run.
     python bench/evaluate.py --model-size 7b --examples 512 --out bench/results/evaluate_auto_7b_<gpu>_<date>.json
     python bench/evaluate.py --model-size tiny --examples 8 --batch-size 4 --baseline-batch-size 1   # CPU smoke run
     python bench/evaluate.py --model-size 7b --examples 512 --adapter-rank 16   # ServeMode=lora: base + adapter
+    python bench/evaluate.py --model-size 7b --examples 4096 --baseline-batch-size 1024 --max-batch-rows 4096
 
 Builds a random model of the given shape (Mistral-7B dimensions; the vocabulary of the tiny tokenizer of
 local/tiny_model.py, so every generated id decodes), writes synthetic chat conversations, and runs
@@ -64,7 +65,13 @@ def build(root: Path, size: str, examples: int, adapter_rank: int) -> tuple[Path
 
 
 def evaluate(
-    root: Path, model_dir: Path, eval_file: Path, batch: int, max_new_tokens: int, adapter: Path | None
+    root: Path,
+    model_dir: Path,
+    eval_file: Path,
+    batch: int,
+    max_new_tokens: int,
+    adapter: Path | None,
+    max_batch_rows: int | None = None,
 ) -> dict[str, Any]:
     out = root / f"out-b{batch}"
     command = [
@@ -81,6 +88,7 @@ def evaluate(
         "--min_stop_rate", "0",
         "--worst_examples", "0",
         "--adapter_dir", str(adapter or ""),
+        *(["--max_batch_rows", str(max_batch_rows)] if max_batch_rows else []),
     ]  # fmt: skip
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -116,6 +124,9 @@ def main() -> None:
     parser.add_argument("--baseline-batch-size", type=int, default=16, help="the baseline (the job's old default)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument(
+        "--max-batch-rows", type=int, help="the measured run's cap on rows per batch (default: the job's own)"
+    )
+    parser.add_argument(
         "--adapter-rank", type=int, default=0, help="evaluate base + a random LoRA adapter of this rank (0: none)"
     )
     parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
@@ -127,7 +138,9 @@ def main() -> None:
         print(f"built a random {args.model_size} model in {time.monotonic() - started:.1f}s", flush=True)
         baseline = evaluate(root, model_dir, eval_file, args.baseline_batch_size, args.max_new_tokens, adapter)
         print(f"baseline: {json.dumps(baseline)}", flush=True)
-        measured = evaluate(root, model_dir, eval_file, args.batch_size, args.max_new_tokens, adapter)
+        measured = evaluate(
+            root, model_dir, eval_file, args.batch_size, args.max_new_tokens, adapter, args.max_batch_rows
+        )
     ratio = (
         measured["generated_tokens_per_second"] / baseline["generated_tokens_per_second"]
         if measured["generated_tokens_per_second"] and baseline["generated_tokens_per_second"]
@@ -140,6 +153,7 @@ def main() -> None:
         "examples": args.examples,
         "max_new_tokens": args.max_new_tokens,
         "adapter_rank": args.adapter_rank,
+        "max_batch_rows": args.max_batch_rows,
         "baseline": baseline,
         "measured": measured,
         "generated_tokens_per_second_ratio": ratio,

@@ -47,10 +47,11 @@ def plan_batches(
     kv_per_token: int,
     prefill_per_token: int,
     fixed: int = 0,
+    max_rows: int = MAX_ROWS,
 ) -> list[list[int]]:
     """Prompt indices grouped into batches, shortest prompts first. ``fixed`` > 0: batches of that many (the
     ``batch_size`` option). Otherwise each batch grows while its rows, all at the width of its longest prompt, fit
-    ``budget_bytes`` (None: the CPU, CPU_ROWS rows), at most MAX_ROWS and at least one row."""
+    ``budget_bytes`` (None: the CPU, CPU_ROWS rows), at most ``max_rows`` and at least one row."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     if fixed > 0 or budget_bytes is None:
         size = fixed if fixed > 0 else CPU_ROWS
@@ -61,7 +62,7 @@ def plan_batches(
         width = lengths[index]  # sorted: the newest row is the widest
         rows = len(current) + 1
         fits = rows * row_bytes(width, max_new_tokens, kv_per_token, prefill_per_token) <= budget_bytes
-        if current and (not fits or rows > MAX_ROWS):
+        if current and (not fits or rows > max_rows):
             batches.append(current)
             current = []
         current.append(index)

@@ -75,11 +75,9 @@ import dataclasses
 import json
 import math
 import os
-import struct
 import sys
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +87,7 @@ if not __package__:  # run as a script: the directory holding containers/ (the r
 
 from containers.common import jobkit
 from containers.common.jobkit import ConfigError
-from containers.evaluate import generation, graders, regression
+from containers.evaluate import batching, charts, gate, generation, graders, regression
 from containers.evaluate.graders import SCORE_METRICS, Graders
 
 SM_DEFAULTS = {
@@ -106,17 +104,9 @@ SM_DEFAULTS = {
     "failure_file": jobkit.PROCESSING_FAILURE_FILE,
 }
 PATH_FIELDS = tuple(SM_DEFAULTS)
-MODELS = ("candidate", "base", "production", "unquantized")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 QUANTIZATION_NOTABLE_LOSS = 0.01  # a point of a [0, 1] metric: smaller losses are noise on an eval split
 QUANTIZATION_LINES = 3
-# Chart colours (RGB): candidate, base, production, and the candidate before quantization.
-CHART_COLORS = {
-    "candidate": (31, 119, 180),
-    "base": (160, 160, 160),
-    "production": (255, 127, 14),
-    "unquantized": (148, 103, 189),
-}
 
 
 def _path_default(name: str) -> Any:
@@ -169,6 +159,12 @@ class EvaluateConfig:
             "(batching.py), 16 on the CPU."
         },
     )
+    max_batch_rows: int = field(
+        default=batching.MAX_ROWS,
+        metadata={
+            "help": "With batch_size 0, the most prompts of one batch (>= 1; batching.py says why this default)."
+        },
+    )
     max_examples: int = field(default=0, metadata={"help": "Eval conversations used (0: all)."})
     max_prompt_tokens: int = field(
         default=4096, metadata={"help": "Longer prompts keep their last max_prompt_tokens tokens (>= 8)."}
@@ -206,18 +202,25 @@ class EvaluateConfig:
     max_quantization_drop: float = field(
         default=0.05,
         metadata={
-            "help": "With an unquantized model beside a quantized candidate, how much of the primary metric the "
+            "help": "With an unquantized model beside a quantized candidate, how much of any score metric the "
             "candidate may lose against it (inf: off)."
         },
     )
     worst_examples: int = field(default=20, metadata={"help": "Per-example results kept for the worst cases."})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on cuda, fp32 on cpu) | bf16 | fp16 | fp32."})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (bf16 on cuda, fp16 for a quantized candidate as the endpoint serves it; fp32 on cpu) | "
+            "bf16 | fp16 | fp32."
+        },
+    )
     device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu) | cpu | cuda."})
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str, str]] = [
             (self.max_new_tokens >= 1, "max_new_tokens", ">= 1"),
             (self.batch_size >= 0, "batch_size", ">= 0 (0: sized to the GPU's memory)"),
+            (self.max_batch_rows >= 1, "max_batch_rows", ">= 1"),
             (self.max_examples >= 0, "max_examples", ">= 0 (0: all)"),
             (self.max_prompt_tokens >= 8, "max_prompt_tokens", ">= 8"),
             (self.primary_metric in SCORE_METRICS, "primary_metric", f"one of {', '.join(SCORE_METRICS)}"),
@@ -279,20 +282,7 @@ def answer_records(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Chart (pure Python PNG: no plotting library in the image)
-
-
-def write_png(path: Path, width: int, height: int, pixels: list[bytearray]) -> None:
-    """An 8-bit RGB PNG from rows of width*3 bytes."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    raw = b"".join(b"\x00" + bytes(row) for row in pixels)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-    )
+# Quantization's cost
 
 
 def quantization_cost(metrics: dict[str, dict[str, float]], names: list[str]) -> dict[str, Any] | None:
@@ -310,42 +300,6 @@ def quantization_cost(metrics: dict[str, dict[str, float]], names: list[str]) ->
         for name, loss in worst[:QUANTIZATION_LINES]
     ]
     return {"lost": lost, "said": said}
-
-
-def bar_chart(path: Path, metrics: dict[str, dict[str, float]], names: list[str]) -> dict[str, Any]:
-    """Grouped bars (one group per metric in `names`, one bar per model, height = value in [0, 1]) on a white
-    background with grid lines at 0.25 steps; returns the legend that evaluation.json records."""
-    models = [m for m in MODELS if m in metrics]
-    bar, gap, margin, plot_h = 24, 24, 20, 200
-    width = margin * 2 + len(names) * (len(models) * bar + gap)
-    height = plot_h + margin * 2
-    pixels = [bytearray(b"\xff" * (width * 3)) for _ in range(height)]
-
-    def fill(x0: int, x1: int, y0: int, y1: int, rgb: tuple[int, int, int]) -> None:
-        for y in range(max(0, y0), min(height, y1)):
-            row = pixels[y]
-            for x in range(max(0, x0), min(width, x1)):
-                row[3 * x : 3 * x + 3] = bytes(rgb)
-
-    baseline = margin + plot_h
-    for quarter in range(5):
-        y = baseline - quarter * plot_h // 4
-        fill(margin, width - margin, y, y + 1, (220, 220, 220))
-    for g, name in enumerate(names):
-        x = margin + gap // 2 + g * (len(models) * bar + gap)
-        for k, model in enumerate(models):
-            value = min(max(metrics[model].get(name, 0.0), 0.0), 1.0)
-            top = baseline - round(value * plot_h)
-            fill(x + k * bar + 2, x + (k + 1) * bar - 2, top, baseline + 1, CHART_COLORS[model])
-    fill(margin, width - margin, baseline, baseline + 1, (0, 0, 0))
-    write_png(path, width, height, pixels)
-    return {
-        "file": path.name,
-        "groups_left_to_right": names,
-        "bars_in_each_group": models,
-        "colors_rgb": {m: CHART_COLORS[m] for m in models},
-        "y_axis": "0 to 1, grid lines every 0.25",
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -442,7 +396,7 @@ def evaluate(cfg: EvaluateConfig, adapter_dir: Path | None, started: float) -> d
     grading = Graders.resolve(config, references)
     primary_metric = config.primary_metric or cfg.primary_metric
     metric_names = grading.metric_names() + ([regression.METRIC] if regression_set is not None else [])
-    graders.require_computed(metric_names, primary_metric, config.thresholds)  # before loading any model
+    gate.require_computed(metric_names, primary_metric, config.thresholds)  # before loading any model
     regression_prompts = regression_set.messages if regression_set is not None else []
 
     device = jobkit.resolve_device(cfg.device)
@@ -457,7 +411,11 @@ def evaluate(cfg: EvaluateConfig, adapter_dir: Path | None, started: float) -> d
     for name, model_dir in dirs.items():
         # One load and one generate call per model: the regression prompts get exactly the eval split's settings.
         adapter = adapter_dir if name == "candidate" else None
-        result = generation.generate(model_dir, prompts + regression_prompts, cfg, device, dtype, adapter)
+        model_dtype = dtype
+        if name == "candidate" and "unquantized" in dirs and cuda and cfg.dtype == "auto":
+            # The endpoint serves the AWQ model in float16 (deploy/serving.py SM_VLLM_DTYPE): so is it scored.
+            model_dtype = jobkit.torch_dtype("fp16")
+        result = generation.generate(model_dir, prompts + regression_prompts, cfg, device, model_dtype, adapter)
         result["regression"] = generation.split_generation(result, len(prompts))
         result["metrics"], result["per_example"] = grading.aggregate(
             result["answers"], references, result["lengths"], result["stopped"], model=name
@@ -470,7 +428,7 @@ def evaluate(cfg: EvaluateConfig, adapter_dir: Path | None, started: float) -> d
         print(f"{name}: " + " ".join(f"{k}={v:.4f};" for k, v in result["metrics"].items()), flush=True)
 
     metrics = {name: result["metrics"] for name, result in results.items()}
-    passed, reasons = graders.gate(
+    passed, reasons = gate.gate(
         metrics,
         primary_metric=primary_metric,
         min_score=cfg.min_score,
@@ -496,18 +454,30 @@ def evaluate(cfg: EvaluateConfig, adapter_dir: Path | None, started: float) -> d
             )
         )
     quantization = quantization_cost(metrics, metric_names)
-    lost = (quantization or {}).get("lost", {}).get(primary_metric)
-    if lost is not None and lost > cfg.max_quantization_drop:
+    # Every metric the job computed, not only the primary one: the dataset chooses its primary metric, and must not
+    # be able to choose one quantization does not hurt (stop_rate) and so serve a model that lost its accuracy.
+    beyond = sorted(
+        (
+            (name, loss)
+            for name, loss in (quantization or {}).get("lost", {}).items()
+            if loss > cfg.max_quantization_drop
+        ),
+        key=lambda item: -item[1],
+    )
+    if beyond:
         passed = False
-        before, after = metrics["unquantized"][primary_metric], metrics["candidate"][primary_metric]
+        losses = "; ".join(
+            f"{loss:.4f} of {name} ({metrics['unquantized'][name]:.4f} unquantized -> "
+            f"{metrics['candidate'][name]:.4f} quantized)"
+            for name, loss in beyond
+        )
         reasons.append(
-            f"quantization lost {lost:.4f} of {primary_metric} ({before:.4f} unquantized -> {after:.4f} quantized), "
-            f"more than max_quantization_drop {cfg.max_quantization_drop:g}: serve the merged model "
-            "(QuantizeEnabled=false) or raise MaxQuantizationDrop"
+            f"quantization lost {losses}: more than max_quantization_drop {cfg.max_quantization_drop:g}; serve the "
+            "merged model (QuantizeEnabled=false) or raise MaxQuantizationDrop"
         )
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    chart = bar_chart(out / "evaluation.png", metrics, metric_names)
+    chart = charts.bar_chart(out / "evaluation.png", metrics, metric_names)
     # The candidate's only: a base model that never stops is ordinary, and its line would crowd out the rest.
     warnings = [
         f"{name} stopped on its own in only {m['stop_rate']:.0%} of answers: check its end-of-turn token"
@@ -529,8 +499,8 @@ def evaluate(cfg: EvaluateConfig, adapter_dir: Path | None, started: float) -> d
             "metrics": config.thresholds,
         },
         "metrics": metrics,
-        "delta_vs_base": graders.deltas(metrics["candidate"], metrics["base"]),
-        "delta_vs_production": graders.deltas(metrics["candidate"], metrics["production"])
+        "delta_vs_base": gate.deltas(metrics["candidate"], metrics["base"]),
+        "delta_vs_production": gate.deltas(metrics["candidate"], metrics["production"])
         if "production" in metrics
         else None,
         "quantization": quantization,

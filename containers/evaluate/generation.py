@@ -29,6 +29,7 @@ class GenerationOptions(Protocol):
     max_new_tokens: int
     max_prompt_tokens: int
     batch_size: int
+    max_batch_rows: int
 
 
 def served_stop_ids(tokenizer: Any, model_dir: Path) -> list[int]:
@@ -47,7 +48,10 @@ def served_stop_ids(tokenizer: Any, model_dir: Path) -> list[int]:
     generation_path = model_dir / "generation_config.json"
     config_path = generation_path if generation_path.is_file() else model_dir / "config.json"
     if config_path.is_file():
-        config = json.loads(config_path.read_text())
+        try:
+            config = json.loads(config_path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{config_path} is not valid JSON: {exc}") from exc
         add(config.get("eos_token_id") if isinstance(config, dict) else None)
     return ids
 
@@ -109,6 +113,7 @@ def generate(
             encoded,
             stops,
             cfg.max_new_tokens,
+            dtype=dtype,
             adapter_dir=adapter_dir,
             max_lora_rank=vllm_engine.max_lora_rank_for(lora_rank(adapter_dir)) if adapter_dir is not None else None,
         )
@@ -174,6 +179,7 @@ def _generate_with_transformers(
         kv_per_token=kv_per_token,
         prefill_per_token=prefill_per_token,
         fixed=cfg.batch_size,
+        max_rows=cfg.max_batch_rows,
     )
     tokens: list[list[int]] = [[] for _ in encoded]
     stopped = [False] * len(encoded)

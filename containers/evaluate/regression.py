@@ -28,7 +28,7 @@ unknown key (in the record or in `expect`), a wrong type, a line whose last mess
 or more than MAX_PROMPTS prompts are ConfigErrors naming `file:line`.
 
 Metric: `regression_pass_rate`, the share of prompts whose every expectation holds, per model. Gate (`drop_reason`,
-called by graders.gate): the candidate's rate may be at most `max_regression_drop` below the base's; the reason names
+called by gate.gate): the candidate's rate may be at most `max_regression_drop` below the base's; the reason names
 the prompts the base passed and the candidate failed.
 """
 

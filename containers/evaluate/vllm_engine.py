@@ -118,11 +118,12 @@ def generate_token_ids(
     lora: dict[str, Any] = {}
     if adapter_dir is not None:  # as the endpoint: SM_VLLM_ENABLE_LORA, SM_VLLM_MAX_LORA_RANK, SM_VLLM_MAX_LORAS=1
         lora = {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1}
+    length = max_model_len(model_dir, encoded, max_new_tokens)
     llm = LLM(
         model=str(model_dir),
         dtype=dtype,
         seed=seed,
-        max_model_len=max_model_len(model_dir, encoded, max_new_tokens),
+        max_model_len=length,
         trust_remote_code=False,
         **lora,
     )
@@ -144,7 +145,9 @@ def generate_token_ids(
         request = None
         if adapter_dir is not None:
             request = LoRARequest(lora_name=ADAPTER_NAME, lora_int_id=ADAPTER_ID, lora_path=str(adapter_dir))
-        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in encoded]
+        # vLLM refuses a prompt as long as the model's context, and one refusal aborts the whole call: a longer
+        # prompt keeps its last tokens, as evaluate.py cuts every prompt to max_prompt_tokens.
+        prompts = [TokensPrompt(prompt_token_ids=list(ids)[-(length - 1) :]) for ids in encoded]
         started = time.monotonic()
         # entrypoints/llm.py LLM.generate: one SamplingParams applies to every prompt, and the outputs come "in the
         # same order as the input prompts" (entrypoints/common/offline.py _run_engine sorts them by request id).

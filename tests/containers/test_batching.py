@@ -65,6 +65,11 @@ def test_a_prompt_too_long_for_the_budget_still_runs_alone_and_rows_are_capped()
         [10] * 3000, max_new_tokens=8, budget_bytes=10**15, kv_per_token=kv, prefill_per_token=prefill
     )
     assert [len(b) for b in capped] == [batching.MAX_ROWS, batching.MAX_ROWS, 3000 - 2 * batching.MAX_ROWS]
+    # AND the job's max_batch_rows moves the cap
+    wider = batching.plan_batches(
+        [10] * 3000, max_new_tokens=8, budget_bytes=10**15, kv_per_token=kv, prefill_per_token=prefill, max_rows=2500
+    )
+    assert [len(b) for b in wider] == [2500, 500]
 
 
 @pytest.mark.parametrize(("fixed", "budget", "sizes"), [(7, 10**12, [7, 7, 6]), (0, None, [16, 4])])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from containers.evaluate import evaluate, generation
+from containers.evaluate import charts, evaluate, generation
 from containers.evaluate.evaluate import ConfigError, EvaluateConfig
 from tests.containers.tiny_adapters import make_adapter
 
@@ -37,7 +37,7 @@ TEXTS = [m["content"] for row in EVAL for m in row["messages"]]
 
 def test_png_writer_writes_a_valid_png(tmp_path: Path) -> None:
     metrics = {"candidate": {"exact_match": 0.8}, "base": {"exact_match": 0.2}, "production": {"exact_match": 0.5}}
-    legend = evaluate.bar_chart(tmp_path / "c.png", metrics, ["exact_match"])
+    legend = charts.bar_chart(tmp_path / "c.png", metrics, ["exact_match"])
     data = (tmp_path / "c.png").read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
     assert legend["bars_in_each_group"] == ["candidate", "base", "production"]
@@ -417,11 +417,17 @@ def test_a_quantized_candidate_that_loses_too_much_fails_the_gate_in_the_graders
     lost = 1.0 - metrics["candidate"]["exact_match"]
     assert report["passed"] is False and report["thresholds"]["max_quantization_drop"] == 0.05
     quantized = metrics["candidate"]["exact_match"]
-    assert (
-        f"quantization lost {lost:.4f} of exact_match (1.0000 unquantized -> {quantized:.4f} "
-        "quantized), more than max_quantization_drop 0.05: serve the merged model (QuantizeEnabled=false) or raise "
+    [reason] = [r for r in report["reasons"] if r.startswith("quantization lost")]
+    assert f"{lost:.4f} of exact_match (1.0000 unquantized -> {quantized:.4f} quantized)" in reason
+    assert reason.endswith(
+        ": more than max_quantization_drop 0.05; serve the merged model (QuantizeEnabled=false) or raise "
         "MaxQuantizationDrop"
-    ) in report["reasons"]
+    )
+    # AND a primary metric quantization does not hurt (the dataset's choice) does not hide the loss
+    assert evaluate.run([*args, "--primary_metric", "stop_rate", "--min_improvement_over_base=-inf"]) == 0
+    report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert report["passed"] is False
+    assert any(f"{lost:.4f} of exact_match" in r for r in report["reasons"] if r.startswith("quantization lost"))
     # AND with the rule off (inf) that reason is gone while the cost is still said
     assert evaluate.run([*args, "--min_improvement_over_base=-inf", "--max_quantization_drop", "inf"]) == 0
     report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
@@ -583,6 +589,10 @@ def test_the_served_stop_ids_are_whole_numbers_from_generation_config_or_else_co
     # AND with neither file only the tokenizer's eos
     (tmp_path / "config.json").unlink()
     assert generation.served_stop_ids(tokenizer, tmp_path) == [2]
+    # AND a file that is not JSON is an error naming it
+    (tmp_path / "generation_config.json").write_text("{eos_token_id: 2,}")
+    with pytest.raises(ValueError, match=r"generation_config.json is not valid JSON"):
+        generation.served_stop_ids(tokenizer, tmp_path)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from containers.common.jobkit import ConfigError
-from containers.evaluate import graders
+from containers.evaluate import gate, graders
 from containers.evaluate.graders import Graders, parse_graders
 
 
@@ -305,7 +305,7 @@ def _gate(
     min_stop_rate: float = 0.0,
     thresholds: dict[str, float] | None = None,
 ) -> tuple[bool, list[str]]:
-    return graders.gate(
+    return gate.gate(
         metrics,
         primary_metric=primary_metric,
         min_score=min_score,
@@ -399,8 +399,8 @@ def test_metrics_are_checked_before_any_model_runs() -> None:
     grading = _resolve({}, ["one answer", "another answer"])
     # THEN require_computed (what main() calls before generating) refuses it, listing what is computed
     with pytest.raises(ConfigError, match="computed: exact_match, token_f1, rouge_l, stop_rate"):
-        graders.require_computed(grading.metric_names(), "exact_match", {"classification_accuracy": 0.5})
-    graders.require_computed(grading.metric_names(), "rouge_l", {"stop_rate": 0.9})
+        gate.require_computed(grading.metric_names(), "exact_match", {"classification_accuracy": 0.5})
+    gate.require_computed(grading.metric_names(), "rouge_l", {"stop_rate": 0.9})
 
 
 def test_regression_pass_rate_is_a_known_metric_computed_only_with_a_regression_set() -> None:
@@ -410,10 +410,10 @@ def test_regression_pass_rate_is_a_known_metric_computed_only_with_a_regression_
     computed = _resolve({}, ["one answer", "another answer"]).metric_names()
     # WHEN there is no regression set (main() adds the metric only with one) THEN not computed, saying what it needs
     with pytest.raises(ConfigError, match="primary_metric regression_pass_rate: not computed.*a regression set"):
-        graders.require_computed(computed, "regression_pass_rate", {})
+        gate.require_computed(computed, "regression_pass_rate", {})
     with pytest.raises(ConfigError, match="threshold regression_pass_rate: not computed"):
-        graders.require_computed(computed, "exact_match", config.thresholds)
-    graders.require_computed([*computed, "regression_pass_rate"], "regression_pass_rate", config.thresholds)
+        gate.require_computed(computed, "exact_match", config.thresholds)
+    gate.require_computed([*computed, "regression_pass_rate"], "regression_pass_rate", config.thresholds)
     # and with one, its threshold is a minimum for the candidate like any other
     metrics = {
         "candidate": {"exact_match": 0.5, "stop_rate": 1.0, "regression_pass_rate": 0.85},

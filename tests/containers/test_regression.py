@@ -1,6 +1,6 @@
 """The evaluate container's regression set (containers/evaluate/regression.py), pure Python: reading the *.jsonl
 files (each error names file:line), each expectation, the pass rate and report, and the gate's drop rule (through
-graders.gate, as evaluate.main calls it). The end-to-end run on a tiny model: test_evaluate.py."""
+gate.gate, as evaluate.main calls it). The end-to-end run on a tiny model: test_evaluate.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from containers.common.jobkit import ConfigError
-from containers.evaluate import graders, guards, regression
+from containers.evaluate import gate, guards, regression
 from containers.evaluate.regression import Expectation, RegressionSet
 
 USER = [{"role": "user", "content": "say hi"}]
@@ -292,7 +292,7 @@ def _gate(candidate: float | None, base: float | None, **options: Any) -> tuple[
     if candidate is not None and base is not None:
         metrics["candidate"][regression.METRIC] = candidate
         metrics["base"][regression.METRIC] = base
-    return graders.gate(
+    return gate.gate(
         metrics,
         primary_metric="exact_match",
         min_score=0.0,

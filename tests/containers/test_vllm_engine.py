@@ -309,3 +309,23 @@ def test_the_lora_ranks_vllm_takes_are_the_deploy_sides_and_an_adapter_gets_the_
     assert [vllm_engine.max_lora_rank_for(rank) for rank in (1, 4, 8, 9, 300, 512)] == [1, 8, 8, 16, 320, 512]
     with pytest.raises(ValueError, match="above vLLM's largest max_lora_rank 512"):
         vllm_engine.max_lora_rank_for(513)
+
+
+def test_a_prompt_as_long_as_the_models_context_keeps_its_last_tokens(
+    tmp_path: Path, fake_vllm: Callable[..., FakeVllm]
+) -> None:
+    # GIVEN a model of 8 positions and a prompt of 10 tokens (vLLM refuses a prompt that fills the context, and one
+    # refusal aborts the whole generate call), beside a short one
+    long_prompt, short_prompt = list(range(100, 110)), [1, 2]
+    fake = fake_vllm({tuple(long_prompt[-7:]): ([EOS], "stop"), (1, 2): ([EOS], "stop")})
+    # WHEN generated
+    answers, stopped, _ = vllm_engine.generate_token_ids(
+        model_dir(tmp_path, max_position_embeddings=8), [long_prompt, short_prompt], STOPS, 4
+    )
+    # THEN the engine's length is the model's, the long prompt went with its last 7 tokens, the short one whole
+    assert fake.engine_kwargs["max_model_len"] == 8
+    assert fake.generate_calls[0]["prompts"] == [
+        {"prompt_token_ids": long_prompt[-7:]},
+        {"prompt_token_ids": short_prompt},
+    ]
+    assert answers == [[], []] and stopped == [True, True]

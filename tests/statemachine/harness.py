@@ -19,7 +19,7 @@ from typing import Any
 from unittest import mock
 
 import boto3
-from containers.evaluate import evaluate, graders
+from containers.evaluate import evaluate, gate
 from local.cloud import JobOutcome, LocalDeployment, LocalJob, ScriptedEndpointBackend, deploy, local_cloud
 from local.cloud.bedrock import LocalModelImport, local_bedrock_imports
 from local.cloud.lambda_runtime import reset_shared_package_caches
@@ -108,7 +108,7 @@ class ScriptedJobs:
             # The product's gate: the evaluate container's own, on the thresholds the Stage function sent the job.
             config = evaluate.load_config(list(job.model.app_specification["ContainerArguments"]))
             metrics = {name: {config.primary_metric: score, "stop_rate": 1.0} for name, score in self.scores.items()}
-            passed, reasons = graders.gate(
+            passed, reasons = gate.gate(
                 metrics,
                 primary_metric=config.primary_metric,
                 min_score=config.min_score,

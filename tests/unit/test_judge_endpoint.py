@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
+from botocore.exceptions import ClientError, EndpointConnectionError
 from local.cloud import deploy
 from local.cloud.iam.evaluate import Request, evaluate
 from moto import mock_aws
@@ -39,6 +40,8 @@ class ChatServer:
     url: str = ""
     status: int = 200
     authorizations: list[str | None] = field(default_factory=list)
+    location: str = ""  # sent as Location with a 3xx status
+    error_body: str = ""  # the refusal's body instead of the default quoting the Authorization header
 
 
 @pytest.fixture
@@ -56,8 +59,12 @@ def server(loopback: None) -> Iterator[ChatServer]:
                 }
             else:
                 body = {"error": {"message": f"invalid credentials: {self.headers.get('Authorization')}"}}
-            payload = json.dumps(body).encode()
+            payload = (
+                state.error_body.encode() if state.error_body and state.status != 200 else json.dumps(body).encode()
+            )
             self.send_response(state.status)
+            if state.location:
+                self.send_header("Location", state.location)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -128,9 +135,11 @@ def test_a_refused_key_is_a_configuration_error_that_names_the_secret_not_the_ke
     with pytest.raises(InvalidConfiguration) as raised:
         judge.ask("system", "user")
 
-    # THEN the error says the key in JudgeEndpointSecretArn was refused (not JudgeUnavailable: the state machine
-    # would retry a wrong key for nothing), and nothing in it or its chain holds the key
-    assert f"refused the key in JudgeEndpointSecretArn (HTTP {status})" in str(raised.value)
+    # THEN the error says the key was refused (401) or the request forbidden (403, which may also be the endpoint's
+    # access policy) (not JudgeUnavailable: the state machine would retry a wrong key for nothing), and nothing in it
+    # or its chain holds the key
+    said = "refused the key in JudgeEndpointSecretArn" if status == 401 else "forbade the request"
+    assert f"{said} (HTTP {status}): store the endpoint's valid API key" in str(raised.value)
     assert not isinstance(raised.value, JudgeUnavailable)
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
     assert KEY not in str(raised.value)
@@ -266,3 +275,72 @@ def test_the_grade_role_may_read_that_secret_only_when_it_is_sent(url: str) -> N
         assert not allowed("secretsmanager:GetSecretValue", other)
         assert not allowed("kms:Decrypt", key, kms__viaservice=via, kms__encryptioncontext__SecretARN=other)
         assert not allowed("kms:Decrypt", key, kms__encryptioncontext__SecretARN=arn)
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_not_followed_so_the_key_goes_nowhere_else(aws: None, server: ChatServer, status: int) -> None:
+    # GIVEN an endpoint that redirects (to plain http elsewhere: urllib would follow with the Authorization header)
+    server.status = status
+    server.location = server.url.replace("/v1", "/elsewhere/v1/chat/completions")
+    judge = judge_for("", server.url, "judge-model", _secret())
+    # WHEN it is asked
+    with pytest.raises(InvalidConfiguration, match=rf"redirects \(HTTP {status}\).*set JudgeEndpointUrl") as raised:
+        judge.ask("system", "user")
+    # THEN only the first request was made (the key went to the configured URL alone), and the error names no location
+    assert server.authorizations == [f"Bearer {KEY}"]
+    assert "elsewhere" not in str(raised.value)
+
+
+def test_no_part_of_the_key_is_left_where_an_error_body_is_cut(aws: None, server: ChatServer) -> None:
+    # GIVEN a key with a slash, and error bodies quoting it where the message is cut, and JSON-escaped ("\/")
+    key = "sk-proj/AbCdEf0123456789xyz"
+    judge = judge_for("", server.url, "judge-model", _secret(key))
+    for body in ("x" * 290 + key + "y" * 50, '{"error": "bad key ' + key.replace("/", "\\/") + '"}'):
+        server.status, server.error_body = 400, body
+        # WHEN it is asked
+        with pytest.raises(GraderFailed) as raised:
+            judge.ask("system", "user")
+        # THEN neither the key nor its first characters are in the error
+        message = str(raised.value)
+        assert "sk-proj" not in message and "AbCdEf" not in message
+
+
+@pytest.mark.parametrize(
+    ("cause", "error"),
+    [
+        (
+            ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "GetSecretValue"),
+            JudgeUnavailable,
+        ),
+        (
+            ClientError({"Error": {"Code": "InternalServiceError", "Message": "oops"}}, "GetSecretValue"),
+            JudgeUnavailable,
+        ),
+        (EndpointConnectionError(endpoint_url="https://secretsmanager.us-east-1.amazonaws.com"), JudgeUnavailable),
+        (
+            ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "GetSecretValue"),
+            InvalidConfiguration,
+        ),
+        (
+            ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "no"}}, "GetSecretValue"),
+            InvalidConfiguration,
+        ),
+    ],
+    ids=["throttled", "service-fault", "network", "access-denied", "missing"],
+)
+def test_a_secret_read_that_fails_for_a_passing_reason_is_retried_not_fatal(
+    monkeypatch: pytest.MonkeyPatch, server: ChatServer, cause: Exception, error: type[Exception]
+) -> None:
+    # GIVEN Secrets Manager failing the read (Powertools raises GetParameterError with botocore's error as context)
+    def failing(*_: Any, **__: Any) -> str:
+        try:
+            raise cause
+        except Exception as exc:
+            raise parameters.GetParameterError(str(exc))  # noqa: B904 - Powertools' own way, reproduced
+
+    monkeypatch.setattr(parameters, "get_secret", failing)
+    # WHEN the judge is set up; THEN throttling, a service fault or the network is JudgeUnavailable (the state machine
+    # retries the pass), a missing secret or permission InvalidConfiguration (the stack's to fix)
+    with pytest.raises(error, match="cannot read the JudgeEndpointSecretArn secret") as raised:
+        judge_for("", server.url, "judge-model", "arn:aws:secretsmanager:us-east-1:123456789012:secret:k-AbCdEf")
+    assert type(raised.value) is error

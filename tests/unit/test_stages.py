@@ -878,16 +878,28 @@ def test_a_quantized_run_is_evaluated_as_the_endpoint_serves_it(aws: SimpleNames
     assert names["candidate"] == f"s3://{BUCKET}/runs/{RUN_ID}/merged/" and "unquantized" not in names
 
 
-@pytest.mark.parametrize("target", ["vllm", "bedrock", "none"])
+@pytest.mark.parametrize(
+    ("stack_target", "sidecar_target", "target"),
+    [
+        ("vllm", None, "vllm"),
+        ("bedrock", None, "bedrock"),
+        ("none", None, "none"),
+        ("none", "vllm", "vllm"),
+        ("vllm", "none", "none"),
+        ("vllm", "bedrock", "bedrock"),
+    ],
+)
 def test_a_lora_served_run_is_evaluated_as_the_base_with_its_adapter(
-    aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, target: str
+    aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, stack_target: str, sidecar_target: str | None, target: str
 ) -> None:
-    # GIVEN a stack that serves adapters on the base (ServeMode=lora), and a run that trained one (and quantized)
+    # GIVEN a stack that serves adapters on the base (ServeMode=lora), and a run that trained one (and quantized),
+    # going where its sidecar says, else where the stack does
     _restack(aws, monkeypatch, SERVE_MODE="lora")
     adapter = f"s3://{BUCKET}/runs/{RUN_ID}/train/output/model.tar.gz"
     quantized = f"s3://{BUCKET}/runs/{RUN_ID}/quantized/"
     state = _state(
-        pipeline={"quantize": "true", "deploy_target": target, "train_attempt": 0},
+        deploy_target=sidecar_target,
+        pipeline={"quantize": "true", "deploy_target": stack_target, "train_attempt": 0},
         train={"model_artifacts": adapter},
         recorded={"quantize": {"outcome": {"stage": "quantize", "artifacts": {"quantized": quantized}}}},
     )

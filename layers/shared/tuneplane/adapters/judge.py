@@ -6,8 +6,8 @@ Grade function's role may call ``bedrock:InvokeModel`` on it) or any OpenAI-comp
 ``Authorization: Bearer <key>`` when ``JudgeEndpointSecretArn`` names the secret holding its API key. Throttling,
 server errors and timeouts are ``JudgeUnavailable`` (the state machine retries the pass); a refusal that a retry
 cannot change (access denied, an unknown model, a malformed request) is ``GraderFailed``, and an endpoint refusing
-the key (or asking for one) is ``InvalidConfiguration``: the stack's setting, not the run, is wrong. The key appears
-in no message.
+the key (or asking for one) is ``InvalidConfiguration``: the stack's setting, not the run, is wrong; so is a
+redirect, which is never followed (the key would go with it). The key appears in no message.
 """
 
 from __future__ import annotations
@@ -49,6 +49,20 @@ _TRANSIENT = {
 }
 _TRANSIENT_HTTP = {408, 409, 429, 500, 502, 503, 504}
 _REFUSED_KEY_HTTP = {401, 403}
+_REDIRECT_HTTP = {301, 302, 303, 307, 308}
+ERROR_DETAIL_BYTES = 300  # of an error response's body, in the error (after the key is masked)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows a redirect with every header but the body's, the Bearer key included, to any host and from
+    https to plain http: a judge endpoint that redirects is refused instead (JudgeEndpointUrl must be the final
+    URL)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects())
 
 
 @dataclass(frozen=True)
@@ -136,14 +150,17 @@ class OpenAICompatibleJudge:
             method="POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # https or loopback
+            with _OPENER.open(request, timeout=self.timeout_s) as response:  # https or loopback
                 answer = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             if exc.code in _REFUSED_KEY_HTTP:  # its body may quote the key: not shown
                 raise self._refused_key(exc.code) from None
-            detail = exc.read()[:300].decode("utf-8", "replace")
-            if self.api_key:
-                detail = detail.replace(self.api_key, "<key>")
+            if exc.code in _REDIRECT_HTTP:  # not followed: the key would go along (its Location is not shown)
+                raise InvalidConfiguration(
+                    f"the judge endpoint {self.base_url} redirects (HTTP {exc.code}), and the judge follows no "
+                    "redirect (the key would go with it): set JudgeEndpointUrl to the URL it redirects to"
+                ) from None
+            detail = self._masked(exc.read().decode("utf-8", "replace"))[:ERROR_DETAIL_BYTES]
             if exc.code in _TRANSIENT_HTTP:
                 raise JudgeUnavailable(f"the judge at {self.base_url} answered HTTP {exc.code}: {detail}") from exc
             raise GraderFailed(f"the judge at {self.base_url} refused the request: HTTP {exc.code} {detail}") from exc
@@ -158,12 +175,24 @@ class OpenAICompatibleJudge:
         usage = answer.get("usage") or {}
         return JudgeReply(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
+    def _masked(self, text: str) -> str:
+        """``text`` with the key, as sent and as a JSON string would escape it, replaced by <key> (before any cut,
+        so that no part of it is left at the end of a shortened message)."""
+        if not self.api_key:
+            return text
+        for form in {self.api_key, json.dumps(self.api_key)[1:-1], self.api_key.replace("/", "\\/")}:
+            text = text.replace(form, "<key>")
+        return text
+
     def _refused_key(self, status: int) -> InvalidConfiguration:
-        """A wrong or missing key does not heal: the run ends with what to change instead of being retried."""
+        """A wrong or missing key does not heal: the run ends with what to change instead of being retried. 401 is
+        the key refused; 403 is forbidden, which may also be the endpoint's own access policy."""
+        refused = "refused the key in JudgeEndpointSecretArn" if status == 401 else "forbade the request"
         if self.api_key:
             return InvalidConfiguration(
-                f"the judge endpoint {self.base_url} refused the key in JudgeEndpointSecretArn (HTTP {status}): "
-                "store the endpoint's valid API key as the secret's value"
+                f"the judge endpoint {self.base_url} {refused} (HTTP {status}): store the endpoint's valid API key "
+                "as the secret's value"
+                + ("" if status == 401 else ", and check that the endpoint's access policy lets it call the model")
             )
         return InvalidConfiguration(
             f"the judge endpoint {self.base_url} refused a request without a key (HTTP {status}): store its API key "

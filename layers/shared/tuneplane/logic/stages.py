@@ -334,7 +334,7 @@ def job_spec(stage: Stage, run: RunView, settings: PipelineSettings) -> JobSpec:
     # The candidate in the form the endpoint will serve (deploy/serving.py): with ServeMode=lora on a vLLM endpoint,
     # the base model with the run's adapter applied at request time; else the quantized model when the run made one,
     # judged against the merged model it came from too; else the merged model.
-    if settings.serve_mode == "lora" and run.result("pipeline").get("deploy_target") == "vllm":
+    if settings.serve_mode == "lora" and _deploy_target(run) == "vllm":
         adapter = run.result("train").get("model_artifacts")
         if not adapter:
             raise InvalidConfiguration("evaluate: ServeMode=lora, but the training result has no model artifacts")
@@ -350,6 +350,12 @@ def job_spec(stage: Stage, run: RunView, settings: PipelineSettings) -> JobSpec:
         run.evaluation(),
         unquantized_uri=merged if quantized else None,
     )
+
+
+def _deploy_target(run: RunView) -> Any:
+    """Where the run deploys: the sidecar's deploy.target (the execution input's, as QuantizeWanted and Deploy read
+    it), else the stack's (``$.pipeline``; UseDatasetDeployTarget copies the sidecar's there only at Deploy)."""
+    return run.state.get("deploy_target") or run.result("pipeline").get("deploy_target")
 
 
 def _end_badly(stage: Stage, run: RunView, settings: PipelineSettings, status: Status) -> dict[str, Any]:
@@ -472,7 +478,7 @@ def _claim_content(run: RunView, settings: PipelineSettings, sequencer: str | No
         "base_model": settings.base_model_s3_uri,
         "training": run.state.get("training") or {},
         "evaluation": run.state.get("evaluation") or {},
-        "deploy_target": run.state.get("deploy_target") or run.result("pipeline").get("deploy_target"),
+        "deploy_target": _deploy_target(run),
         "quantize": run.result("pipeline").get("quantize"),
     }
     digest = dataset_runs.content_digest(
