@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # More rows gain nothing past this: on one H200 (random Mistral-7B shape, 64 new tokens) one batch of 4,096 ran at
-# 0.91x the generated tokens/s of four batches of 1,024
-# (bench/results/evaluate_rows4096_vs_1024_7b_h200_2026-12-05.json).
+# 0.91x the generated tokens/s of four batches of 1,024 (2026-12-05, with this cap raised by hand; no results file:
+# `python bench/evaluate.py --model-size 7b --examples 4096 --baseline-batch-size 1024 --max-batch-rows 4096`
+# repeats it).
 MAX_ROWS = 1024
 CPU_ROWS = 16  # on the CPU memory is not the limit, time is: the batch the job always used
 MEMORY_SHARE = 0.7  # of the free memory after loading the model: the rest for the allocator's fragmentation

@@ -39,20 +39,19 @@ class BatchPlan:
     per_device_batch_size: int
     gradient_accumulation_steps: int
     gradient_checkpointing: bool
-    estimated_peak_gb: float | None
-    gpu_memory_gb: float | None
+    estimated_peak_gib: float | None
+    gpu_memory_gib: float | None
 
     def describe(self) -> str:
         batch = (
             f"{self.per_device_batch_size} row(s) x {self.gradient_accumulation_steps} micro-batch(es), "
             f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}"
         )
-        if self.estimated_peak_gb is None or self.gpu_memory_gb is None:
+        if self.estimated_peak_gib is None or self.gpu_memory_gib is None:
             return batch
-        fits = "" if self.estimated_peak_gb <= self.gpu_memory_gb * USABLE_FRACTION else " (it may not fit)"
-        return (
-            f"{batch}: estimated peak {self.estimated_peak_gb:.1f} GiB of the GPU's {self.gpu_memory_gb:.1f} GiB{fits}"
-        )
+        fits = "" if self.estimated_peak_gib <= self.gpu_memory_gib * USABLE_FRACTION else " (it may not fit)"
+        peak, memory = self.estimated_peak_gib, self.gpu_memory_gib
+        return f"{batch}: estimated peak {peak:.1f} GiB of the GPU's {memory:.1f} GiB{fits}"
 
 
 def estimated_peak_bytes(shape: ModelShape, rows: int, seq_len: int, checkpointing: bool) -> float:

@@ -178,7 +178,8 @@ class TrainConfig:
         default="auto",
         metadata={
             "help": "Recompute activations in the backward pass, less memory for ~30% of the speed: auto (on with"
-            " qlora, which is chosen for memory; off otherwise) | true | false."
+            " qlora; otherwise off unless the memory estimate says the batch does not fit on the GPU without it;"
+            " off on a CPU) | true | false."
         },
     )
     precision: str = field(
@@ -716,7 +717,8 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         per_device_eval_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps (transformers 5)
+        # transformers 5 has no warmup_ratio: a warmup_steps in [0, 1) is read as a ratio of the total steps.
+        warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         bf16=precision == "bf16",

@@ -1,4 +1,4 @@
-"""The local cloud: the real template, ASL and handler code on moto, in this process (DESIGN.md §4).
+"""The local cloud: the real template, ASL and handler code on moto, in this process (no Docker, no AWS).
 
     with local_cloud():
         deployment = deploy({"BaseModelS3Uri": "s3://models/tiny/"})

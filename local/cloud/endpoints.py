@@ -33,10 +33,10 @@ canned data. Here, as on SageMaker:
   error is a ``ModelError`` (HTTP 424 with ``OriginalStatusCode`` / ``OriginalMessage``), as on SageMaker.
 
 On AWS the model is served by vLLM (``SM_VLLM_*`` settings); vLLM needs a GPU, so the default backend here,
-``TransformersServeBackend``, runs ``transformers serve`` on the CPU (DESIGN.md §4b): the same OpenAI-compatible
-chat API, for merged (or quantized) models only: a model asking for LoRA serving (``SM_VLLM_ENABLE_LORA``, or an
-adapter in ``AdditionalModelDataSources``) fails to deploy. Tests whose models are fakes pass a
-``ScriptedEndpointBackend`` (a tiny HTTP server in a thread that answers what the test says).
+``TransformersServeBackend``, runs ``transformers serve`` on the CPU (offline, from a local model directory): the
+same OpenAI-compatible chat API, for merged (or quantized) models only: a model asking for LoRA serving
+(``SM_VLLM_ENABLE_LORA``, or an adapter in ``AdditionalModelDataSources``) fails to deploy. Tests whose models are
+fakes pass a ``ScriptedEndpointBackend`` (a tiny HTTP server in a thread that answers what the test says).
 
     with local_cloud(endpoint_backend=ScriptedEndpointBackend(reply="hi")):
         ...  # create a model, an endpoint config and an endpoint; wait for InService

@@ -37,6 +37,7 @@ from unittest import mock
 
 import boto3
 from jsonpath_ng.ext.parser import parse as jsonpath
+from moto.awslambda.exceptions import LambdaClientError
 from moto.awslambda.models import lambda_backends
 from moto.events.models import Rule
 from moto.events.utils import EventTemplateParser
@@ -115,8 +116,8 @@ def _invoke_function(rule: Rule, target: dict[str, Any], payload: Any) -> None:
     backend = lambda_backends[arn.account][arn.region]
     try:
         function = backend.get_function(target["Arn"])
-    except Exception as exc:  # moto raises its own not-found errors
-        raise DeliveryError("ResourceNotFoundException", f"function {target['Arn']} not found") from exc
+    except LambdaClientError as exc:  # what Lambda answers (a missing function: ResourceNotFoundException)
+        raise DeliveryError(exc.error_type, exc.message) from exc
     if not any(_allows_rule(statement, rule.arn) for statement in function.policy.statements):
         raise DeliveryError(
             "AccessDeniedException",

@@ -1,7 +1,7 @@
 """What moto's CloudFormation gets wrong or leaves out for our template, and the repairs ``deploy`` applies.
 
-moto 5.2.5 creates every resource type in ``template.yaml`` except the three below, but (checked against
-its source and by deploying the template):
+Below, every resource type in ``template.yaml`` that moto 5.2.5 skips, does not know, or creates with a fault
+(checked against its source and by deploying the template); the types not listed are created as declared:
 
 - ``Ref`` to an ``AWS::Events::EventBus`` gives the Python object instead of the bus name (the model has no
   ``physical_resource_id``): every ``!Ref EventBus`` (DefinitionSubstitutions, Outputs) would be garbage.

@@ -415,8 +415,9 @@ def local_sagemaker_jobs(executor: JobExecutor, work_root: Path) -> Iterator[Job
     def stop_training_job(backend: SageMakerModelBackend, training_job_name: str) -> None:
         if training_job_name not in backend.training_jobs:
             raise _validation_error(f"Could not find training job '{training_job_name}'.")
-        if backend.training_jobs[training_job_name].training_job_status != "InProgress":
-            raise _validation_error(f"The job {training_job_name} is not in progress.")
+        status = backend.training_jobs[training_job_name].training_job_status
+        if status != "InProgress":  # SageMaker's words for a job no longer stoppable
+            raise _validation_error(f"The request was rejected because the training job is in status {status}.")
         runner.stop(training_job_name)
 
     def stop_processing_job(backend: SageMakerModelBackend, processing_job_name: str) -> None:

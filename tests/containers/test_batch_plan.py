@@ -56,7 +56,7 @@ def test_a_7b_on_an_a10g_recomputes_activations() -> None:
     # GIVEN a 7B in bf16 on 24 GB: not even one row fits without checkpointing
     plan = auto(MISTRAL_7B, A10G)
     assert plan.gradient_checkpointing and plan.per_device_batch_size * plan.gradient_accumulation_steps == 4
-    assert plan.estimated_peak_gb is not None and plan.estimated_peak_gb <= 22.0 * batch_plan.USABLE_FRACTION
+    assert plan.estimated_peak_gib is not None and plan.estimated_peak_gib <= 22.0 * batch_plan.USABLE_FRACTION
 
 
 def test_qlora_recomputes_by_default_and_explicit_settings_win() -> None:

@@ -115,6 +115,8 @@ def test_merge_matches_base_plus_adapter_and_ships_a_plain_model(
     assert bedrock["compatible"] is False
     assert any("float32" in reason for reason in bedrock["reasons"])
     assert any("LlamaForCausalLM is supported" in reason for reason in bedrock["reasons"])
+    # AND it says where the supported list comes from in its own words, citing no document outside the report
+    assert "Bedrock Custom Model Import's documentation" in bedrock["source"] and ".md" not in bedrock["source"]
     assert not (tmp_path / "failure").exists()
 
 

@@ -282,7 +282,7 @@ def _tiny_lora_base() -> Any:
     return LlamaForCausalLM(config)
 
 
-def test_gradient_checkpointing_is_on_by_default_only_with_qlora() -> None:
+def test_auto_gradient_checkpointing_on_a_cpu_follows_qlora_and_an_explicit_choice_wins() -> None:
     # GIVEN the default gradient_checkpointing=auto, settled for a model (here without a GPU to fit)
     def settled(cfg: TrainConfig) -> bool:
         train.resolve_batch(cfg, _tiny_lora_base(), cuda=False)

@@ -257,6 +257,17 @@ SCENARIOS: list[tuple[dict[str, str], list[Run]]] = [
             Run("same-content", "SUCCEEDED", None, "Run Skipped", rerun=False),
         ],
     ),
+    (
+        # vLLM serving each run's adapter (ServeMode=lora) with quantization on: Quantize is skipped
+        # (SkipQuantizeForLora); the deploy waits for approval (the local endpoint serves merged models only)
+        {
+            "DeployTarget": "vllm",
+            "QuantizeEnabled": "true",
+            "ServeMode": "lora",
+            "ModelApprovalStatus": "PendingManualApproval",
+        },
+        [Run("lora-skips-quantize", "SUCCEEDED", None, "Run Succeeded", key="incoming/lora.jsonl")],
+    ),
 ]
 
 

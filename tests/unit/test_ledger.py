@@ -1,4 +1,5 @@
-"""The run ledger on moto's DynamoDB: what goes in comes back (numbers, NaN, datetimes), updates keep the rest."""
+"""The run ledger on moto's DynamoDB: what goes in comes back (numbers, datetimes; NaN as None), updates keep the
+rest."""
 
 from __future__ import annotations
 
@@ -54,15 +55,15 @@ def test_numbers_nan_and_datetimes_round_trip(table: str) -> None:
     # WHEN it is written and read back
     ledger.put_stage(table, "run-1", "train", fields)
     item = ledger.get_stage(table, "run-1", "train")
-    # THEN numbers come back as Python numbers with every digit, NaN and infinities (which DynamoDB refuses) as
-    # their names, the datetime as its ISO text
+    # THEN numbers come back as Python numbers with every digit, NaN and infinities (which DynamoDB refuses as
+    # numbers) as None, never as text a reader would compute with; the datetime as its ISO text
     assert item is not None
     assert item["metrics"]["examples"] == 118 and isinstance(item["metrics"]["examples"], int)
     assert item["metrics"]["loss"] == 0.1 + 0.2 and isinstance(item["metrics"]["loss"], float)
     assert item["metrics"]["tiny"] == 1e-12
     assert item["metrics"]["exact"] == 3  # an integral float comes back as an int
     assert item["metrics"]["passed"] is True
-    assert item["metrics"]["eval_loss"] == "nan" and item["metrics"]["ratio"] == "-inf"
+    assert item["metrics"]["eval_loss"] is None and item["metrics"]["ratio"] is None
     assert item["metrics"]["scores"] == [0.5, 1, None]
     assert datetime.fromisoformat(item["started_at"]) == started
     assert item["duration_s"] == 12.5 and item["message"] == "ok"
@@ -83,6 +84,16 @@ def test_an_update_keeps_the_other_attributes_and_skips_none(table: str) -> None
         "job_name": "job-train0",
         "metrics": {"loss": 0.4},
     }
+
+
+def test_a_non_finite_number_replaces_an_earlier_one_with_null(table: str) -> None:
+    # GIVEN a stage that recorded a finite eval loss
+    ledger.put_stage(table, "run-1", "train", {"eval_loss": 0.5, "tokens_per_second": 100.0})
+    # WHEN a later write reports it as NaN and another number as infinite
+    ledger.put_stage(table, "run-1", "train", {"eval_loss": math.nan, "tokens_per_second": math.inf})
+    # THEN both read back as None: neither the stale number nor a string a reader would compute with
+    item = ledger.get_stage(table, "run-1", "train")
+    assert item is not None and item["eval_loss"] is None and item["tokens_per_second"] is None
 
 
 def test_nothing_to_write_writes_nothing(table: str) -> None:

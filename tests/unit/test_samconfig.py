@@ -1,6 +1,7 @@
 """samconfig.toml: each environment's parameter_overrides parse the way SAM CLI splits them (shell words of
 ``Name=Value``), name only parameters template.yaml declares, and keep within each parameter's constraints; the
-environments differ where they should (dev cheap and undeployed, prod deployed blue/green behind a human sign-off)."""
+environments differ where they should (dev cheap and undeployed; prod deployed blue/green, its packages registered
+Approved: the gate, the smoke test and the alarm-driven rollback guard the endpoint, not a person's sign-off)."""
 
 from __future__ import annotations
 

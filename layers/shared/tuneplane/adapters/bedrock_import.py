@@ -1,8 +1,9 @@
 """Bedrock Custom Model Import: import jobs, imported models, and one chat request to an imported model.
 
 moto has no Custom Model Import, so the deploy logic talks to the ``ModelImportService`` protocol: tests and the
-local cloud pass a fake (tests/fakes), AWS gets ``BedrockModelImport``. What the fake cannot show (the real request
-shapes' acceptance by Bedrock, the import's timing, the imported model's invoke format) is listed in the README.
+local cloud pass a fake kept in memory (``local/cloud/bedrock.py``), AWS gets ``BedrockModelImport``. What the fake
+cannot show (the real request shapes' acceptance by Bedrock, the import's timing, the imported model's invoke
+format) is listed in the README.
 """
 
 from __future__ import annotations

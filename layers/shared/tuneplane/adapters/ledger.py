@@ -1,7 +1,9 @@
 """The run ledger (DynamoDB): one item per (run, stage) plus one for the run itself (stage ``run``).
 
 Key: ``run_id`` (partition) and ``stage`` (sort), so one Query returns a run's whole history. Numbers are stored
-as DynamoDB numbers (Decimal); NaN and infinities, which DynamoDB refuses, are stored as strings.
+as DynamoDB numbers (Decimal). DynamoDB refuses NaN and infinities as numbers, and a string in a numeric field would
+reach readers that compute with it: a non-finite float is stored as null and read back as None, as a metric that
+was not reported (the job's own report and logs keep the value).
 
 Every string written is cut to ``TEXT_MAX`` characters with a visible marker (``tuneplane.bounds``): the AWS docs
 ("Service, account, and table quotas in Amazon DynamoDB") limit an item to 400 KB, and a cause or a model's answer
@@ -111,7 +113,7 @@ def _to_item(value: Any) -> Any:
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, float):
-        return Decimal(repr(value)) if math.isfinite(value) else repr(value)
+        return Decimal(repr(value)) if math.isfinite(value) else None  # DynamoDB has no NaN or infinity
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
@@ -119,6 +121,12 @@ def _to_item(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_to_item(v) for v in list(value)[:KEYS_MAX]]
     return bound_text(str(value), TEXT_MAX)
+
+
+def _to_items(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` as DynamoDB attribute values. A field set to None is left alone (not erased); one holding a
+    non-finite float is written as null, so an earlier number does not outlive it."""
+    return {name: _to_item(value) for name, value in fields.items() if value is not None}
 
 
 def _from_item(value: Any) -> Any:
@@ -134,11 +142,10 @@ def _from_item(value: Any) -> Any:
 def put_stage(table: str, run_id: str, stage: str, fields: dict[str, Any]) -> None:
     """Create or update the (run, stage) item with ``fields`` (other attributes are kept), the whole item kept below
     DynamoDB's 400 KB by cutting the longest texts first (``ledger_truncated`` names them)."""
-    fields = {name: value for name, value in fields.items() if value is not None}
-    if not fields:
+    items = _to_items(fields)
+    if not items:
         return
     key = {"run_id": run_id, "stage": stage}
-    items = {name: _to_item(value) for name, value in fields.items()}
     budget = ITEM_BUDGET - item_size(key)
     try:
         _update(table, key, _fitted(items, budget))
@@ -229,7 +236,7 @@ def record_outcome(table: str, run_id: str, fields: dict[str, Any], outcomes: It
     """Write the run item's outcome (``fields["status"]``) unless it records another outcome already; False when it
     does. One conditional write decides between the paths that may end a run at the same moment (the execution's own
     last state and the reconciler of a stopped execution); the same outcome again (a retried task) is allowed."""
-    items = _fitted({name: _to_item(value) for name, value in fields.items() if value is not None}, ITEM_BUDGET // 2)
+    items = _fitted(_to_items(fields), ITEM_BUDGET // 2)
     names = {f"#f{i}": name for i, name in enumerate(items)} | {"#status": "status"}
     values = {f":v{i}": value for i, value in enumerate(items.values())}
     ended = {f":o{i}": outcome for i, outcome in enumerate(outcomes)}

@@ -28,37 +28,58 @@ def describe_training_job(name: str) -> dict[str, Any]:
         raise OrchestrationError(f"describe training job {name}: {exc}") from exc
 
 
-def _finished_meanwhile(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ValidationException"
+# (list call, its summaries key, name key, stop call, describe call, status key): training jobs, processing jobs.
+_JOB_KINDS = (
+    (
+        "list_training_jobs",
+        "TrainingJobSummaries",
+        "TrainingJobName",
+        "stop_training_job",
+        "describe_training_job",
+        "TrainingJobStatus",
+    ),
+    (
+        "list_processing_jobs",
+        "ProcessingJobSummaries",
+        "ProcessingJobName",
+        "stop_processing_job",
+        "describe_processing_job",
+        "ProcessingJobStatus",
+    ),
+)
+
+
+def _status(client: Any, describe_call: str, name_key: str, name: str, status_key: str) -> str | None:
+    """The job's status now, or None when it cannot be described."""
+    try:
+        return str(getattr(client, describe_call)(**{name_key: name})[status_key])
+    except ClientError:
+        return None
 
 
 def stop_running_jobs(name_prefix: str) -> list[str]:
     """Stop every training and processing job whose name starts with ``name_prefix`` and is still InProgress.
 
-    Returns the names stopped. A job that finished in the meantime is not an error."""
-    client = sagemaker_client()
+    Returns the names stopped. A job that finished between the listing and its stop is not an error: SageMaker
+    refuses that stop with a ValidationException, and the job's own status (described then) says it is no longer
+    InProgress. Any other failure to list or stop is an ``OrchestrationError`` that carries SageMaker's message."""
+    client: Any = sagemaker_client()
     stopped: list[str] = []
     try:
-        training = client.list_training_jobs(NameContains=name_prefix, StatusEquals="InProgress")
-        for summary in training["TrainingJobSummaries"]:
-            name = summary["TrainingJobName"]
-            if name.startswith(name_prefix):
+        for list_call, summaries_key, name_key, stop_call, describe_call, status_key in _JOB_KINDS:
+            listed = getattr(client, list_call)(NameContains=name_prefix, StatusEquals="InProgress")
+            for summary in listed[summaries_key]:
+                name = summary[name_key]
+                if not name.startswith(name_prefix):
+                    continue
                 try:
-                    client.stop_training_job(TrainingJobName=name)
+                    getattr(client, stop_call)(**{name_key: name})
                     stopped.append(name)
                 except ClientError as exc:
-                    if not _finished_meanwhile(exc):
+                    if exc.response.get("Error", {}).get("Code") != "ValidationException":
                         raise
-        processing = client.list_processing_jobs(NameContains=name_prefix, StatusEquals="InProgress")
-        for job in processing["ProcessingJobSummaries"]:
-            name = job["ProcessingJobName"]
-            if name.startswith(name_prefix):
-                try:
-                    client.stop_processing_job(ProcessingJobName=name)
-                    stopped.append(name)
-                except ClientError as exc:
-                    if not _finished_meanwhile(exc):
-                        raise
+                    if _status(client, describe_call, name_key, name, status_key) in (None, "InProgress"):
+                        raise  # refused for another reason than having finished: the stop's own error
     except ClientError as exc:
         raise OrchestrationError(f"list or stop jobs {name_prefix}*: {exc}") from exc
     return stopped
