@@ -135,9 +135,9 @@ lint-asl: venv
 # Lambda permissions and rules that SAM generates only exist after the transform. The transform is the local cloud's
 # (local/cloud/template.py: aws-sam-translator, offline; BaseModelS3Uri needs a value, any valid one). SAM keeps a
 # resource's Metadata on the resource it becomes (a function's AWS::Lambda::Function), so the per-resource skips
-# (`Metadata: checkov: skip:` in template.yaml, each listed in README.md) apply; a generated role (<Function>Role) has
-# no Metadata, so a finding on it is fixed in the function's `Policies`, not skipped. Findings name the logical IDs of
-# template.yaml; line numbers are those of $(CHECKOV_OUT)/template.json.
+# (`Metadata: checkov: skip:` in template.yaml, each listed in docs/development.md) apply; a generated role
+# (<Function>Role) has no Metadata, so a finding on it is fixed in the function's `Policies`, not skipped. Findings
+# name the logical IDs of template.yaml; line numbers are those of $(CHECKOV_OUT)/template.json.
 lint-checkov: venv venv-checkov
 	rm -rf $(CHECKOV_OUT)
 	mkdir -p $(CHECKOV_OUT)

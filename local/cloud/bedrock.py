@@ -2,7 +2,7 @@
 ``ModelImportService`` kept in memory. An import job reads the model's ``config.json`` from the (moto) S3 prefix,
 completes after ``polls_to_complete`` checks (or fails with ``fail_with``), and the imported model answers chats
 through ``answer``, after ``cold_start_chats`` chats answered with ModelNotReadyException (as the adapter reports it).
-What it cannot show about the real service is listed in the README ("Bedrock: not exercised").
+What it cannot show about the real service is listed in docs/local-cloud.md ("Bedrock: not exercised").
 
 IAM: starting an import (``CreateModelImportJob``, with the role it passes), checking it (``GetModelImportJob``) and
 listing imported models are authorized as the caller when the local cloud enforces IAM, with the request the real

@@ -110,8 +110,8 @@ def _doctor_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "files). One line per finding: OK, WARN or ERROR, what was found and what to do. A check that cannot run "
         "(access denied, a service not answering) is a WARN naming the IAM action it needs.",
         epilog="Exit codes: 0 no error (warnings allowed), 1 at least one error, 2 usage error. The permissions it "
-        "needs are listed in README.md (Deploy to AWS). Credentials and profile: the usual AWS environment "
-        "(AWS_PROFILE, ...).",
+        "needs are listed in docs/deploy-to-aws.md (Check a deployment first). Credentials and profile: the usual AWS "
+        "environment (AWS_PROFILE, ...).",
     )
     doctor.add_argument("--stack-name", required=True, help="the stack sam deploy created, e.g. tuneplane-dev")
     doctor.add_argument("--region", help="the stack's region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")

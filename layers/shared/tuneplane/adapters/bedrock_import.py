@@ -3,7 +3,7 @@
 moto has no Custom Model Import, so the deploy logic talks to the ``ModelImportService`` protocol: tests and the
 local cloud pass a fake kept in memory (``local/cloud/bedrock.py``), AWS gets ``BedrockModelImport``. What the fake
 cannot show (the real request shapes' acceptance by Bedrock, the import's timing, the imported model's invoke
-format) is listed in the README.
+format) is listed in docs/local-cloud.md (Bedrock: not exercised here).
 """
 
 from __future__ import annotations

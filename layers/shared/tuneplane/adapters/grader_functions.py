@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 # Lambda's synchronous invocation payload quota is 6 MB each way (the Lambda quotas page); batches stay well under.
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
-# A grader must answer a batch within this (the README says so): a grading pass bounds its chunks' time with it.
+# A grader must answer a batch within this (docs/evaluation.md says so): a grading pass bounds its chunks' time
+# with it.
 GRADER_TIMEOUT_S = 120
 # Invoke's errors that a retry can fix (botocore's Invoke error list): throttling, the service, a function being
 # updated or its network interface or snapshot not ready yet.
@@ -64,7 +65,7 @@ def score(function: str, items: list[dict[str, Any]]) -> list[float]:
         if code in _TRANSIENT:
             raise JudgeUnavailable(f"grader {function} was not invoked: {code}") from exc
         raise GraderFailed(f"grader {function} could not be invoked: {code} {exc}") from exc
-    except ReadTimeoutError as exc:  # the function ran past the time a grader has (the README: 2 minutes a batch)
+    except ReadTimeoutError as exc:  # past the time a grader has (docs/evaluation.md: 2 minutes a batch)
         raise GraderFailed(
             f"grader {function} did not answer a batch of {len(items)} within {GRADER_TIMEOUT_S} s"
         ) from exc

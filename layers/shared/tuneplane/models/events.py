@@ -4,7 +4,7 @@ Source ``tuneplane``; detail types are ``Stage Started``, ``Stage Waiting`` (no 
 job yet: it is tried again), ``Stage Succeeded``, ``Stage Failed``, ``Stage Skipped``, ``Run Succeeded``, ``Run
 Rejected``, ``Run Failed``, ``Run Superseded`` (a newer upload of the dataset replaced the run before it deployed)
 and ``Run Skipped`` (the same content as an earlier run). Subscribers (the Slack notifier, dashboards, other teams'
-rules) parse ``detail`` with ``PipelineEvent``; the README documents the fields.
+rules) parse ``detail`` with ``PipelineEvent``; docs/events.md documents the fields.
 
 Its free text (``message``, ``error``, ``notes``, text ``metrics``) can quote the data: a validation problem, the
 smoke test's question and answer, a job's failure reason. So an event masks the PII in it (``redact``: the run's own

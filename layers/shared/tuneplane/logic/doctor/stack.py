@@ -30,7 +30,8 @@ def diagnose(account: AccountReader, stack_name: str) -> DoctorReport:
             "stack",
             stack_name,
             f"cannot read the stack, so nothing else can be checked: {exc}",
-            f"use credentials that may call {exc.permission} (and the other reads README.md lists for doctor)",
+            f"use credentials that may call {exc.permission} "
+            "(and the other reads docs/deploy-to-aws.md lists for doctor)",
         )
         return DoctorReport(stack_name, region, None, (finding,))
     if stack is None:
