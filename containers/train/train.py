@@ -206,7 +206,26 @@ class TrainConfig:
     # --- checkpoints, evaluation, logging ---
     save_steps: int = field(default=100, metadata={"help": "Checkpoint every N optimizer steps (> 0)."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (>= 1)."})
-    eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps; 0: at the end of each epoch."})
+    eval_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Evaluate every N steps; 0: every save_steps when keep_best, else at the end of each epoch."
+        },
+    )
+    keep_best: bool = field(
+        default=True,
+        metadata={
+            "help": "With an eval split: checkpoint at every evaluation and hand on the adapter of the step with the "
+            "lowest eval loss, not the last step's (training_summary.json's best_checkpoint says which)."
+        },
+    )
+    early_stopping_patience: int = field(
+        default=0,
+        metadata={
+            "help": "With keep_best: stop when the eval loss has not improved for this many evaluations in a row "
+            "(>= 0; 0: off); training_summary.json's early_stopping says how many steps it saved."
+        },
+    )
     logging_steps: int = field(default=10, metadata={"help": "Print a metrics line every N steps (> 0)."})
 
     # --- devices ---
@@ -254,6 +273,12 @@ class TrainConfig:
             (self.save_steps > 0, "save_steps", "> 0"),
             (self.save_total_limit >= 1, "save_total_limit", ">= 1"),
             (self.eval_steps >= 0, "eval_steps", ">= 0"),
+            (self.early_stopping_patience >= 0, "early_stopping_patience", ">= 0 (0: off)"),
+            (
+                not self.early_stopping_patience or self.keep_best,
+                "early_stopping_patience",
+                "0 unless keep_best (early stopping hands on the best checkpoint, not the last)",
+            ),
             (self.logging_steps > 0, "logging_steps", "> 0"),
             (
                 self.nproc_per_node == "auto" or (self.nproc_per_node.isdigit() and int(self.nproc_per_node) >= 1),
@@ -706,6 +731,10 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         task_type="CAUSAL_LM",
     )
     has_eval = bool(eval_rows)
+    keep_best = has_eval and cfg.keep_best
+    # keep_best: a checkpoint at every evaluation (transformers picks the best among saved checkpoints only, and
+    # keeps it out of save_total_limit's rotation, so it survives a restart from /opt/ml/checkpoints too).
+    eval_steps = (cfg.eval_steps or cfg.save_steps) if keep_best else cfg.eval_steps
     liger = use_liger(cfg, cuda)
     args = SFTConfig(
         output_dir=cfg.checkpoint_dir,
@@ -739,11 +768,14 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         assistant_only_loss=cfg.assistant_only_loss,
         dataset_num_proc=None,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
+        save_steps=eval_steps if keep_best else cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         save_only_model=False,
-        eval_strategy=("steps" if cfg.eval_steps else "epoch") if has_eval else "no",
-        eval_steps=cfg.eval_steps or None,
+        eval_strategy=("steps" if eval_steps else "epoch") if has_eval else "no",
+        eval_steps=eval_steps or None,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if keep_best else None,
+        greater_is_better=False if keep_best else None,
         eval_on_start=has_eval,  # the base model's eval loss: the first point of the eval curve
         logging_strategy="steps",
         logging_steps=cfg.logging_steps,
@@ -763,7 +795,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=_make_callbacks(cfg, summary, stop) + list(extra_callbacks or []),
+        callbacks=_make_callbacks(cfg, summary, stop) + _early_stopping(cfg, keep_best) + list(extra_callbacks or []),
     )
     if precision in ("bf16", "fp16"):
         keep_lora_inputs_in_half_precision(trainer.model)
@@ -777,8 +809,37 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         "liger_kernels": liger,
         "batch_plan": plan.describe(),
         "tokenizer": tokenizer,
+        "keep_best": keep_best,
     }
     return trainer, context
+
+
+def _early_stopping(cfg: TrainConfig, keep_best: bool) -> list[Any]:
+    """transformers' EarlyStoppingCallback on the eval loss, when asked for and there is an eval split."""
+    if not (keep_best and cfg.early_stopping_patience):
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
+
+
+def best_and_stop(state: Any, keep_best: bool, patience: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """training_summary.json's best_checkpoint (the step handed on, its eval loss; None: no checkpoint beat the
+    others, or keep_best is off) and early_stopping (the steps planned, run and saved; None: off)."""
+    best = None
+    if keep_best and state.best_model_checkpoint:
+        step = int(Path(state.best_model_checkpoint).name.removeprefix("checkpoint-"))
+        best = {"step": step, "eval_loss": state.best_metric, "last_step": state.global_step, "metric": "eval_loss"}
+    early = None
+    if keep_best and patience:
+        early = {
+            "patience": patience,
+            "planned_steps": state.max_steps,
+            "stopped_at_step": state.global_step,
+            "stopped_early": state.global_step < state.max_steps,
+            "steps_saved": max(0, state.max_steps - state.global_step),
+        }
+    return best, early
 
 
 def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str, Any]:
@@ -819,7 +880,11 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
         )
 
     final = dict(result.metrics)
-    if has_eval:
+    best, early = best_and_stop(trainer.state, context["keep_best"], cfg.early_stopping_patience)
+    if best is not None:  # the adapter handed on is that step's (load_best_model_at_end), its eval loss already known
+        final["eval_loss"] = best["eval_loss"]
+        final["base_eval_loss"] = summary["eval_curve"][0]["eval_loss"]
+    elif has_eval:
         last_eval = summary["eval_curve"][-1] if summary["eval_curve"] else None
         if last_eval is None or last_eval["step"] != trainer.state.global_step:
             trainer.evaluate()  # the callback prints and records it
@@ -834,6 +899,8 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
         {
             "final_metrics": final,
             "global_step": trainer.state.global_step,
+            "best_checkpoint": best,
+            "early_stopping": early,
             "tokens_seen": tokens,
             "tokens_per_second": round((tokens - tokens_before) / runtime, 3) if runtime > 0 else None,
             "world_size": world_size,

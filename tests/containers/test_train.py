@@ -138,6 +138,47 @@ def test_learns_held_out_mapping_and_stops(make_cfg: Callable[..., TrainConfig],
     assert exact_match(tuned, tokenizer, EVAL) >= 0.9
 
 
+def test_the_best_checkpoint_is_handed_on_and_training_stops_when_eval_stops_improving(
+    make_cfg: Callable[..., TrainConfig], task: dict[str, Path], tmp_path: Path
+) -> None:
+    # GIVEN an eval split that contradicts the training data (each colour answered with the next colour's code): its
+    # loss falls while the model learns the answers' form, then rises as it learns the training codes
+    contradicting = [
+        {"messages": [row["messages"][0], {"role": "assistant", "content": CODES[COLOURS[(i + 1) % 8]]}]}
+        for i, row in enumerate(EVAL)
+    ]
+    (tmp_path / "contradicting").mkdir()
+    (tmp_path / "contradicting" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in contradicting))
+    cfg = make_cfg(
+        eval_dir=str(tmp_path / "contradicting"), eval_steps=3, early_stopping_patience=2, save_total_limit=1
+    )
+    # WHEN it trains for at most 60 steps with early stopping
+    summary = train.main(cfg)
+    # THEN it stopped before the 60 steps, saying how many it saved
+    early, best = summary["early_stopping"], summary["best_checkpoint"]
+    assert early["stopped_early"] and early["planned_steps"] == 60
+    assert early["stopped_at_step"] == summary["global_step"] < 60
+    assert early["steps_saved"] == 60 - summary["global_step"]
+    # AND the adapter handed on is the checkpoint with the lowest eval loss, `patience` evaluations before the stop
+    trained = [point for point in summary["eval_curve"] if point["step"] > 0]
+    lowest = min(trained, key=lambda point: point["eval_loss"])
+    assert best["step"] == lowest["step"] == summary["global_step"] - 2 * 3
+    assert best["eval_loss"] == pytest.approx(lowest["eval_loss"]) == summary["final_metrics"]["eval_loss"]
+    # (the best checkpoint survived a rotation that keeps one checkpoint, and the adapter written is that one)
+    kept = adapter_tensors(str(Path(cfg.checkpoint_dir) / f"checkpoint-{best['step']}"))
+    written = adapter_tensors(cfg.output_dir)
+    assert kept.keys() == written.keys() and all(torch.equal(kept[k], written[k]) for k in kept)
+
+
+def test_without_keep_best_the_last_step_is_handed_on(make_cfg: Callable[..., TrainConfig]) -> None:
+    # GIVEN keep_best off; WHEN a short run evaluates on the way
+    summary = train.main(make_cfg(max_steps=6, eval_steps=3, keep_best=False))
+    # THEN no best checkpoint is chosen and the final eval loss is the last step's
+    assert summary["best_checkpoint"] is None and summary["early_stopping"] is None
+    assert summary["final_metrics"]["eval_loss"] == summary["eval_curve"][-1]["eval_loss"]
+    assert summary["eval_curve"][-1]["step"] == 6
+
+
 def test_loss_covers_assistant_tokens_and_end_of_turn_only(make_cfg: Callable[..., TrainConfig]) -> None:
     # GIVEN the trainer the entrypoint builds (packing, padding-free)
     trainer, context = train.build_trainer(make_cfg("mask"))
@@ -240,6 +281,8 @@ def test_bad_hyperparameters_name_the_key(values: dict[str, object], message: st
         ({"learning_rate": 0.0}, "learning_rate must be > 0"),
         ({"num_train_epochs": 0.0}, "num_train_epochs must be > 0"),
         ({"max_steps": 0}, "max_steps must be > 0 or -1"),
+        ({"early_stopping_patience": 2, "keep_best": False}, "early_stopping_patience must be 0 unless keep_best"),
+        ({"early_stopping_patience": -1}, "early_stopping_patience must be >= 0"),
         ({"precision": "int8"}, "precision must be one of"),
         ({"liger_kernels": "yes please"}, "liger_kernels must be one of auto, true, false"),
         ({"gradient_checkpointing": "sometimes"}, "gradient_checkpointing must be one of auto, true, false"),
@@ -321,6 +364,8 @@ def test_every_sidecar_training_setting_reaches_the_container() -> None:
         seed=7,
         save_steps=5,
         logging_steps=5,
+        keep_best=False,
+        early_stopping_patience=0,
     )
     assert set(overrides.model_fields_set) == set(TrainingOverrides.model_fields) - {"instance_types"}
     # WHEN the container parses the hyperparameters the Train stage sends
@@ -328,6 +373,7 @@ def test_every_sidecar_training_setting_reaches_the_container() -> None:
     # THEN each arrives with its value
     assert (cfg.lora_r, cfg.lora_dropout, cfg.per_device_batch_size, cfg.max_seq_length) == (8, 0.1, 2, 512)
     assert cfg.gradient_checkpointing == "true" and not cfg.qlora and cfg.seed == 7
+    assert cfg.keep_best is False and cfg.early_stopping_patience == 0
 
 
 def test_attention_choice() -> None:

@@ -33,6 +33,8 @@ class TrainingOverrides(BaseModel):
     seed: int | None = Field(default=None, ge=0)
     save_steps: int | None = Field(default=None, ge=1)
     logging_steps: int | None = Field(default=None, ge=1)
+    keep_best: bool | None = None
+    early_stopping_patience: int | None = Field(default=None, ge=0, le=1000)
     instance_types: list[Annotated[str, StringConstraints(pattern=INSTANCE_TYPE_PATTERN)]] | None = Field(
         default=None,
         min_length=1,
