@@ -62,6 +62,8 @@ _NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
 METRIC_DEFINITIONS: list[dict[str, str]] = [
     {"Name": name, "Regex": rf"\b{name}={_NUMBER};"}
     for name in ("train_loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "gpu_memory_gb")
+    # printed once at the end: the step whose adapter was handed on, the last step run, the steps early stopping saved
+    + ("best_step", "last_step", "steps_saved")
 ]
 
 SM_DEFAULTS = {
@@ -927,6 +929,11 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
     )
     if not trainer.is_world_process_zero():
         return summary  # rank 0 writes the outputs
+    if best is not None or early is not None:  # for SageMaker's MetricDefinitions: the Train stage's event shows them
+        ended = {"last_step": trainer.state.global_step}
+        ended |= {"best_step": best["step"]} if best else {}
+        ended |= {"steps_saved": early["steps_saved"]} if early else {}
+        print(" ".join(f"{name}={value};" for name, value in ended.items()), flush=True)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(out, safe_serialization=True)

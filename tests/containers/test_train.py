@@ -139,7 +139,7 @@ def test_learns_held_out_mapping_and_stops(make_cfg: Callable[..., TrainConfig],
 
 
 def test_the_best_checkpoint_is_handed_on_and_training_stops_when_eval_stops_improving(
-    make_cfg: Callable[..., TrainConfig], task: dict[str, Path], tmp_path: Path
+    make_cfg: Callable[..., TrainConfig], task: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # GIVEN an eval split that contradicts the training data (each colour answered with the next colour's code): its
     # loss falls while the model learns the answers' form, then rises as it learns the training codes
@@ -168,6 +168,18 @@ def test_the_best_checkpoint_is_handed_on_and_training_stops_when_eval_stops_imp
     kept = adapter_tensors(str(Path(cfg.checkpoint_dir) / f"checkpoint-{best['step']}"))
     written = adapter_tensors(cfg.output_dir)
     assert kept.keys() == written.keys() and all(torch.equal(kept[k], written[k]) for k in kept)
+    # AND the job printed them for SageMaker's MetricDefinitions (the Train stage's event shows them)
+    printed = capsys.readouterr().out
+    final = {
+        d["Name"]: float(found[-1])
+        for d in train.METRIC_DEFINITIONS
+        if (found := re.findall(d["Regex"], printed)) and d["Name"] in ("best_step", "last_step", "steps_saved")
+    }
+    assert final == {
+        "best_step": best["step"],
+        "last_step": summary["global_step"],
+        "steps_saved": early["steps_saved"],
+    }
 
 
 def test_without_keep_best_the_last_step_is_handed_on(make_cfg: Callable[..., TrainConfig]) -> None:

@@ -215,3 +215,20 @@ def test_the_ledger_stores_a_huge_cause_cut_with_a_marker(table: str) -> None:
     assert item is not None and item["status"] == "failed"
     assert item["message"].startswith("mmm") and "[truncated:" in item["message"]
     assert len(item["message"]) <= ledger.TEXT_MAX and len(item["metrics"]["a"]) <= ledger.TEXT_MAX
+
+
+def test_the_training_jobs_choice_of_checkpoint_is_said_in_words() -> None:
+    from tuneplane.logic.stage_outcomes import training_choice_notes
+
+    # GIVEN the training job's final metric lines: an earlier step handed on, early stopping having saved steps
+    notes = training_choice_notes({"best_step": 12.0, "last_step": 18.0, "steps_saved": 42.0, "eval_loss": 0.3})
+    # THEN both are said, with the steps
+    assert notes == [
+        "handed on the adapter of step 12, the lowest eval loss: not the last step (18)",
+        "early stopping ended training after step 18: 42 planned steps not paid for",
+    ]
+    # AND the last step as the best is said so; nothing when the job chose nothing (no eval split)
+    assert training_choice_notes({"best_step": 60.0, "last_step": 60.0}) == [
+        "handed on the adapter of step 60, the lowest eval loss: the last step"
+    ]
+    assert training_choice_notes({"train_loss": 0.1}) == []

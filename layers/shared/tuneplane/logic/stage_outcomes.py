@@ -113,14 +113,18 @@ def outcome_of(stage: Stage, run: RunView, settings: PipelineSettings) -> StageO
             "final_eval_loss": final.get("eval_loss"),
             "tokens_per_second": final.get("tokens_per_second"),
             "gpu_memory_gb": final.get("gpu_memory_gb"),
+            "best_step": final.get("best_step"),
+            "last_step": final.get("last_step"),
+            "steps_saved": final.get("steps_saved"),
             "instance_type": train.get("instance_type"),
             "billable_seconds": described.get("BillableTimeInSeconds"),
             "attempt": run.train_attempt + 1,
         }
         artifacts = {"adapter": str(train.get("model_artifacts") or "")}
         notes = [f"trained on {train.get('instance_type')} after {run.train_attempt} capacity fallback(s)"]
+        notes = (notes if run.train_attempt else []) + training_choice_notes(final)
         return StageOutcome(
-            notes=notes if run.train_attempt else [],
+            notes=notes,
             stage=stage,
             metrics=present(metrics),
             artifacts=present(artifacts),
@@ -149,6 +153,18 @@ def outcome_of(stage: Stage, run: RunView, settings: PipelineSettings) -> StageO
     if stage is Stage.DEPLOY:
         return deploy_outcome(run)
     return StageOutcome(stage=stage, metrics=present(run.result(stage.value)))
+
+
+def training_choice_notes(final: dict[str, float]) -> list[str]:
+    """What the training job chose (its best_step, last_step and steps_saved metric lines), said in words."""
+    notes = []
+    best, last, saved = final.get("best_step"), final.get("last_step"), final.get("steps_saved")
+    if best is not None and last is not None:
+        which = "the last step" if best == last else f"not the last step ({last:.0f})"
+        notes.append(f"handed on the adapter of step {best:.0f}, the lowest eval loss: {which}")
+    if saved and last is not None:
+        notes.append(f"early stopping ended training after step {last:.0f}: {saved:.0f} planned steps not paid for")
+    return notes
 
 
 def deploy_outcome(run: RunView) -> StageOutcome:
