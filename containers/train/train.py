@@ -62,8 +62,8 @@ _NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
 METRIC_DEFINITIONS: list[dict[str, str]] = [
     {"Name": name, "Regex": rf"\b{name}={_NUMBER};"}
     for name in ("train_loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "gpu_memory_gb")
-    # printed once at the end: the step whose adapter was handed on, the last step run, the steps early stopping saved
-    + ("best_step", "last_step", "steps_saved")
+    # printed once at the end: the step handed on and its eval loss, the last step run, the steps early stopping saved
+    + ("best_step", "best_eval_loss", "last_step", "steps_saved")
 ]
 
 SM_DEFAULTS = {
@@ -211,7 +211,8 @@ class TrainConfig:
     eval_steps: int = field(
         default=0,
         metadata={
-            "help": "Evaluate every N steps; 0: every save_steps when keep_best, else at the end of each epoch."
+            "help": "Evaluate every N steps; 0: every save_steps when keep_best, else at the end of each epoch. With "
+            "keep_best a checkpoint is saved at every evaluation: this then sets the checkpoint interval too."
         },
     )
     keep_best: bool = field(
@@ -635,8 +636,9 @@ def _checkpoint_callback(stop: dict[str, bool]) -> Any:
 
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             stop["sigterm"] = _any_rank(stop["sigterm"], self.group)
-            if stop["sigterm"]:  # spot interruption: checkpoint now, then stop
+            if stop["sigterm"]:  # spot interruption: checkpoint now (no evaluation first: time is short), then stop
                 control.should_save = True
+                control.should_evaluate = False
                 control.should_training_stop = True
 
         def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
@@ -661,8 +663,11 @@ def _cuda() -> bool:
 # Training
 
 
-def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """The SFTTrainer for `cfg` and the run's context (summary being filled, SIGTERM flag, data sizes, precision)."""
+def build_trainer(
+    cfg: TrainConfig, extra_callbacks: list[Any] | None = None, resuming: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """The SFTTrainer for `cfg` and the run's context (summary being filled, SIGTERM flag, data sizes, precision);
+    ``resuming``: training continues from a checkpoint (the base model's step-0 evaluation is not repeated)."""
     import datasets
     import torch
     import transformers
@@ -734,8 +739,10 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
     )
     has_eval = bool(eval_rows)
     keep_best = has_eval and cfg.keep_best
-    # keep_best: a checkpoint at every evaluation (transformers picks the best among saved checkpoints only, and
-    # keeps it out of save_total_limit's rotation, so it survives a restart from /opt/ml/checkpoints too).
+    # keep_best: a checkpoint at every evaluation, so the best evaluation always has one to hand on (transformers
+    # keeps the best checkpoint out of save_total_limit's rotation, so it survives a restart from /opt/ml/checkpoints
+    # too); at least 2 kept: with 1, the end of training deletes every checkpoint but the best, the one a SIGTERM
+    # just wrote included.
     eval_steps = (cfg.eval_steps or cfg.save_steps) if keep_best else cfg.eval_steps
     liger = use_liger(cfg, cuda)
     args = SFTConfig(
@@ -771,14 +778,16 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) ->
         dataset_num_proc=None,
         save_strategy="steps",
         save_steps=eval_steps if keep_best else cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
+        save_total_limit=max(cfg.save_total_limit, 2) if keep_best else cfg.save_total_limit,
         save_only_model=False,
         eval_strategy=("steps" if eval_steps else "epoch") if has_eval else "no",
         eval_steps=eval_steps or None,
         load_best_model_at_end=keep_best,
         metric_for_best_model="eval_loss" if keep_best else None,
         greater_is_better=False if keep_best else None,
-        eval_on_start=has_eval,  # the base model's eval loss: the first point of the eval curve
+        eval_on_start=has_eval and not resuming,  # the base model's eval loss: the first point of the eval curve
+        # early stopping's count of evaluations without improvement goes on where it was (else a resume restarts it)
+        restore_callback_states_from_checkpoint=True,
         logging_strategy="steps",
         logging_steps=cfg.logging_steps,
         logging_nan_inf_filter=False,  # a NaN must reach the callback, not be averaged away
@@ -825,13 +834,28 @@ def _early_stopping(cfg: TrainConfig, keep_best: bool) -> list[Any]:
     return [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
 
 
-def best_and_stop(state: Any, keep_best: bool, patience: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """training_summary.json's best_checkpoint (the step handed on, its eval loss; None: no checkpoint beat the
-    others, or keep_best is off) and early_stopping (the steps planned, run and saved; None: off)."""
+def _base_eval_loss(state: Any) -> float | None:
+    """The base model's eval loss: the step-0 evaluation in the trainer's log history (restored on a resume, unlike
+    this process's curve)."""
+    return next((e["eval_loss"] for e in state.log_history if e.get("step") == 0 and "eval_loss" in e), None)
+
+
+def best_and_stop(
+    state: Any, keep_best: bool, patience: int, base_eval_loss: float | None = None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """training_summary.json's best_checkpoint (the step handed on, its eval loss, whether it beat the base model's;
+    None: no checkpoint was evaluated, or keep_best is off) and early_stopping (the steps planned, run and saved;
+    None: off). The base model itself is never a candidate: the gate judges it against the candidate later."""
     best = None
     if keep_best and state.best_model_checkpoint:
         step = int(Path(state.best_model_checkpoint).name.removeprefix("checkpoint-"))
-        best = {"step": step, "eval_loss": state.best_metric, "last_step": state.global_step, "metric": "eval_loss"}
+        best = {
+            "step": step,
+            "eval_loss": state.best_metric,
+            "last_step": state.global_step,
+            "metric": "eval_loss",
+            "beats_base": None if base_eval_loss is None else state.best_metric < base_eval_loss,
+        }
     early = None
     if keep_best and patience:
         early = {
@@ -853,7 +877,8 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
     import trl
 
     started = time.monotonic()
-    trainer, context = build_trainer(cfg, extra_callbacks)
+    resume = newest_complete_checkpoint(cfg.checkpoint_dir)
+    trainer, context = build_trainer(cfg, extra_callbacks, resuming=resume is not None)
     summary: dict[str, Any] = context["summary"]
     stop, tokenizer = context["stop"], context["tokenizer"]
     has_eval = context["eval_examples"] > 0
@@ -867,7 +892,6 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
         stop["sigterm"] = True
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
-    resume = newest_complete_checkpoint(cfg.checkpoint_dir)
     if resume is not None and rank == 0:
         print(f"resuming from {resume}", flush=True)
     tokens_before = _tokens_seen_in(resume) if resume else 0  # read now: the checkpoint may be rotated away
@@ -882,16 +906,17 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
         )
 
     final = dict(result.metrics)
-    best, early = best_and_stop(trainer.state, context["keep_best"], cfg.early_stopping_patience)
+    base_loss = _base_eval_loss(trainer.state)
+    best, early = best_and_stop(trainer.state, context["keep_best"], cfg.early_stopping_patience, base_loss)
     if best is not None:  # the adapter handed on is that step's (load_best_model_at_end), its eval loss already known
         final["eval_loss"] = best["eval_loss"]
-        final["base_eval_loss"] = summary["eval_curve"][0]["eval_loss"]
+        final["base_eval_loss"] = base_loss
     elif has_eval:
         last_eval = summary["eval_curve"][-1] if summary["eval_curve"] else None
         if last_eval is None or last_eval["step"] != trainer.state.global_step:
             trainer.evaluate()  # the callback prints and records it
         final["eval_loss"] = summary["eval_curve"][-1]["eval_loss"]
-        final["base_eval_loss"] = summary["eval_curve"][0]["eval_loss"]
+        final["base_eval_loss"] = base_loss
 
     world_size = trainer.args.world_size
     peaks = _gather_floats(jobkit.peak_memory_gb(cuda))  # a collective: every rank, before rank 0 writes
@@ -930,8 +955,8 @@ def main(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> dict[str
     if not trainer.is_world_process_zero():
         return summary  # rank 0 writes the outputs
     if best is not None or early is not None:  # for SageMaker's MetricDefinitions: the Train stage's event shows them
-        ended = {"last_step": trainer.state.global_step}
-        ended |= {"best_step": best["step"]} if best else {}
+        ended: dict[str, float] = {"last_step": trainer.state.global_step}
+        ended |= {"best_step": best["step"], "best_eval_loss": best["eval_loss"]} if best else {}
         ended |= {"steps_saved": early["steps_saved"]} if early else {}
         print(" ".join(f"{name}={value};" for name, value in ended.items()), flush=True)
     out = Path(cfg.output_dir)

@@ -143,15 +143,7 @@ def test_the_best_checkpoint_is_handed_on_and_training_stops_when_eval_stops_imp
 ) -> None:
     # GIVEN an eval split that contradicts the training data (each colour answered with the next colour's code): its
     # loss falls while the model learns the answers' form, then rises as it learns the training codes
-    contradicting = [
-        {"messages": [row["messages"][0], {"role": "assistant", "content": CODES[COLOURS[(i + 1) % 8]]}]}
-        for i, row in enumerate(EVAL)
-    ]
-    (tmp_path / "contradicting").mkdir()
-    (tmp_path / "contradicting" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in contradicting))
-    cfg = make_cfg(
-        eval_dir=str(tmp_path / "contradicting"), eval_steps=3, early_stopping_patience=2, save_total_limit=1
-    )
+    cfg = make_cfg(eval_dir=_contradicting_eval(tmp_path), eval_steps=3, early_stopping_patience=2, save_total_limit=1)
     # WHEN it trains for at most 60 steps with early stopping
     summary = train.main(cfg)
     # THEN it stopped before the 60 steps, saying how many it saved
@@ -164,7 +156,8 @@ def test_the_best_checkpoint_is_handed_on_and_training_stops_when_eval_stops_imp
     lowest = min(trained, key=lambda point: point["eval_loss"])
     assert best["step"] == lowest["step"] == summary["global_step"] - 2 * 3
     assert best["eval_loss"] == pytest.approx(lowest["eval_loss"]) == summary["final_metrics"]["eval_loss"]
-    # (the best checkpoint survived a rotation that keeps one checkpoint, and the adapter written is that one)
+    # (the best checkpoint survived the rotation (kept: 2 at least, the newest and the best), and the adapter written
+    # is that one)
     kept = adapter_tensors(str(Path(cfg.checkpoint_dir) / f"checkpoint-{best['step']}"))
     written = adapter_tensors(cfg.output_dir)
     assert kept.keys() == written.keys() and all(torch.equal(kept[k], written[k]) for k in kept)
@@ -173,13 +166,60 @@ def test_the_best_checkpoint_is_handed_on_and_training_stops_when_eval_stops_imp
     final = {
         d["Name"]: float(found[-1])
         for d in train.METRIC_DEFINITIONS
-        if (found := re.findall(d["Regex"], printed)) and d["Name"] in ("best_step", "last_step", "steps_saved")
+        if (found := re.findall(d["Regex"], printed))
+        and d["Name"] in ("best_step", "best_eval_loss", "last_step", "steps_saved")
     }
     assert final == {
         "best_step": best["step"],
+        "best_eval_loss": pytest.approx(best["eval_loss"]),
         "last_step": summary["global_step"],
         "steps_saved": early["steps_saved"],
     }
+    assert best["beats_base"] is True and summary["final_metrics"]["base_eval_loss"] > best["eval_loss"]
+
+
+def _contradicting_eval(tmp_path: Path) -> str:
+    """An eval split whose answers are each the next colour's code: a model learning the training data gets its form
+    right first (eval loss falls), then its codes (eval loss rises)."""
+    rows = [
+        {"messages": [row["messages"][0], {"role": "assistant", "content": CODES[COLOURS[(i + 1) % 8]]}]}
+        for i, row in enumerate(EVAL)
+    ]
+    (tmp_path / "contradicting").mkdir(exist_ok=True)
+    (tmp_path / "contradicting" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(tmp_path / "contradicting")
+
+
+def test_early_stopping_goes_on_where_it_was_after_a_spot_restart(
+    make_cfg: Callable[..., TrainConfig], tmp_path: Path
+) -> None:
+    from transformers import TrainerCallback
+
+    class SigtermAt(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if state.global_step == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    common = {"eval_dir": _contradicting_eval(tmp_path), "eval_steps": 3, "early_stopping_patience": 2}
+    # GIVEN an uninterrupted run with early stopping
+    reference = train.main(make_cfg("reference", **common))
+    assert reference["global_step"] > 5 and reference["early_stopping"]["stopped_early"]
+    # WHEN another is interrupted during step 5 (a checkpoint is written at its end) and restarted
+    interrupted = make_cfg("interrupted", **common)
+    with pytest.raises(InterruptedError, match="SIGTERM at step 5"):
+        train.main(interrupted, extra_callbacks=[SigtermAt()])
+    summary = train.main(interrupted)
+    # THEN it resumed there and stopped where the uninterrupted run stopped, handing on the same best checkpoint
+    # (the count of evaluations without improvement was restored, the base model was not evaluated again)
+    assert summary["resumed_from"] == "checkpoint-5"
+    assert summary["global_step"] == reference["global_step"]
+    assert summary["best_checkpoint"]["step"] == reference["best_checkpoint"]["step"]
+    assert summary["final_metrics"]["base_eval_loss"] == pytest.approx(reference["final_metrics"]["base_eval_loss"])
+    assert all(point["step"] > 5 for point in summary["eval_curve"])
+    ours, theirs = adapter_tensors(interrupted.output_dir), adapter_tensors(make_cfg("reference").output_dir)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6)
 
 
 def test_without_keep_best_the_last_step_is_handed_on(make_cfg: Callable[..., TrainConfig]) -> None:
@@ -485,6 +525,7 @@ def test_sagemaker_contract(tmp_path: Path, task: dict[str, Path]) -> None:
         "logging_steps": "4",
         "save_steps": "6",
         "eval_steps": "6",
+        "early_stopping_patience": "5",  # prints steps_saved too (0 here)
     }  # the batch is left to auto
     result = run_entrypoint(tmp_path, hyperparameters, sagemaker_env(tmp_path, task))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -371,3 +371,14 @@ def test_the_budget_is_checked_on_the_costliest_instance_type_the_run_may_fall_b
     ]
     assert each[0].total_cost_usd != each[1].total_cost_usd
     assert estimate.total_cost_usd == max(e.total_cost_usd or 0.0 for e in each)
+
+
+def test_early_stopping_without_keep_best_is_refused_in_the_sidecar() -> None:
+    from pydantic import ValidationError
+
+    # GIVEN a training section asking for early stopping but for the last step's adapter
+    # WHEN parsed THEN it is refused, saying why (the container would refuse it after the job started)
+    with pytest.raises(ValidationError, match="early_stopping_patience needs keep_best"):
+        TrainingOverrides(early_stopping_patience=3, keep_best=False)
+    assert TrainingOverrides(early_stopping_patience=3).early_stopping_patience == 3
+    assert TrainingOverrides(early_stopping_patience=0, keep_best=False).keep_best is False

@@ -28,8 +28,8 @@ _NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
 METRIC_DEFINITIONS: list[dict[str, str]] = [
     {"Name": name, "Regex": rf"\b{name}={_NUMBER};"}
     for name in ("train_loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "gpu_memory_gb")
-    # printed once at the end: the step whose adapter was handed on, the last step run, the steps early stopping saved
-    + ("best_step", "last_step", "steps_saved")
+    # printed once at the end: the step handed on and its eval loss, the last step run, the steps early stopping saved
+    + ("best_step", "best_eval_loss", "last_step", "steps_saved")
 ]
 
 

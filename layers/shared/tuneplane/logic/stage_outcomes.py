@@ -110,7 +110,8 @@ def outcome_of(stage: Stage, run: RunView, settings: PipelineSettings) -> StageO
         final = {m["MetricName"]: m["Value"] for m in described.get("FinalMetricDataList") or [] if "MetricName" in m}
         metrics = {
             "final_train_loss": final.get("train_loss"),
-            "final_eval_loss": final.get("eval_loss"),
+            # the adapter handed on: the best step's eval loss when the job chose one, else the last evaluation's
+            "final_eval_loss": final.get("best_eval_loss", final.get("eval_loss")),
             "tokens_per_second": final.get("tokens_per_second"),
             "gpu_memory_gb": final.get("gpu_memory_gb"),
             "best_step": final.get("best_step"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from tuneplane.models.events import Stage
 from tuneplane.models.graders import ContainerMetric, GraderMetric, Graders
@@ -41,6 +41,14 @@ class TrainingOverrides(BaseModel):
         max_length=5,
         description="Training instance types, tried in order when one has no capacity.",
     )
+
+    @model_validator(mode="after")
+    def _early_stopping_keeps_the_best(self) -> TrainingOverrides:
+        if self.early_stopping_patience and self.keep_best is False:
+            raise ValueError(
+                "early_stopping_patience needs keep_best: early stopping hands on the best checkpoint, not the last"
+            )
+        return self
 
     def hyperparameters(self) -> dict[str, str]:
         """SageMaker hyperparameters are strings; the container parses them back into its typed config."""
