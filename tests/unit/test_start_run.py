@@ -157,7 +157,9 @@ def test_an_unknown_nested_key_is_named_with_the_allowed_keys_of_its_section() -
         parse_sidecar(raw)
     # THEN each problem lists the keys its own section allows, not the top-level ones
     training, evaluation = str(raised.value).split("; ")
-    assert training.startswith("unknown setting 'training.epochs' (allowed: gradient_accumulation_steps, ")
+    assert training.startswith(
+        "unknown setting 'training.epochs' (allowed: early_stopping_patience, gradient_accumulation_steps, "
+    )
     assert "num_train_epochs" in training and "instance_types" in training and "eval_file" not in training
     assert evaluation.startswith("unknown setting 'evaluation.min_scor' (allowed: graders, max_examples, ")
     assert "min_score" in evaluation and "validation" not in evaluation
